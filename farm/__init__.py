@@ -1,0 +1,3 @@
+"""seedfarm coordinator: specs, expansion, infotext, stores, grids, CLI. Never imports torch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,76 @@
+"""A1111 sampler and schedule-type names (no torch: the coordinator validates specs with these).
+
+The worker maps each (sampler, schedule) pair to a diffusers scheduler in worker/samplers.py.
+Old combined names such as "DPM++ 2M Karras" mean the sampler plus that schedule type.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+# Samplers seedfarm can render, by A1111 display name. Value: the schedule types it accepts
+# besides "Automatic" (diffusers exposes Karras & co. only on some schedulers).
+_SIGMA_SCHEDULES = ("Karras", "Exponential", "Beta", "SGM Uniform", "Uniform")
+SAMPLERS: dict[str, tuple[str, ...]] = {
+    "Euler a": ("Uniform",),
+    "Euler": _SIGMA_SCHEDULES,
+    "LMS": _SIGMA_SCHEDULES,
+    "Heun": _SIGMA_SCHEDULES,
+    "DPM2": _SIGMA_SCHEDULES,
+    "DPM2 a": _SIGMA_SCHEDULES,
+    "DPM++ 2M": _SIGMA_SCHEDULES,
+    "DPM++ 2M SDE": _SIGMA_SCHEDULES,
+    "DDIM": ("Uniform",),
+    "PLMS": ("Uniform",),
+    "UniPC": _SIGMA_SCHEDULES,
+}
+
+SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Beta")
+
+# A1111's "Automatic" schedule per sampler (a1111.md section 7); the rest use the scheduler default.
+AUTOMATIC_SCHEDULE = {
+    "DPM++ 2M": "Karras",
+    "DPM2": "Karras",
+    "DPM2 a": "Karras",
+    "DPM++ 2M SDE": "Exponential",
+}
+
+
+def sampler_names() -> list[str]:
+    """Every name accepted in a spec: plain names and old "<sampler> <schedule>" names."""
+    names = list(SAMPLERS)
+    for sampler, schedules in SAMPLERS.items():
+        names += [f"{sampler} {s}" for s in schedules if s in ("Karras", "Exponential")]
+    return names
+
+
+def parse_sampler(name: str, schedule: str | None = None) -> tuple[str, str]:
+    """'DPM++ 2M Karras' -> ('DPM++ 2M', 'Karras'). Raises ValueError naming the valid choices."""
+    text = " ".join(str(name).split())
+    lookup = {n.lower(): n for n in SAMPLERS}
+    sampler, found_schedule = lookup.get(text.lower()), "Automatic"
+    if sampler is None:
+        for s in SCHEDULE_TYPES[1:]:
+            if text.lower().endswith(" " + s.lower()):
+                sampler = lookup.get(text[: -len(s) - 1].lower())
+                found_schedule = s
+                break
+    if sampler is None:
+        guess = difflib.get_close_matches(text, sampler_names(), n=1)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+        raise ValueError(f"unknown sampler '{name}'{hint}; valid: " + ", ".join(sampler_names()))
+    if schedule is not None and schedule != "Automatic":
+        if found_schedule != "Automatic" and found_schedule != schedule:
+            raise ValueError(f"sampler '{name}' already names schedule {found_schedule}, not {schedule}")
+        found_schedule = schedule
+    if found_schedule not in ("Automatic",) + SAMPLERS[sampler]:
+        raise ValueError(
+            f"sampler '{sampler}' has no schedule type '{found_schedule}' here; valid: "
+            + ", ".join(("Automatic",) + SAMPLERS[sampler])
+        )
+    return sampler, found_schedule
+
+
+def display_name(sampler: str, schedule: str) -> str:
+    """The name a person reads in labels: 'DPM++ 2M Karras', or just 'Euler a'."""
+    return sampler if schedule == "Automatic" else f"{sampler} {schedule}"

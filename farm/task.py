@@ -1,0 +1,115 @@
+"""The RenderTask: the one contract the coordinator and the worker share.
+
+A RenderTask is one fully resolved render (A1111's "one Generate click"): it renders `batch_size`
+images with seeds seed, seed+1, ... It travels on the queue as JSON, so it holds only plain values.
+Its id is a hash of what it renders, so re-submitting a job finds the work already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TASK_SCHEMA_VERSION = 1
+
+# Fields that do not change the pixels and so stay out of the id.
+_NOT_IN_ID = {"id", "job", "index", "axes"}
+
+
+class RenderTask(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: int = TASK_SCHEMA_VERSION
+    id: str = ""
+    job: str
+    index: int = Field(ge=0, description="position in the job's expansion order")
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = Field(ge=0)
+    batch_size: int = Field(default=1, ge=1)
+    checkpoint: str = Field(description="checkpoint name as the spec gave it (file stem)")
+    checkpoint_hash: str | None = Field(default=None, description="sha256 of the file, when known")
+    sampler: str = Field(description="A1111 sampler name without schedule, e.g. 'DPM++ 2M'")
+    schedule: str = Field(default="Automatic", description="A1111 schedule type, e.g. 'Karras'")
+    steps: int = Field(ge=1)
+    cfg: float
+    width: int = Field(ge=8)
+    height: int = Field(ge=8)
+    clip_skip: int = Field(default=1, ge=1)
+    filename: str = Field(default="[seed]-[task_id]", description="output filename pattern")
+    axes: dict[str, Any] = Field(default_factory=dict, description="swept axis -> value, for labels")
+
+    def content_id(self) -> str:
+        """The hash of everything that decides the pixels and where they go."""
+        content = self.model_dump(exclude=_NOT_IN_ID)
+        blob = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+    def with_id(self) -> "RenderTask":
+        return self.model_copy(update={"id": self.content_id()})
+
+    @property
+    def seeds(self) -> list[int]:
+        """A1111 batch semantics: image i of the batch gets seed + i."""
+        return [self.seed + i for i in range(self.batch_size)]
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, data: str | bytes | dict) -> "RenderTask":
+        if isinstance(data, dict):
+            return cls.model_validate(data)
+        return cls.model_validate_json(data)
+
+    def image_stem(self, seed: int) -> str:
+        """The file name (no extension) of the image with this seed; unique per (task, seed)."""
+        return render_filename(self.filename, self, seed)
+
+
+_TOKEN = re.compile(r"\[([a-z_]+)\]")
+_UNSAFE = re.compile(r'[\x00-\x1f<>:"/\\|?*]+')
+FILENAME_TOKENS = (
+    "seed", "steps", "cfg", "width", "height", "sampler", "model_name", "model_hash",
+    "prompt_hash", "prompt_words", "task_id", "clip_skip",
+)
+
+
+def filename_pattern_problem(pattern: str) -> str | None:
+    """Why a filename pattern is unusable, or None. Used by spec validation."""
+    if not pattern.strip():
+        return "filename pattern is empty"
+    for name in _TOKEN.findall(pattern):
+        if name not in FILENAME_TOKENS:
+            return f"unknown filename token [{name}]; known: " + ", ".join(f"[{t}]" for t in FILENAME_TOKENS)
+    return None
+
+
+def render_filename(pattern: str, task: RenderTask, seed: int) -> str:
+    """A1111-style filename tokens. Names must never collide between two images, so a pattern
+    without [task_id] gets it appended, and one without [seed] gets the seed when batching."""
+    if "[task_id]" not in pattern:
+        pattern += "-[task_id]"
+    if "[seed]" not in pattern and task.batch_size > 1:
+        pattern += "-[seed]"
+    values = {
+        "seed": seed,
+        "steps": task.steps,
+        "cfg": f"{task.cfg:g}",
+        "width": task.width,
+        "height": task.height,
+        "sampler": task.sampler if task.schedule == "Automatic" else f"{task.sampler} {task.schedule}",
+        "model_name": task.checkpoint,
+        "model_hash": (task.checkpoint_hash or "")[:10],
+        "prompt_hash": hashlib.sha256(task.prompt.encode()).hexdigest()[:8],
+        "prompt_words": " ".join(re.findall(r"\w+", task.prompt)[:8]),
+        "task_id": task.id,
+        "clip_skip": task.clip_skip,
+    }
+    text = _TOKEN.sub(lambda m: str(values.get(m.group(1), m.group(0))), pattern)
+    text = _UNSAFE.sub("_", text).strip(" .")
+    return text[:180] or task.id

@@ -1,0 +1,1 @@
+"""seedfarm worker: everything that touches torch and diffusers."""
