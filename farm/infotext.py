@@ -1,0 +1,186 @@
+"""A1111 infotext, both ways: the `parameters` text that A1111's PNG Info, civitai and others read.
+
+Written from the behaviour described in shared/reference/a1111.md section 1 (A1111 is AGPL: no code
+taken). The writer matches A1111 byte for byte; the reader follows A1111's rules and also reads back
+bare keys (a key written alone because its value equals it), which A1111 itself drops.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+
+from PIL import Image, PngImagePlugin
+
+import farm
+from farm.checkpoints import short_hash
+from farm.task import RenderTask
+
+# A1111's key order; keys not listed keep their insertion order after these, then Version and User.
+KEY_ORDER = (
+    "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration",
+    "Size", "Model hash", "Model", "FP8 weight", "Cache FP16 weight for LoRA", "VAE hash", "VAE",
+    "Variation seed", "Variation seed strength", "Seed resize from", "Denoising strength",
+    "Conditional mask weight", "Clip skip", "ENSD", "Token merging ratio", "Token merging ratio hr",
+    "Init image hash", "RNG", "Tiling",
+)
+LAST_KEYS = ("Version", "User")
+
+NEGATIVE_PREFIX = "Negative prompt:"
+
+# Keys whose values the reader turns into numbers (only these: a model name "123" or a hash made
+# only of digits must stay text).
+INT_KEYS = {"Steps", "Seed", "Clip skip", "Variation seed", "Hires steps", "Size-1", "Size-2"}
+NUMBER_KEYS = {
+    "CFG scale", "Image CFG scale", "Denoising strength", "Variation seed strength",
+    "Conditional mask weight", "Token merging ratio", "Token merging ratio hr", "Hires upscale",
+}
+# What A1111 assumes when an infotext leaves these out.
+READER_DEFAULTS = {"Clip skip": 1, "RNG": "GPU", "Schedule type": "Automatic"}
+
+# One `key: value` pair: a key is a word char then word chars, spaces, '-' or '/'; a value is a
+# double-quoted JSON string or anything up to the next comma.
+_KEY = r"\w[\w \-/]*"
+_PAIR = re.compile(r'\s*(' + _KEY + r'):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# A bare key (written alone because its value equals it), e.g. ", Tiling,".
+_BARE = re.compile(r"\s*(" + _KEY + r")\s*(?:,|$)")
+_WXH = re.compile(r"^(\d+)x(\d+)$")
+
+
+def _number_text(value: float) -> int | float:
+    """7.0 -> 7 and 7.5 -> 7.5: what A1111 shows for a CFG typed in its UI."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def task_parameters(task: RenderTask, seed: int) -> dict[str, object]:
+    """The ordered key/value pairs A1111 would write for the image of `task` with `seed`."""
+    params: dict[str, object] = {"Steps": task.steps, "Sampler": task.sampler}
+    if task.schedule != "Automatic":
+        params["Schedule type"] = task.schedule
+    params["CFG scale"] = _number_text(task.cfg)
+    params["Seed"] = seed
+    params["Size"] = f"{task.width}x{task.height}"
+    params["Model hash"] = short_hash(task.checkpoint_hash)  # None: left out by the writer
+    params["Model"] = task.checkpoint
+    if task.clip_skip > 1:
+        params["Clip skip"] = task.clip_skip
+    params["Version"] = f"seedfarm {farm.__version__}"
+    return params
+
+
+def _quote(text: str) -> str:
+    if "," in text or "\n" in text or ":" in text:
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _ordered(params: dict) -> list[tuple[str, object]]:
+    known = [k for k in KEY_ORDER if k in params]
+    last = [k for k in LAST_KEYS if k in params]
+    extra = [k for k in params if k not in KEY_ORDER and k not in LAST_KEYS]
+    return [(k, params[k]) for k in known + extra + last]
+
+
+def format_infotext(prompt: str, negative_prompt: str, params: dict) -> str:
+    """Prompt, `Negative prompt: ...` (only when non-empty), then the `Key: value, ...` line."""
+    pairs = []
+    for key, value in _ordered(params):
+        if value is None:
+            continue
+        text = str(value)
+        pairs.append(key if key == text else f"{key}: {_quote(text)}")
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"{NEGATIVE_PREFIX} {negative_prompt}")
+    lines.append(", ".join(pairs))
+    return "\n".join(lines).strip()
+
+
+def _typed(key: str, value: str) -> object:
+    if key in INT_KEYS and re.fullmatch(r"-?\d+", value):
+        return int(value)
+    if key in NUMBER_KEYS:
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(value) if re.fullmatch(r"-?\d+", value) else number
+    return value
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # A1111 also keeps a value it cannot decode as it is
+    return value
+
+
+def _parse_parameter_line(line: str) -> dict[str, object]:
+    params: dict[str, object] = {}
+    pos = 0
+    while pos < len(line):
+        m = _PAIR.match(line, pos)
+        if m:
+            key, value = m.group(1).strip(), _unquote(m.group(2).strip())
+            size = _WXH.match(value)
+            params[key] = _typed(key, value)
+            if size:
+                params[f"{key}-1"] = int(size.group(1))
+                params[f"{key}-2"] = int(size.group(2))
+        else:
+            m = _BARE.match(line, pos)
+            if m:
+                params[m.group(1).strip()] = m.group(1).strip()
+            else:  # not a pair: skip to the next comma, as A1111's scan does
+                comma = line.find(",", pos)
+                pos = len(line) if comma < 0 else comma + 1
+                continue
+        pos = m.end()
+    return params
+
+
+def parse_infotext(text: str) -> tuple[str, str, dict[str, object]]:
+    """(prompt, negative prompt, parameters). Numbers come back as int/float for the keys in
+    INT_KEYS/NUMBER_KEYS, everything else as text; `WxH` values also give `Key-1`, `Key-2`; keys
+    A1111 assumes when missing (READER_DEFAULTS) are added."""
+    lines = text.strip().split("\n")
+    params: dict[str, object] = {}
+    if len(_PAIR.findall(lines[-1])) >= 3:
+        params = _parse_parameter_line(lines.pop())
+    prompt: list[str] = []
+    negative: list[str] = []
+    in_negative = False
+    for line in lines:
+        line = line.strip()
+        if line.startswith(NEGATIVE_PREFIX):
+            in_negative = True
+            line = line[len(NEGATIVE_PREFIX):].strip()
+        (negative if in_negative else prompt).append(line)
+    for key, value in READER_DEFAULTS.items():
+        params.setdefault(key, value)
+    return "\n".join(prompt).strip(), "\n".join(negative).strip(), params
+
+
+def png_bytes(image: Image.Image, infotext: str) -> bytes:
+    """The image as PNG with the infotext in a `parameters` chunk: tEXt when the text is latin-1,
+    iTXt (UTF-8) otherwise, as A1111 writes it."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", infotext)  # Pillow picks iTXt itself when latin-1 cannot hold it
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_parameters(data: bytes | str | os.PathLike) -> str | None:
+    """The `parameters` text of a PNG (bytes or a path), or None when it has none."""
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    with Image.open(source) as image:
+        text = image.info.get("parameters")
+        if text is None:
+            image.load()  # a text chunk after the pixel data is read only with the pixels
+            text = image.info.get("parameters")
+    return str(text) if text is not None else None
