@@ -1,0 +1,24 @@
+# The two set-up commands of the README. Both create .venv on first use.
+#   make demo   render the built-in demo sweep locally (tiny model, no servers) into outputs/
+#   make test   run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch is pinned to the CPU build that pip finds on this project's machines; GPU users install
+# their CUDA build first (README) and pip keeps it.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0 -e '.[worker,test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(BIN)/farm run
+
+test: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

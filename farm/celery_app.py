@@ -1,0 +1,51 @@
+"""The Celery application shared by `farm submit` (producer) and `farm worker` / `farm run` (consumers).
+
+Only the task *name* lives here; its body is worker/tasks.py, registered by the worker process, so
+the coordinator never imports torch. JSON on the wire only: pickle would let anyone who can write
+to Redis run code on every PC.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from farm.config import DEFAULT_VISIBILITY_TIMEOUT
+
+RENDER_TASK = "seedfarm.render"
+
+
+def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
+             restore_interval: float = 10.0) -> Celery:
+    """The Celery app. See farm/config.py for why the visibility timeout is what it is."""
+    app = Celery("seedfarm", broker=broker_url)
+    transport = {
+        "visibility_timeout": visibility_timeout,
+        # kombu >= 5.7: look for tasks of dead workers every `restore_interval` seconds, not
+        # every ~100 s, so a switched-off PC's task is back on the queue soon after the timeout.
+        "unacked_restore_interval": restore_interval,
+        "unacked_restore_throttle": 1,
+        "socket_timeout": 30,
+        "socket_connect_timeout": 10,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    }
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # A render is acked only after its image and record are in the store, and a worker holds
+        # at most one task it has not started: a PC switched off loses nothing and hoards nothing.
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options=transport,
+        visibility_timeout=visibility_timeout,
+        # Results are tiny records in our own ledger; the store holds the images.
+        task_ignore_result=True,
+        task_default_queue="seedfarm",
+        worker_hijack_root_logger=False,
+    )
+    return app

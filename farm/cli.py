@@ -1,0 +1,384 @@
+"""The `farm` command.
+
+Commands that render (`run`, `models make-tiny`) import the worker package lazily, so the
+coordinator's commands start in a blink on a box without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from farm import __version__
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors stay one line
+DEFAULT_MODELS = os.environ.get("FARM_MODELS", "models")
+DEMO_CHECKPOINT = "seedfarm-tiny"
+
+
+class FarmError(click.ClickException):
+    """A user-facing error: one line, exit code 1, no traceback."""
+
+    def show(self, file=None) -> None:
+        console.print(f"[red]error:[/red] {self.format_message()}")
+
+
+class SpecErrorExit(click.ClickException):
+    """A spec error: `FILE:LINE:COL: message`, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        console.print(self.format_message(), markup=False)
+
+
+def load_spec_or_exit(path: str | Path, models_dir: Path | None):
+    from farm.spec import SpecError, load_spec
+
+    try:
+        return load_spec(path, models_dir=models_dir)
+    except SpecError as e:
+        raise SpecErrorExit(str(e)) from None
+    except OSError as e:
+        raise FarmError(f"cannot read spec {path}: {e.strerror}") from None
+
+
+def need_worker_extra() -> None:
+    """`farm run` renders in this process: say how to get torch instead of an ImportError."""
+    try:
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise FarmError(
+            f"rendering needs the worker extra ({e.name} is missing): pip install 'seedfarm[worker]' "
+            "(on a GPU box install the CUDA build of torch first, see README)"
+        ) from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="seedfarm")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Farm config YAML (default: $FARM_CONFIG, ./farm.yaml, ~/.config/seedfarm/farm.yaml).")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """seedfarm: batch Stable Diffusion sweeps across your PCs, A1111-compatible."""
+    ctx.obj = {"config": config_path}
+
+
+def settings(**flags):
+    """Flags > FARM_* env vars > config file > defaults (farm/config.py)."""
+    from farm.config import ConfigError, load_settings
+
+    try:
+        return load_settings(click.get_current_context().obj["config"], **flags)
+    except ConfigError as e:
+        raise FarmError(str(e)) from None
+
+
+def ledger_or_exit(broker_url: str):
+    from farm.ledger import BrokerUnreachable, Ledger, connect
+
+    try:
+        return Ledger(connect(broker_url))
+    except BrokerUnreachable as e:
+        raise FarmError(str(e)) from None
+
+
+def store_or_exit(url: str):
+    from farm.store import open_store
+
+    try:
+        return open_store(url)
+    except ValueError as e:
+        raise FarmError(str(e)) from None
+
+
+@main.command()
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@click.option("--models", "models_dir", type=click.Path(file_okay=False), default=DEFAULT_MODELS,
+              show_default=True, help="A1111/ComfyUI models folder (or env FARM_MODELS).")
+def validate(spec: str, models_dir: str) -> None:
+    """Check a job spec; print its axes and task count."""
+    job = load_spec_or_exit(spec, Path(models_dir) if Path(models_dir).is_dir() else None)
+    for line in job.describe():
+        click.echo(line)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per task (the queued RenderTask).")
+@click.option("--models", "models_dir", type=click.Path(file_okay=False), default=DEFAULT_MODELS,
+              show_default=True, help="Models folder, to resolve checkpoint hashes.")
+@click.option("--limit", type=int, default=None, help="Stop after N tasks.")
+def expand(spec: str, as_json: bool, models_dir: str, limit: int | None) -> None:
+    """Print the tasks a spec expands to, in queue order."""
+    from itertools import islice
+
+    from farm.expand import expand as expand_spec
+
+    job = load_spec_or_exit(spec, Path(models_dir) if Path(models_dir).is_dir() else None)
+    for task in islice(expand_spec(job), limit):
+        if as_json:
+            click.echo(task.to_json())
+        else:
+            axes = ", ".join(f"{k}={v}" for k, v in task.axes.items())
+            click.echo(f"{task.index}\t{task.id}\tseed {task.seed}\t{axes}")
+
+
+@main.command()
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="outputs", show_default=True,
+              help="Output folder; the job gets its own subfolder.")
+@click.option("--models", "models_dir", type=click.Path(file_okay=False), default=DEFAULT_MODELS,
+              show_default=True, help="A1111/ComfyUI models folder (or env FARM_MODELS).")
+def run(spec: str | None, out_dir: str, models_dir: str) -> None:
+    """Render a job here, in this process, with no servers.
+
+    Without SPEC, renders the built-in demo sweep with the built-in tiny model (written to the
+    models folder on first use)."""
+    need_worker_extra()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from farm.store import open_store
+    from worker.local import run_local
+
+    models = Path(models_dir)
+    if spec is None:
+        spec = ensure_demo(models)
+    job = load_spec_or_exit(spec, models)
+    store = open_store(out_dir)
+    console.print(f"job [bold]{job.job_id}[/bold]: {job.task_count()} tasks, {job.image_count()} images "
+                  f"-> {store.describe(job.job_id)}")
+    columns = [TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("images", total=job.image_count())
+        summary = run_local(job, store, models, on_images=lambda n: progress.advance(bar, n))
+    for line in summary.failed:
+        console.print(f"[red]failed:[/red] {line}", markup=True)
+    console.print(
+        f"{summary.images} images rendered in {summary.seconds:.1f} s "
+        f"({summary.images_per_second:.2f} images/s)"
+        + (f", {summary.skipped} already done" if summary.skipped else "")
+        + f"; manifest: {summary.manifest_lines} lines"
+    )
+    for key in summary.sheets:
+        console.print(f"contact sheet: {store.describe(key)}")
+    if summary.failed:
+        raise FarmError(f"{len(summary.failed)} task(s) failed; rerun the same command to retry only those")
+
+
+def ensure_demo(models: Path) -> str:
+    """The packaged demo spec; writes the tiny model into the models folder if it is not there."""
+    from farm.checkpoints import find_checkpoints
+
+    have = find_checkpoints(models) if models.is_dir() else {}
+    if DEMO_CHECKPOINT not in have:
+        from worker.tiny import make_tiny
+
+        path = make_tiny(models, DEMO_CHECKPOINT)
+        console.print(f"wrote the built-in tiny model to {path}")
+    return str(resources.files("farm") / "data" / "demo.yaml")
+
+
+@main.command()
+@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--x", "x_axis", default=None, help="Axis on columns (default: the one with most values).")
+@click.option("--y", "y_axis", default=None, help="Axis on rows (default: the next).")
+def grid(job_dir: str, x_axis: str | None, y_axis: str | None) -> None:
+    """Rebuild the contact sheets of a job folder (OUT_DIR/JOB)."""
+    from farm.grid import write_sheets
+    from farm.store import open_store, write_manifest
+
+    path = Path(job_dir).resolve()
+    if not (path / "records").is_dir():
+        raise FarmError(f"{job_dir} is not a job folder (it has no records/): pass OUT_DIR/JOB")
+    store = open_store(str(path.parent))
+    write_manifest(store, path.name)
+    try:
+        keys = write_sheets(store, path.name, x=x_axis, y=y_axis)
+    except ValueError as e:
+        raise FarmError(str(e)) from None
+    for key in keys:
+        click.echo(store.describe(key))
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the parsed parameters as JSON.")
+def info(image: str, as_json: bool) -> None:
+    """Print an image's A1111 parameters (PNG Info)."""
+    from farm.infotext import parse_infotext, read_parameters
+
+    text = read_parameters(Path(image))
+    if text is None:
+        raise FarmError(f"{image} has no A1111 'parameters' text")
+    if not as_json:
+        click.echo(text)
+        return
+    prompt, negative, params = parse_infotext(text)
+    click.echo(json.dumps({"prompt": prompt, "negative_prompt": negative, **params}, ensure_ascii=False))
+
+
+@main.group()
+def models() -> None:
+    """Model files: list them, write the built-in tiny test model."""
+
+
+@models.command("make-tiny")
+@click.argument("models_dir", type=click.Path(file_okay=False))
+@click.option("--name", default=DEMO_CHECKPOINT, show_default=True)
+def make_tiny_cmd(models_dir: str, name: str) -> None:
+    """Write a tiny random-weight SD1.5-family checkpoint (A1111 layout) into MODELS_DIR."""
+    need_worker_extra()
+    from worker.tiny import make_tiny
+
+    click.echo(make_tiny(Path(models_dir), name))
+
+
+@models.command("list")
+@click.option("--models", "models_dir", type=click.Path(file_okay=False), default=DEFAULT_MODELS,
+              show_default=True)
+def models_list(models_dir: str) -> None:
+    """List the checkpoints in a models folder with their A1111 short hash."""
+    from farm.checkpoints import find_checkpoints, sha256_file
+
+    seen = set()
+    for name, path in find_checkpoints(Path(models_dir)).items():
+        if path in seen:
+            continue
+        seen.add(path)
+        size_mb = path.stat().st_size / 2**20
+        click.echo(f"{sha256_file(path)[:10]}  {size_mb:9.1f} MB  {name}")
+    if not seen:
+        raise FarmError(f"no checkpoints in {models_dir}")
+
+
+BROKER_HELP = "Redis URL, e.g. redis://:PASSWORD@HOST:6379/0 (or env FARM_BROKER_URL)."
+STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
+
+
+@main.command()
+@click.option("--broker", default=None, help=BROKER_HELP)
+@click.option("--models", "models_dir", default=None, help="A1111/ComfyUI models folder (or env FARM_MODELS).")
+@click.option("--name", default=None, help="Worker name shown in `farm workers` (default: HOST-gpuN).")
+@click.option("--gpu", type=int, default=None, help="GPU index this process renders on (one process per GPU).")
+@click.option("--store", "store_url", default=None,
+              help="Use this store instead of the job's (e.g. the same NAS mounted at another path).")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(broker, models_dir, name, gpu, store_url, loglevel) -> None:
+    """Render tasks from the farm's queue until stopped (Ctrl+C finishes the current task first)."""
+    need_worker_extra()
+    from farm.ledger import BrokerUnreachable
+    from worker.service import run_worker
+
+    try:
+        run_worker(settings(broker_url=broker, models=models_dir), name, gpu, store_url, loglevel)
+    except (BrokerUnreachable, FileNotFoundError) as e:
+        raise FarmError(str(e)) from None
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--broker", default=None, help=BROKER_HELP)
+@click.option("--store", "store_url", default=None, help=STORE_HELP)
+@click.option("--models", "models_dir", default=None,
+              help="Models folder, to check checkpoint names and pin their hashes before queueing.")
+def submit(spec, broker, store_url, models_dir) -> None:
+    """Queue a job's tasks for the farm's workers; prints the job id."""
+    from farm.dispatch import submit as submit_job
+    from farm.ledger import BrokerUnreachable, safe_url
+
+    conf = settings(broker_url=broker, store=store_url, models=models_dir)
+    models = Path(conf.models)
+    job = load_spec_or_exit(spec, models if models.is_dir() else None)
+    store = store_or_exit(conf.store)
+    try:
+        count = submit_job(job, store, conf.broker_url)
+    except BrokerUnreachable as e:
+        raise FarmError(str(e)) from None
+    click.echo(job.job_id)
+    console.print(f"queued {count} tasks ({job.image_count()} images) on {safe_url(conf.broker_url)}; "
+                  f"results -> {store.describe(job.job_id)}\nwatch: farm status {job.job_id} --watch")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--broker", default=None, help=BROKER_HELP)
+@click.option("--watch", is_flag=True, help="Update live until the job finishes.")
+def status(job, broker, watch) -> None:
+    """A job's progress: queued / running / done / failed, per-worker speed, ETA, sheets."""
+    from farm.status import show_status
+
+    ledger = ledger_or_exit(settings(broker_url=broker).broker_url)
+    if not show_status(ledger, job, watch=watch, console=console):
+        raise FarmError(f"no job {job} in Redis (`farm jobs` lists them; `farm resume {job}` "
+                        "restores one from its store)")
+
+
+@main.command()
+@click.option("--broker", default=None, help=BROKER_HELP)
+def jobs(broker) -> None:
+    """List the farm's jobs."""
+    from farm.status import list_jobs
+
+    list_jobs(ledger_or_exit(settings(broker_url=broker).broker_url))
+
+
+@main.command()
+@click.option("--broker", default=None, help=BROKER_HELP)
+def workers(broker) -> None:
+    """List live workers: name, GPU, VRAM, loaded checkpoint, images done, last seen."""
+    from farm.status import list_workers
+
+    list_workers(ledger_or_exit(settings(broker_url=broker).broker_url))
+
+
+@main.command()
+@click.argument("job")
+@click.option("--broker", default=None, help=BROKER_HELP)
+def cancel(job, broker) -> None:
+    """Cancel a job: workers skip its remaining tasks; what is rendered stays in the store."""
+    ledger = ledger_or_exit(settings(broker_url=broker).broker_url)
+    if not ledger.job_info(job):
+        raise FarmError(f"no job {job} in Redis")
+    ledger.set_status(job, "cancelled")
+    click.echo(f"cancelled {job}")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--broker", default=None, help=BROKER_HELP)
+@click.option("--store", "store_url", default=None, help=STORE_HELP)
+def resume(job, broker, store_url) -> None:
+    """Re-queue every task of JOB whose output is not in the store (after a crash or a Redis loss)."""
+    from farm.dispatch import resume as resume_job
+    from farm.jobs import read_job_record
+    from farm.ledger import BrokerUnreachable
+    from farm.spec import SpecError, parse_spec
+
+    conf = settings(broker_url=broker, store=store_url)
+    store = store_or_exit(conf.store)
+    try:
+        record, text = read_job_record(store, job)
+    except FileNotFoundError:
+        raise FarmError(f"no job {job} in store {store.url} (give the job's store with --store)") from None
+    try:
+        # named as at submit, so a spec without `name:` gets the same job id again
+        spec = parse_spec(text, filename=f"{record['name']}.yaml", checkpoint_hashes=record.get("checkpoint_hashes"))
+    except SpecError as e:
+        raise SpecErrorExit(str(e)) from None
+    try:
+        done, queued = resume_job(spec, store, conf.broker_url)
+    except BrokerUnreachable as e:
+        raise FarmError(str(e)) from None
+    click.echo(f"{job}: {done} tasks already in the store, {queued} re-queued")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

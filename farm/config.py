@@ -1,0 +1,82 @@
+"""Farm settings: command-line flags, then FARM_* environment variables, then a YAML config file,
+then the defaults. The first that gives a value wins.
+
+The config file is `--config FILE`, else $FARM_CONFIG, else ./farm.yaml, else
+~/.config/seedfarm/farm.yaml (see configs/farm.example.yaml).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+# Celery's visibility timeout: a delivered task that is not acked within this many seconds is
+# handed to another worker. It must exceed the longest render + checkpoint load + clock skew
+# between PCs, or a slow render is duplicated (harmless here, but wasted GPU time); the cost of a
+# long one is the wait before a task of a switched-off PC is rendered elsewhere.
+DEFAULT_VISIBILITY_TIMEOUT = 600.0
+
+
+class FarmSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    store: str = "outputs"
+    models: str = "models"
+    worker_name: str | None = None
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
+    # How often every worker looks for tasks of dead workers to hand back (kombu >= 5.7).
+    restore_interval: float = 10.0
+
+
+ENV_VARS = {
+    "broker_url": "FARM_BROKER_URL",
+    "store": "FARM_STORE",
+    "models": "FARM_MODELS",
+    "worker_name": "FARM_WORKER_NAME",
+    "visibility_timeout": "FARM_VISIBILITY_TIMEOUT",
+    "restore_interval": "FARM_RESTORE_INTERVAL",
+}
+
+
+class ConfigError(Exception):
+    pass
+
+
+def config_file(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("FARM_CONFIG"):
+        return Path(os.environ["FARM_CONFIG"])
+    for candidate in (Path("farm.yaml"), Path.home() / ".config" / "seedfarm" / "farm.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(config: str | None = None, **flags: Any) -> FarmSettings:
+    """Settings from flags (None = not given), env, config file and defaults, in that order."""
+    values: dict[str, Any] = {}
+    path = config_file(config)
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+        values.update(loaded)
+    for key, env in ENV_VARS.items():
+        if os.environ.get(env):
+            values[key] = os.environ[env]
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return FarmSettings(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = f"config {path}" if path else "settings"
+        raise ConfigError(f"{where}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None

@@ -1,0 +1,195 @@
+"""Live job and worker state in Redis: what `farm status`, `farm jobs` and `farm workers` read.
+
+Redis holds only the live picture; the store (images + records) is the truth about what is done,
+so a flushed Redis is repaired by `farm resume`, which recounts from the store.
+
+Keys, all under `farm:`:
+  jobs                      sorted set: job id -> created time
+  job:{id}                  hash: name, store, tasks, images, created_at, status, sheets, ...
+  job:{id}:done             set of finished task ids (a duplicate delivery adds nothing)
+  job:{id}:failed           hash: task id -> reason
+  job:{id}:running          hash: task id -> worker name
+  job:{id}:workers          hash: "{worker}:images" / "{worker}:seconds" -> totals, for images/s
+  job:{id}:sheets-claim     set once, by the worker that builds the contact sheets
+  worker:{name}             hash with a short TTL, refreshed by each live worker's heartbeat
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+PREFIX = "farm:"
+HEARTBEAT_TTL = 30  # seconds a worker stays listed after its last heartbeat
+SHEETS_CLAIM_TTL = 900  # a worker that dies while building sheets frees the claim after this
+
+# Marks a task finished (done or failed) and says whether this call saw the job's last task land;
+# the SET NX makes sure exactly one caller builds the contact sheets, without Celery chords.
+_FINISH_LUA = """
+redis.call('HDEL', KEYS[3], ARGV[1])
+if ARGV[2] == 'done' then
+  redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+elseif redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+end
+local total = tonumber(redis.call('HGET', KEYS[4], 'tasks') or '-1')
+if total >= 0 and redis.call('SCARD', KEYS[1]) + redis.call('HLEN', KEYS[2]) >= total
+   and redis.call('SET', KEYS[5], '1', 'NX', 'EX', tonumber(ARGV[4])) then
+  return 1
+end
+return 0
+"""
+
+
+class BrokerUnreachable(Exception):
+    """Redis cannot be reached; the message says where and what to check."""
+
+
+def connect(url: str) -> redis.Redis:
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        raise BrokerUnreachable(
+            f"cannot reach Redis at {safe_url(url)} ({e}); is redis-server running there, and are "
+            "--broker / FARM_BROKER_URL and the password right?"
+        ) from None
+    return client
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user + ':' if user else ':'}***@{host}"
+
+
+def job_key(job: str, part: str = "") -> str:
+    return f"{PREFIX}job:{job}" + (f":{part}" if part else "")
+
+
+@dataclass
+class JobStatus:
+    job: str
+    info: dict
+    done: int
+    failed: dict[str, str]
+    running: dict[str, str]
+    workers: dict[str, tuple[int, float]] = field(default_factory=dict)  # worker -> (images, seconds)
+
+    @property
+    def tasks(self) -> int:
+        return int(self.info.get("tasks", 0))
+
+    @property
+    def queued(self) -> int:
+        return max(0, self.tasks - self.done - len(self.failed) - len(self.running))
+
+    @property
+    def status(self) -> str:
+        return self.info.get("status", "unknown")
+
+    @property
+    def sheets(self) -> list[str]:
+        return json.loads(self.info.get("sheets", "[]"))
+
+
+class Ledger:
+    def __init__(self, client: redis.Redis):
+        self.r = client
+        self._finish = client.register_script(_FINISH_LUA)
+
+    # --- jobs -------------------------------------------------------------------------------
+    def register_job(self, job: str, info: dict, done: set[str] = frozenset()) -> None:
+        """Create (or, on resume, reset) a job's live state; `done` are task ids already in the store."""
+        pipe = self.r.pipeline()
+        pipe.zadd(f"{PREFIX}jobs", {job: time.time()}, nx=True)
+        pipe.hset(job_key(job), mapping={k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()})
+        pipe.hset(job_key(job), "status", "queued")
+        pipe.hdel(job_key(job), "sheets", "finished_at")
+        for part in ("done", "failed", "running", "sheets-claim"):
+            pipe.delete(job_key(job, part))
+        done = list(done)
+        for i in range(0, len(done), 10_000):
+            pipe.sadd(job_key(job, "done"), *done[i : i + 10_000])
+        pipe.execute()
+
+    def job_info(self, job: str) -> dict:
+        return self.r.hgetall(job_key(job))
+
+    def jobs(self) -> list[str]:
+        return self.r.zrange(f"{PREFIX}jobs", 0, -1)
+
+    def set_status(self, job: str, status: str, **extra: str) -> None:
+        self.r.hset(job_key(job), mapping={"status": status, **extra})
+
+    def is_cancelled(self, job: str) -> bool:
+        return self.r.hget(job_key(job), "status") == "cancelled"
+
+    def failed_count(self, job: str) -> int:
+        return self.r.hlen(job_key(job, "failed"))
+
+    def status(self, job: str) -> JobStatus | None:
+        info = self.job_info(job)
+        if not info:
+            return None
+        pipe = self.r.pipeline()
+        pipe.scard(job_key(job, "done"))
+        pipe.hgetall(job_key(job, "failed"))
+        pipe.hgetall(job_key(job, "running"))
+        pipe.hgetall(job_key(job, "workers"))
+        done, failed, running, rates = pipe.execute()
+        workers: dict[str, tuple[int, float]] = {}
+        for k, v in rates.items():
+            name, what = k.rsplit(":", 1)
+            images, seconds = workers.get(name, (0, 0.0))
+            workers[name] = (int(float(v)), seconds) if what == "images" else (images, float(v))
+        return JobStatus(job, info, done, failed, running, workers)
+
+    # --- tasks (called by workers) ------------------------------------------------------------
+    def task_started(self, job: str, task_id: str, worker: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(job_key(job, "running"), task_id, worker)
+        pipe.hsetnx(job_key(job), "started_at", str(time.time()))
+        pipe.execute()
+        if self.r.hget(job_key(job), "status") == "queued":
+            self.r.hset(job_key(job), "status", "running")
+
+    def task_finished(self, job: str, task_id: str, worker: str, images: int = 0, seconds: float = 0.0,
+                      failed: str | None = None) -> bool:
+        """Record a finished task; True for exactly one caller, when the job's last task lands."""
+        if images:
+            pipe = self.r.pipeline()
+            pipe.hincrby(job_key(job, "workers"), f"{worker}:images", images)
+            pipe.hincrbyfloat(job_key(job, "workers"), f"{worker}:seconds", seconds)
+            pipe.execute()
+        keys = [job_key(job, "done"), job_key(job, "failed"), job_key(job, "running"), job_key(job),
+                job_key(job, "sheets-claim")]
+        outcome = "failed" if failed is not None else "done"
+        return bool(self._finish(keys=keys, args=[task_id, outcome, failed or "", SHEETS_CLAIM_TTL]))
+
+    # --- workers ------------------------------------------------------------------------------
+    def heartbeat(self, name: str, info: dict) -> None:
+        key = f"{PREFIX}worker:{name}"
+        pipe = self.r.pipeline()
+        pipe.hset(key, mapping={**{k: str(v) for k, v in info.items()}, "last_seen": str(time.time())})
+        pipe.expire(key, HEARTBEAT_TTL)
+        pipe.execute()
+
+    def forget_worker(self, name: str) -> None:
+        self.r.delete(f"{PREFIX}worker:{name}")
+
+    def workers(self) -> list[dict]:
+        found = []
+        for key in sorted(self.r.scan_iter(f"{PREFIX}worker:*")):
+            info = self.r.hgetall(key)
+            if info:
+                found.append(info)
+        return found

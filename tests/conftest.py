@@ -1,0 +1,185 @@
+"""Shared test set-up: offline, a private hash cache, one tiny model per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Nothing may reach a model hub; the tiny models are built in code.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parent.parent
+FARM_BIN = Path(sys.executable).parent / "farm"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_hash_cache(tmp_path_factory):
+    os.environ["FARM_CACHE_DIR"] = str(tmp_path_factory.mktemp("farm-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, private_hash_cache) -> Path:
+    """A models folder in A1111 layout holding the built-in tiny checkpoint."""
+    from worker.tiny import make_tiny
+
+    models = tmp_path_factory.mktemp("models")
+    make_tiny(models, "seedfarm-tiny")
+    return models
+
+
+def farm(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real `farm` console command (the one pip installed) in a subprocess."""
+    return subprocess.run(
+        [str(FARM_BIN), *args],
+        cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ},
+    )
+
+
+# --- real servers for the farm tests: Redis, an S3 endpoint, worker processes -----------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+def ensure_redis_server() -> str:
+    """The redis-server binary; installed from Debian's packages when missing (tests run as root
+    on a fresh CI machine). Fails loudly rather than skipping."""
+    import shutil
+
+    path = shutil.which("redis-server")
+    if path:
+        return path
+    subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, capture_output=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    path = shutil.which("redis-server")
+    assert path, "redis-server could not be installed"
+    return path
+
+
+class RedisServer:
+    def __init__(self, binary: str, workdir: Path):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.proc)
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    return ensure_redis_server()
+
+
+@pytest.fixture
+def redis_server(redis_binary, tmp_path):
+    server = RedisServer(redis_binary, tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """moto's standalone S3 server on 127.0.0.1, reached only through boto3 with endpoint_url."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, proc)
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+class WorkerProcess:
+    """A real `farm worker` process, its log in a file."""
+
+    def __init__(self, broker: str, models: Path, name: str, log_dir: Path, env: dict | None = None):
+        self.name = name
+        self.log_path = log_dir / f"worker-{name}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(FARM_BIN), "worker", "--broker", broker, "--models", str(models), "--name", name],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+
+    def text(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready." in self.text() or " ready." in self.text():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited:\n{self.text()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"worker {self.name} not ready after {timeout} s:\n{self.text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+
+
+# Short timeouts for tests only; the defaults (farm/config.py) are for real renders.
+FAST_RECOVERY_ENV = {"FARM_VISIBILITY_TIMEOUT": "8", "FARM_RESTORE_INTERVAL": "1"}
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    started: list[WorkerProcess] = []
+
+    def start(broker: str, models: Path, name: str, env: dict | None = None) -> WorkerProcess:
+        w = WorkerProcess(broker, models, name, tmp_path, {**FAST_RECOVERY_ENV, **(env or {})})
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
