@@ -316,7 +316,7 @@ def status(job, broker, watch) -> None:
     from farm.status import show_status
 
     ledger = ledger_or_exit(settings(broker_url=broker).broker_url)
-    if not show_status(ledger, job, watch=watch, console=console):
+    if not show_status(ledger, job, watch=watch):
         raise FarmError(f"no job {job} in Redis (`farm jobs` lists them; `farm resume {job}` "
                         "restores one from its store)")
 

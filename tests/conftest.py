@@ -12,6 +12,8 @@ import pytest
 # Nothing may reach a model hub; the tiny models are built in code.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Credentials for the local S3 endpoint, in every process the tests start (workers too).
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
 
 REPO = Path(__file__).resolve().parent.parent
 FARM_BIN = Path(sys.executable).parent / "farm"
@@ -123,7 +125,6 @@ def s3_endpoint(tmp_path_factory):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     wait_for_port(port, proc)
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)

@@ -1,0 +1,59 @@
+"""Putting a job's tasks on the queue: `farm submit` and `farm resume`.
+
+Order of writes, so that a failure at any point leaves nothing half-done: check Redis is reachable,
+then write the job record to the store, then register the job's live state, then publish.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from farm.celery_app import RENDER_TASK, make_app
+from farm.expand import expand
+from farm.jobs import finish_job, write_job_record
+from farm.ledger import Ledger, connect
+from farm.spec import JobSpec
+from farm.store import Store, record_key
+from farm.task import RenderTask
+
+PUBLISH_BATCH = 1000
+
+
+def publish(broker_url: str, tasks: Iterable[RenderTask], store_url: str) -> int:
+    """Queue render tasks with pipelined publishing (kombu's Producer.batch); returns the count."""
+    app = make_app(broker_url)
+    count = 0
+    with app.producer_or_acquire() as producer:
+        with producer.batch(max_size=PUBLISH_BATCH):
+            for task in tasks:
+                app.send_task(RENDER_TASK, args=[task.model_dump(), store_url], producer=producer,
+                              task_id=f"{task.job}:{task.id}")
+                count += 1
+    return count
+
+
+def submit(spec: JobSpec, store: Store, broker_url: str) -> int:
+    """Record the job in the store and queue all its tasks; returns the number queued."""
+    ledger = Ledger(connect(broker_url))
+    info = write_job_record(store, spec)
+    ledger.register_job(spec.job_id, info)
+    return publish(broker_url, expand(spec), store.url)
+
+
+def resume(spec: JobSpec, store: Store, broker_url: str) -> tuple[int, int]:
+    """Reconcile a job with its store: reset its live state to what the store holds and re-queue
+    every task whose output is missing. Returns (tasks already done, tasks re-queued).
+    The records folder is listed once, not asked once per image."""
+    ledger = Ledger(connect(broker_url))
+    info = write_job_record(store, spec)
+    recorded = set(store.list_keys(f"{spec.job_id}/records/"))
+
+    def in_store(task: RenderTask) -> bool:
+        return all(record_key(spec.job_id, task.image_stem(seed)) in recorded for seed in task.seeds)
+
+    done = {task.id for task in expand(spec) if in_store(task)}
+    ledger.register_job(spec.job_id, info, done=done)
+    if len(done) == spec.task_count():
+        finish_job(store, ledger, spec.job_id)
+        return len(done), 0
+    return len(done), publish(broker_url, (t for t in expand(spec) if not in_store(t)), store.url)

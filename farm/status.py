@@ -1,0 +1,95 @@
+"""What `farm status`, `farm jobs` and `farm workers` print, from the live state in Redis."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from farm.ledger import JobStatus, Ledger
+
+FINISHED = ("complete", "cancelled")
+
+
+def stdout_console() -> Console:
+    """Tables at full width when piped into a file or another program, not cut at 80 columns."""
+    import sys
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def is_finished(st: JobStatus) -> bool:
+    return st.status in FINISHED or st.status.startswith("finished")
+
+
+def eta_seconds(st: JobStatus) -> float | None:
+    """Remaining tasks at the farm's average pace since the first task started."""
+    started = float(st.info.get("started_at", 0) or 0)
+    finished = st.done + len(st.failed)
+    if not started or not finished:
+        return None
+    rate = finished / max(time.time() - started, 1e-6)
+    return (st.tasks - finished) / rate
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def render_status(st: JobStatus) -> Group:
+    counts = (f"[bold]{st.job}[/bold]  {st.status}  tasks {st.tasks}: queued {st.queued}, "
+              f"running {len(st.running)}, done {st.done}, failed {len(st.failed)}  "
+              f"ETA {format_duration(None if is_finished(st) else eta_seconds(st))}")
+    parts: list = [counts, ProgressBar(total=max(st.tasks, 1), completed=st.done + len(st.failed), width=60)]
+    if st.workers:
+        table = Table("worker", "images", "images/s", "rendering now", box=None, pad_edge=False)
+        rendering = {w: t for t, w in st.running.items()}
+        for name, (images, seconds) in sorted(st.workers.items()):
+            table.add_row(name, str(images), f"{images / seconds:.2f}" if seconds else "-", rendering.get(name, ""))
+        parts.append(table)
+    for task_id, reason in list(st.failed.items())[:5]:
+        parts.append(f"[red]failed[/red] {task_id}: {reason}")
+    for sheet in st.sheets:
+        parts.append(f"contact sheet: {sheet}")
+    return Group(*parts)
+
+
+def show_status(ledger: Ledger, job: str, watch: bool, console: Console | None = None) -> bool:
+    console = console or stdout_console()
+    st = ledger.status(job)
+    if st is None:
+        return False
+    if not watch:
+        console.print(render_status(st))
+        return True
+    with Live(render_status(st), console=console, refresh_per_second=2) as live:
+        while not is_finished(st):
+            time.sleep(1)
+            st = ledger.status(job) or st
+            live.update(render_status(st))
+    return True
+
+
+def list_jobs(ledger: Ledger) -> None:
+    table = Table("job", "status", "tasks", "done", "failed", "store")
+    for job in ledger.jobs():
+        st = ledger.status(job)
+        if st is not None:
+            table.add_row(job, st.status, str(st.tasks), str(st.done), str(len(st.failed)), st.info.get("store", ""))
+    stdout_console().print(table)
+
+
+def list_workers(ledger: Ledger) -> None:
+    table = Table("worker", "host", "GPU", "VRAM GB", "checkpoint", "images", "task", "last seen")
+    now = time.time()
+    for w in ledger.workers():
+        ago = now - float(w.get("last_seen", now))
+        table.add_row(w.get("name", ""), w.get("host", ""), w.get("gpu", ""), w.get("vram_gb", ""),
+                      w.get("checkpoint", ""), w.get("images_done", "0"), w.get("task", ""), f"{ago:.0f} s ago")
+    stdout_console().print(table)

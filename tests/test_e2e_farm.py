@@ -1,0 +1,213 @@
+"""End to end, the distributed farm: a real redis-server, real `farm worker` processes, the real CLI,
+a folder store and an S3 endpoint (moto's server on 127.0.0.1) reached through boto3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from conftest import farm
+from farm.dispatch import publish
+from farm.expand import expand
+from farm.ledger import Ledger
+from farm.spec import load_spec
+from farm.store import open_store
+
+SPEC_24 = """\
+name: farm24
+prompt: a lighthouse at dusk, oil painting
+checkpoint: seedfarm-tiny
+size: 64x64
+steps: {steps}
+sampler: Euler a
+cfg: [5, 7]
+seed: 1-12
+grid: {{x: seed, y: cfg}}
+"""
+
+
+def write_spec(tmp_path: Path, steps: int = 2) -> Path:
+    path = tmp_path / "farm24.yaml"
+    path.write_text(SPEC_24.format(steps=steps))
+    return path
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def submit(spec: Path, broker: str, store: str, models: Path) -> str:
+    result = farm("submit", str(spec), "--broker", broker, "--store", store, "--models", str(models))
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip()
+    assert "queued 24 tasks" in result.stderr
+    return job
+
+
+def wait_complete(ledger: Ledger, job: str, timeout: float = 120) -> None:
+    wait_for(lambda: ledger.job_info(job).get("status") == "complete", timeout, f"job {job} to complete")
+
+
+def check_complete_job(store_url: str, job: str, expected: int = 24) -> None:
+    """Every image, exactly one manifest line each, and the contact sheets are in the store."""
+    store = open_store(store_url)
+    images = [k for k in store.list_keys(f"{job}/images/") if k.endswith(".png")]
+    assert len(images) == expected
+    lines = store.read_text(f"{job}/manifest.jsonl").splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == expected
+    assert len({(r["task_id"], r["seed"]) for r in records}) == expected
+    assert sorted(f"{job}/{r['image']}" for r in records) == sorted(images)
+    sheets = list(store.list_keys(f"{job}/sheets/"))
+    assert sheets, "contact sheets were built"
+    assert {r["worker"] for r in records} <= {"alpha", "beta"}
+
+
+@pytest.fixture
+def two_workers(redis_server, tiny_models, start_worker):
+    workers = [start_worker(redis_server.url, tiny_models, name) for name in ("alpha", "beta")]
+    for w in workers:
+        w.wait_ready()
+    return workers
+
+
+@pytest.mark.parametrize("backend", ["folder", "s3"])
+def test_job_completes_on_two_workers(backend, redis_server, tiny_models, two_workers, tmp_path, request):
+    if backend == "folder":
+        store_url = str(tmp_path / "renders")
+    else:
+        endpoint = request.getfixturevalue("s3_endpoint")
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="farm-e2e")
+        store_url = f"s3://farm-e2e/renders?endpoint_url={endpoint}"
+    job = submit(write_spec(tmp_path), redis_server.url, store_url, tiny_models)
+    ledger = Ledger(redis_server.client())
+    wait_complete(ledger, job)
+    check_complete_job(store_url, job)
+
+    status = farm("status", job, "--broker", redis_server.url)
+    assert status.returncode == 0, status.stderr
+    assert "complete" in status.stdout and "done 24" in status.stdout
+    assert "contact sheet:" in status.stdout and "sheets/" in status.stdout
+    listed = farm("jobs", "--broker", redis_server.url)
+    assert job in listed.stdout and "complete" in listed.stdout
+    live = farm("workers", "--broker", redis_server.url).stdout
+    assert "alpha" in live and "beta" in live and "seedfarm-tiny" in live
+    # both PCs took part
+    records = [json.loads(x) for x in open_store(store_url).read_text(f"{job}/manifest.jsonl").splitlines()]
+    assert {r["worker"] for r in records} == {"alpha", "beta"}
+
+
+def test_worker_killed_mid_render_loses_nothing(redis_server, tiny_models, two_workers, tmp_path):
+    alpha, beta = two_workers
+    store_url = str(tmp_path / "renders")
+    job = submit(write_spec(tmp_path, steps=12), redis_server.url, store_url, tiny_models)
+    ledger = Ledger(redis_server.client())
+    # SIGKILL alpha while it is rendering (a PC switched off): its task sits unacked in Redis.
+    wait_for(lambda: "alpha" in ledger.status(job).running.values(), 60, "alpha to be rendering")
+    alpha.proc.send_signal(signal.SIGKILL)
+    alpha.proc.wait(10)
+    wait_complete(ledger, job, timeout=180)
+    check_complete_job(store_url, job)  # alpha's unacked task was handed to beta: all 24, no duplicates
+
+
+def test_redis_flushed_mid_job_then_resume_requeues_exactly_the_missing(redis_server, tiny_models, two_workers,
+                                                                         tmp_path):
+    store_url = str(tmp_path / "renders")
+    spec_path = write_spec(tmp_path, steps=8)
+    job = submit(spec_path, redis_server.url, store_url, tiny_models)
+    store = open_store(store_url)
+    wait_for(lambda: len(list(store.list_keys(f"{job}/records/"))) >= 4, 60, "a few images to land")
+    redis_server.client().flushall()
+    # the tasks the workers were holding finish; then nothing moves: the queue is gone
+    seen = []
+
+    def settled() -> bool:
+        seen.append(len(list(store.list_keys(f"{job}/records/"))))
+        return len(seen) > 15 and len(set(seen[-15:])) == 1
+
+    wait_for(settled, 60, "the workers to go idle")
+    done_before = {k for k in store.list_keys(f"{job}/records/")}
+    assert 0 < len(done_before) < 24
+
+    result = farm("resume", job, "--broker", redis_server.url, "--store", store_url)
+    assert result.returncode == 0, result.stderr
+    done_now = len({k for k in store.list_keys(f"{job}/records/")})
+    # every task is one image here: re-queued = missing from the store at the time of resume
+    counts = result.stdout.strip().split(": ", 1)[1]
+    already, requeued = int(counts.split()[0]), int(counts.split(", ")[1].split()[0])
+    assert already + requeued == 24
+    assert already >= len(done_before) and already <= done_now
+    wait_complete(Ledger(redis_server.client()), job)
+    check_complete_job(store_url, job)
+
+
+def test_duplicate_delivery_of_a_finished_task_leaves_one_image(redis_server, tiny_models, two_workers, tmp_path):
+    store_url = str(tmp_path / "renders")
+    spec_path = write_spec(tmp_path)
+    job = submit(spec_path, redis_server.url, store_url, tiny_models)
+    ledger = Ledger(redis_server.client())
+    wait_complete(ledger, job)
+    store = open_store(store_url)
+    mtimes = {k: os.stat(store.describe(k)).st_mtime_ns for k in store.list_keys(f"{job}/images/")}
+    # deliver three finished tasks again, as a redelivery after a lost ack would
+    tasks = list(expand(load_spec(spec_path, models_dir=tiny_models)))[:3]
+    assert publish(redis_server.url, tasks, store.url) == 3
+    alpha, beta = two_workers
+    wait_for(lambda: (alpha.text() + beta.text()).count("'skipped': True") >= 3, 60, "the duplicates to be consumed")
+    check_complete_job(store_url, job)
+    assert {k: os.stat(store.describe(k)).st_mtime_ns for k in store.list_keys(f"{job}/images/")} == mtimes
+    assert ledger.job_info(job)["status"] == "complete"
+
+
+def test_ctrl_c_finishes_the_current_task_before_exiting(redis_server, tiny_models, start_worker, tmp_path):
+    store_url = str(tmp_path / "renders")
+    solo = start_worker(redis_server.url, tiny_models, "alpha")
+    solo.wait_ready()
+    job = submit(write_spec(tmp_path, steps=12), redis_server.url, store_url, tiny_models)
+    ledger = Ledger(redis_server.client())
+    task_id = wait_for(lambda: next(iter(ledger.status(job).running), None), 60, "a task to start")
+    solo.proc.send_signal(signal.SIGINT)
+    assert solo.proc.wait(60) == 0
+    # the task it was rendering when Ctrl+C came is finished and recorded, not dropped
+    records = [json.loads(open_store(store_url).read_bytes(k)) for k in open_store(store_url).list_keys(f"{job}/records/")]
+    assert task_id in {r["task_id"] for r in records}
+    assert task_id not in ledger.status(job).running
+    assert ledger.status(job).done == len(records)
+
+
+def test_cancel_stops_remaining_tasks(redis_server, tiny_models, start_worker, tmp_path):
+    store_url = str(tmp_path / "renders")
+    worker = start_worker(redis_server.url, tiny_models, "alpha")
+    worker.wait_ready()
+    job = submit(write_spec(tmp_path, steps=12), redis_server.url, store_url, tiny_models)
+    ledger = Ledger(redis_server.client())
+    wait_for(lambda: ledger.status(job).done >= 1, 60, "a first image")
+    result = farm("cancel", job, "--broker", redis_server.url)
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: worker.text().count("'cancelled': True") >= 10, 60, "queued tasks to be skipped")
+    assert len(list(open_store(store_url).list_keys(f"{job}/images/"))) < 24
+    assert ledger.job_info(job)["status"] == "cancelled"
+
+
+def test_redis_unreachable_at_submit_is_one_line_and_writes_nothing(tmp_path, tiny_models):
+    from conftest import free_port
+
+    out = tmp_path / "renders"
+    result = farm("submit", str(write_spec(tmp_path)), "--broker", f"redis://:secret@127.0.0.1:{free_port()}/0",
+                  "--store", str(out), "--models", str(tiny_models))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach Redis" in lines[0] and "secret" not in lines[0]
+    assert not out.exists()

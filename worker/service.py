@@ -1,0 +1,84 @@
+"""`farm worker`: one Celery worker process per GPU, consuming render tasks from Redis.
+
+Pool: solo (one task at a time, in this process), on Linux and Windows alike. Celery's prefork
+pool does not work on Windows, and with one GPU per process there is nothing to run in parallel.
+A busy solo worker does not answer Celery's pings, so liveness comes from our own heartbeat
+thread (farm workers), not from Celery's control channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+from farm.celery_app import make_app
+from farm.config import FarmSettings
+from farm.ledger import Ledger, connect, safe_url
+from worker import tasks
+
+log = logging.getLogger("seedfarm.worker")
+HEARTBEAT_SECONDS = 5
+
+
+def device_info() -> dict:
+    """What `farm workers` shows about this process's GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return {"gpu": props.name, "vram_gb": f"{props.total_memory / 2**30:.1f}"}
+    return {"gpu": "cpu", "vram_gb": "0"}
+
+
+def heartbeat_loop(ledger: Ledger, ctx: tasks.WorkerContext, static: dict, stop: threading.Event) -> None:
+    while not stop.is_set():
+        current = ctx.current_task
+        info = {
+            **static,
+            "checkpoint": ctx.loaded_checkpoint,
+            "images_done": ctx.images_done,
+            "task": f"{current.job}/{current.id}" if current else "",
+        }
+        try:
+            ledger.heartbeat(ctx.name, info)
+        except Exception as e:  # Redis away for a moment: Celery's own reconnect logs it too
+            log.debug("heartbeat failed: %s", e)
+        stop.wait(HEARTBEAT_SECONDS)
+
+
+def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_override: str | None,
+               loglevel: str = "INFO") -> None:
+    if gpu is not None:
+        # Before torch is imported: this process sees only its own GPU, as device 0.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name = name or settings.worker_name or f"{socket.gethostname()}-gpu{gpu or 0}"
+    models = Path(settings.models)
+    if not models.is_dir():
+        raise FileNotFoundError(f"models folder {models} does not exist (--models / FARM_MODELS)")
+
+    ledger = Ledger(connect(settings.broker_url))
+    ctx = tasks.configure(models, name=name)
+    static = {"name": name, "host": socket.gethostname(), "pid": os.getpid(), **device_info()}
+    log.info("worker %s: %s, %s GB VRAM, models %s, broker %s", name, static["gpu"], static["vram_gb"],
+             models, safe_url(settings.broker_url))
+
+    app = make_app(settings.broker_url, settings.visibility_timeout, settings.restore_interval)
+    tasks.register(app, ledger=ledger, store_override=store_override)
+    stop = threading.Event()
+    beat = threading.Thread(target=heartbeat_loop, args=(ledger, ctx, static, stop), daemon=True)
+    beat.start()
+    try:
+        app.worker_main(argv=[
+            "worker", "--pool", "solo", "--concurrency", "1", "--hostname", f"{name}@%h",
+            "--loglevel", loglevel, "--without-mingle", "--without-gossip",
+        ])
+    finally:
+        stop.set()
+        try:
+            ledger.forget_worker(name)
+        except Exception:
+            pass
