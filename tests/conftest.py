@@ -168,8 +168,9 @@ class WorkerProcess:
         self.log.close()
 
 
-# Short timeouts for tests only; the defaults (farm/config.py) are for real renders.
-FAST_RECOVERY_ENV = {"FARM_VISIBILITY_TIMEOUT": "8", "FARM_RESTORE_INTERVAL": "1"}
+# Short timeouts for tests only; the defaults (farm/config.py) are for real renders. One torch
+# thread per worker: two CPU workers with two threads each on two cores thrash each other.
+TEST_WORKER_ENV = {"FARM_VISIBILITY_TIMEOUT": "8", "FARM_RESTORE_INTERVAL": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture
@@ -177,7 +178,7 @@ def start_worker(tmp_path):
     started: list[WorkerProcess] = []
 
     def start(broker: str, models: Path, name: str, env: dict | None = None) -> WorkerProcess:
-        w = WorkerProcess(broker, models, name, tmp_path, {**FAST_RECOVERY_ENV, **(env or {})})
+        w = WorkerProcess(broker, models, name, tmp_path, {**TEST_WORKER_ENV, **(env or {})})
         started.append(w)
         return w
 

@@ -102,8 +102,10 @@ def test_job_completes_on_two_workers(backend, redis_server, tiny_models, two_wo
     assert "contact sheet:" in status.stdout and "sheets/" in status.stdout
     listed = farm("jobs", "--broker", redis_server.url)
     assert job in listed.stdout and "complete" in listed.stdout
+    # heartbeats come every 5 s: within that, both workers show the checkpoint they loaded
+    wait_for(lambda: all(w.get("checkpoint") == "seedfarm-tiny" for w in ledger.workers()), 15, "heartbeats")
     live = farm("workers", "--broker", redis_server.url).stdout
-    assert "alpha" in live and "beta" in live and "seedfarm-tiny" in live
+    assert "alpha" in live and "beta" in live and "seedfarm-tiny" in live and "cpu" in live
     # both PCs took part
     records = [json.loads(x) for x in open_store(store_url).read_text(f"{job}/manifest.jsonl").splitlines()]
     assert {r["worker"] for r in records} == {"alpha", "beta"}
@@ -211,3 +213,21 @@ def test_redis_unreachable_at_submit_is_one_line_and_writes_nothing(tmp_path, ti
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach Redis" in lines[0] and "secret" not in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGINT] * 3, [signal.SIGQUIT]], ids=["ctrl-c x3", "sigquit"])
+def test_impatient_shutdown_never_drops_the_task(signals, redis_server, tiny_models, two_workers, tmp_path):
+    """Ctrl+C three times, or a cold shutdown (SIGQUIT): the worker exits without finishing; the
+    task it was rendering is handed back (at once, or after the visibility timeout) and rendered
+    by the other worker."""
+    alpha, beta = two_workers
+    store_url = str(tmp_path / "renders")
+    job = submit(write_spec(tmp_path, steps=12), redis_server.url, store_url, tiny_models)
+    ledger = Ledger(redis_server.client())
+    wait_for(lambda: "alpha" in ledger.status(job).running.values(), 60, "alpha to be rendering")
+    for sig in signals:
+        alpha.proc.send_signal(sig)
+        time.sleep(0.5)
+    alpha.proc.wait(60)
+    wait_complete(ledger, job, timeout=180)
+    check_complete_job(store_url, job)
