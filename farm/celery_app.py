@@ -24,6 +24,8 @@ def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_
         # every ~100 s, so a switched-off PC's task is back on the queue soon after the timeout.
         "unacked_restore_interval": restore_interval,
         "unacked_restore_throttle": 1,
+        # Read queues in the order the worker gives them (farm/routing.py), not round-robin.
+        "queue_order_strategy": "priority",
         "socket_timeout": 30,
         "socket_connect_timeout": 10,
         "socket_keepalive": True,

@@ -270,15 +270,19 @@ STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
 @click.option("--gpu", type=int, default=None, help="GPU index this process renders on (one process per GPU).")
 @click.option("--store", "store_url", default=None,
               help="Use this store instead of the job's (e.g. the same NAS mounted at another path).")
+@click.option("--max-pixels", type=int, default=None,
+              help="Most pixels (width x height x batch) one render may have here (default: from VRAM).")
+@click.option("--tags", default="", help="Comma-separated tags this worker offers, for specs' `requires:`.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(broker, models_dir, name, gpu, store_url, loglevel) -> None:
+def worker(broker, models_dir, name, gpu, store_url, max_pixels, tags, loglevel) -> None:
     """Render tasks from the farm's queue until stopped (Ctrl+C finishes the current task first)."""
     need_worker_extra()
     from farm.ledger import BrokerUnreachable
     from worker.service import run_worker
 
     try:
-        run_worker(settings(broker_url=broker, models=models_dir), name, gpu, store_url, loglevel)
+        run_worker(settings(broker_url=broker, models=models_dir), name, gpu, store_url, loglevel,
+                   max_pixels=max_pixels, tags=frozenset(t.strip() for t in tags.split(",") if t.strip()))
     except (BrokerUnreachable, FileNotFoundError) as e:
         raise FarmError(str(e)) from None
 

@@ -12,6 +12,7 @@ from farm.celery_app import RENDER_TASK, make_app
 from farm.expand import expand
 from farm.jobs import finish_job, write_job_record
 from farm.ledger import Ledger, connect
+from farm.routing import Route
 from farm.spec import JobSpec
 from farm.store import Store, record_key
 from farm.task import RenderTask
@@ -19,16 +20,29 @@ from farm.task import RenderTask
 PUBLISH_BATCH = 1000
 
 
-def publish(broker_url: str, tasks: Iterable[RenderTask], store_url: str) -> int:
-    """Queue render tasks with pipelined publishing (kombu's Producer.batch); returns the count."""
+def route_of(task: RenderTask, priority: str = "normal", tags: tuple[str, ...] = ()) -> Route:
+    return Route(priority, task.checkpoint, task.checkpoint_hash, task.width * task.height * task.batch_size, tags)
+
+
+def publish(broker_url: str, tasks: Iterable[RenderTask], store_url: str, priority: str = "normal",
+            tags: tuple[str, ...] = ()) -> int:
+    """Queue render tasks, each on its route's queue (farm/routing.py), with pipelined publishing
+    (kombu's Producer.batch); then tell the workers to look at their queues again."""
     app = make_app(broker_url)
+    ledger = Ledger(connect(broker_url))
+    known: set[Route] = set()
     count = 0
     with app.producer_or_acquire() as producer:
         with producer.batch(max_size=PUBLISH_BATCH):
             for task in tasks:
+                route = route_of(task, priority, tags)
+                if route not in known:  # workers learn a route before its first task arrives
+                    ledger.register_routes([route])
+                    known.add(route)
                 app.send_task(RENDER_TASK, args=[task.model_dump(), store_url], producer=producer,
-                              task_id=f"{task.job}:{task.id}")
+                              task_id=f"{task.job}:{task.id}", queue=route.queue)
                 count += 1
+    app.control.broadcast("farm_refresh", reply=False)
     return count
 
 
@@ -37,7 +51,7 @@ def submit(spec: JobSpec, store: Store, broker_url: str) -> int:
     ledger = Ledger(connect(broker_url))
     info = write_job_record(store, spec)
     ledger.register_job(spec.job_id, info)
-    return publish(broker_url, expand(spec), store.url)
+    return publish(broker_url, expand(spec), store.url, spec.priority, spec.requires)
 
 
 def resume(spec: JobSpec, store: Store, broker_url: str) -> tuple[int, int]:
@@ -56,4 +70,5 @@ def resume(spec: JobSpec, store: Store, broker_url: str) -> tuple[int, int]:
     if len(done) == spec.task_count():
         finish_job(store, ledger, spec.job_id)
         return len(done), 0
-    return len(done), publish(broker_url, (t for t in expand(spec) if not in_store(t)), store.url)
+    missing = (t for t in expand(spec) if not in_store(t))
+    return len(done), publish(broker_url, missing, store.url, spec.priority, spec.requires)

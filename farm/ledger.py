@@ -12,6 +12,7 @@ Keys, all under `farm:`:
   job:{id}:workers          hash: "{worker}:images" / "{worker}:seconds" -> totals, for images/s
   job:{id}:sheets-claim     set once, by the worker that builds the contact sheets
   worker:{name}             hash with a short TTL, refreshed by each live worker's heartbeat
+  routes                    hash: queue name -> route JSON (farm/routing.py), for workers to choose
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 
 import redis
+
+from farm.routing import Route
 
 PREFIX = "farm:"
 HEARTBEAT_TTL = 30  # seconds a worker stays listed after its last heartbeat
@@ -82,7 +85,7 @@ class JobStatus:
     done: int
     failed: dict[str, str]
     running: dict[str, str]
-    workers: dict[str, tuple[int, float]] = field(default_factory=dict)  # worker -> (images, seconds)
+    workers: dict[str, dict[str, float]] = field(default_factory=dict)  # worker -> images, seconds, loads, load_seconds
 
     @property
     def tasks(self) -> int:
@@ -146,11 +149,10 @@ class Ledger:
         pipe.hgetall(job_key(job, "running"))
         pipe.hgetall(job_key(job, "workers"))
         done, failed, running, rates = pipe.execute()
-        workers: dict[str, tuple[int, float]] = {}
+        workers: dict[str, dict[str, float]] = {}
         for k, v in rates.items():
             name, what = k.rsplit(":", 1)
-            images, seconds = workers.get(name, (0, 0.0))
-            workers[name] = (int(float(v)), seconds) if what == "images" else (images, float(v))
+            workers.setdefault(name, {"images": 0, "seconds": 0.0, "loads": 0, "load_seconds": 0.0})[what] = float(v)
         return JobStatus(job, info, done, failed, running, workers)
 
     # --- tasks (called by workers) ------------------------------------------------------------
@@ -163,17 +165,36 @@ class Ledger:
             self.r.hset(job_key(job), "status", "running")
 
     def task_finished(self, job: str, task_id: str, worker: str, images: int = 0, seconds: float = 0.0,
-                      failed: str | None = None) -> bool:
-        """Record a finished task; True for exactly one caller, when the job's last task lands."""
+                      failed: str | None = None, load_seconds: float = 0.0) -> bool:
+        """Record a finished task; True for exactly one caller, when the job's last task lands.
+        `load_seconds` > 0 when the task had to load its checkpoint first."""
+        pipe = self.r.pipeline()
         if images:
-            pipe = self.r.pipeline()
             pipe.hincrby(job_key(job, "workers"), f"{worker}:images", images)
             pipe.hincrbyfloat(job_key(job, "workers"), f"{worker}:seconds", seconds)
-            pipe.execute()
+        if load_seconds:
+            pipe.hincrby(job_key(job, "workers"), f"{worker}:loads", 1)
+            pipe.hincrbyfloat(job_key(job, "workers"), f"{worker}:load_seconds", load_seconds)
+        pipe.execute()
         keys = [job_key(job, "done"), job_key(job, "failed"), job_key(job, "running"), job_key(job),
                 job_key(job, "sheets-claim")]
         outcome = "failed" if failed is not None else "done"
         return bool(self._finish(keys=keys, args=[task_id, outcome, failed or "", SHEETS_CLAIM_TTL]))
+
+    # --- routes ---------------------------------------------------------------------------------
+    def register_routes(self, routes: list[Route]) -> None:
+        if routes:
+            self.r.hset(f"{PREFIX}routes", mapping={r.queue: r.to_json() for r in routes})
+
+    def routes(self) -> dict[str, Route]:
+        return {q: Route.from_json(v) for q, v in self.r.hgetall(f"{PREFIX}routes").items()}
+
+    def queue_lengths(self, queues: list[str]) -> dict[str, int]:
+        """Tasks waiting in each queue (kombu keeps a Redis list per queue, under its name)."""
+        pipe = self.r.pipeline()
+        for q in queues:
+            pipe.llen(q)
+        return dict(zip(queues, pipe.execute()))
 
     # --- workers ------------------------------------------------------------------------------
     def heartbeat(self, name: str, info: dict) -> None:

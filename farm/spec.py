@@ -38,7 +38,7 @@ ALIASES = {
     "prompts": "prompt", "seeds": "seed", "checkpoints": "checkpoint", "samplers": "sampler",
     "negative": "negative_prompt", "negative_prompts": "negative_prompt", "cfg_scale": "cfg",
 }
-OTHER_KEYS = ("version", "name", "prompt_matrix", "batch_size", "combine", "grid", "output")
+OTHER_KEYS = ("version", "name", "prompt_matrix", "batch_size", "combine", "grid", "output", "priority", "requires")
 REQUIRED = ("prompt", "checkpoint", "seed")
 # A1111's defaults (v1.10) for the axes a spec may leave out.
 DEFAULTS: dict[str, list] = {
@@ -105,6 +105,10 @@ class JobSpec(BaseModel):
     values: dict[str, Any]  # axis -> Sequence; values as labels show them (see docs/job-spec.md)
     dims: tuple[tuple[str, ...], ...]
     checkpoint_files: dict[str, Path] = {}  # filled only when a models folder was given
+    # Routing only (farm/routing.py): which workers and in what order, not what is rendered,
+    # so neither is part of the job id.
+    priority: str = "normal"
+    requires: tuple[str, ...] = ()
     _hashes: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def axes(self) -> dict[str, Sequence]:
@@ -556,6 +560,8 @@ class _Parser:
         ordered = {a: values[a] for group in dims for a in group}
         grid_x, grid_y = self.grid(f["grid"][1], ordered) if "grid" in f else (None, None)
         folder, filename = self.output(f["output"][1]) if "output" in f else (None, DEFAULT_FILENAME)
+        priority = self.priority(f["priority"][1]) if "priority" in f else "normal"
+        requires = tuple(t for t, _ in self.texts(f["requires"][1], "requires", "worker tags")) if "requires" in f else ()
 
         # The job id hashes what the job renders (not its comments or key spelling), so the
         # same sweep maps to the same job folder and a re-run renders only what is missing.
@@ -570,7 +576,14 @@ class _Parser:
             name=name, job_id=folder or f"{name}-{digest[:8]}", source_text=self.source, file=self.file,
             batch_size=batch_size, grid_x=grid_x, grid_y=grid_y, filename=filename,
             values=ordered, dims=tuple(dims), checkpoint_files=checkpoint_files,
+            priority=priority, requires=requires,
         )
+
+    def priority(self, node: Node) -> str:
+        value = self.plain(node)
+        if value not in ("high", "normal", "low"):
+            raise self.error(node, f"priority: expected high, normal or low, got {_kind(value)}")
+        return value
 
     def name(self, f: dict) -> str:
         if "name" in f:

@@ -48,10 +48,12 @@ def render_status(st: JobStatus) -> Group:
               f"ETA {format_duration(None if is_finished(st) else eta_seconds(st))}")
     parts: list = [counts, ProgressBar(total=max(st.tasks, 1), completed=st.done + len(st.failed), width=60)]
     if st.workers:
-        table = Table("worker", "images", "images/s", "rendering now", box=None, pad_edge=False)
+        table = Table("worker", "images", "images/s", "loads", "loading s", "rendering now", box=None, pad_edge=False)
         rendering = {w: t for t, w in st.running.items()}
-        for name, (images, seconds) in sorted(st.workers.items()):
-            table.add_row(name, str(images), f"{images / seconds:.2f}" if seconds else "-", rendering.get(name, ""))
+        for name, w in sorted(st.workers.items()):
+            speed = f"{w['images'] / w['seconds']:.2f}" if w["seconds"] else "-"
+            table.add_row(name, f"{w['images']:.0f}", speed, f"{w['loads']:.0f}", f"{w['load_seconds']:.1f}",
+                          rendering.get(name, ""))
         parts.append(table)
     for task_id, reason in list(st.failed.items())[:5]:
         parts.append(f"[red]failed[/red] {task_id}: {reason}")
@@ -86,10 +88,12 @@ def list_jobs(ledger: Ledger) -> None:
 
 
 def list_workers(ledger: Ledger) -> None:
-    table = Table("worker", "host", "GPU", "VRAM GB", "checkpoint", "images", "task", "last seen")
+    table = Table("worker", "host", "GPU", "VRAM GB", "checkpoint", "images", "loads", "loading s", "task",
+                  "last seen")
     now = time.time()
     for w in ledger.workers():
         ago = now - float(w.get("last_seen", now))
         table.add_row(w.get("name", ""), w.get("host", ""), w.get("gpu", ""), w.get("vram_gb", ""),
-                      w.get("checkpoint", ""), w.get("images_done", "0"), w.get("task", ""), f"{ago:.0f} s ago")
+                      w.get("checkpoint", ""), w.get("images_done", "0"), w.get("loads", "0"),
+                      w.get("load_seconds", "0"), w.get("task", ""), f"{ago:.0f} s ago")
     stdout_console().print(table)

@@ -133,12 +133,13 @@ def s3_endpoint(tmp_path_factory):
 class WorkerProcess:
     """A real `farm worker` process, its log in a file."""
 
-    def __init__(self, broker: str, models: Path, name: str, log_dir: Path, env: dict | None = None):
+    def __init__(self, broker: str, models: Path, name: str, log_dir: Path, env: dict | None = None,
+                 args: tuple[str, ...] = ()):
         self.name = name
         self.log_path = log_dir / f"worker-{name}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [str(FARM_BIN), "worker", "--broker", broker, "--models", str(models), "--name", name],
+            [str(FARM_BIN), "worker", "--broker", broker, "--models", str(models), "--name", name, *args],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
 
@@ -177,8 +178,8 @@ TEST_WORKER_ENV = {"FARM_VISIBILITY_TIMEOUT": "8", "FARM_RESTORE_INTERVAL": "1",
 def start_worker(tmp_path):
     started: list[WorkerProcess] = []
 
-    def start(broker: str, models: Path, name: str, env: dict | None = None) -> WorkerProcess:
-        w = WorkerProcess(broker, models, name, tmp_path, {**TEST_WORKER_ENV, **(env or {})})
+    def start(broker: str, models: Path, name: str, env: dict | None = None, args: tuple[str, ...] = ()) -> WorkerProcess:
+        w = WorkerProcess(broker, models, name, tmp_path, {**TEST_WORKER_ENV, **(env or {})}, args)
         started.append(w)
         return w
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from farm.celery_app import make_app
 from farm.config import FarmSettings
 from farm.ledger import Ledger, connect, safe_url
-from worker import tasks
+from worker import steering, tasks
 
 log = logging.getLogger("seedfarm.worker")
 HEARTBEAT_SECONDS = 5
@@ -39,6 +39,9 @@ def heartbeat_loop(ledger: Ledger, ctx: tasks.WorkerContext, static: dict, stop:
         info = {
             **static,
             "checkpoint": ctx.loaded_checkpoint,
+            "next": ctx.next_checkpoint,
+            "loads": ctx.loads,
+            "load_seconds": f"{ctx.load_seconds:.1f}",
             "images_done": ctx.images_done,
             "task": f"{current.job}/{current.id}" if current else "",
         }
@@ -50,7 +53,7 @@ def heartbeat_loop(ledger: Ledger, ctx: tasks.WorkerContext, static: dict, stop:
 
 
 def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_override: str | None,
-               loglevel: str = "INFO") -> None:
+               loglevel: str = "INFO", max_pixels: int | None = None, tags: frozenset[str] = frozenset()) -> None:
     if gpu is not None:
         # Before torch is imported: this process sees only its own GPU, as device 0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -68,12 +71,16 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
 
     app = make_app(settings.broker_url, settings.visibility_timeout, settings.restore_interval)
     tasks.register(app, ledger=ledger, store_override=store_override)
+    home = f"farm.worker.{name}"
+    vram = float(static["vram_gb"]) if static["gpu"] != "cpu" else None
+    steering.install(app, steering.Steering(ledger, ctx, models, vram, max_pixels, tags, home))
+    static["tags"] = ",".join(sorted(tags))
     stop = threading.Event()
     beat = threading.Thread(target=heartbeat_loop, args=(ledger, ctx, static, stop), daemon=True)
     beat.start()
     try:
         app.worker_main(argv=[
-            "worker", "--pool", "solo", "--concurrency", "1", "--hostname", f"{name}@%h",
+            "worker", "--pool", "solo", "--concurrency", "1", "--hostname", f"{name}@%h", "--queues", home,
             "--loglevel", loglevel, "--without-mingle", "--without-gossip",
         ])
     finally:

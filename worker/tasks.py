@@ -42,6 +42,9 @@ class WorkerContext:
     images_done: int = 0
     current_task: RenderTask | None = None
     loaded_checkpoint: str = ""
+    next_checkpoint: str = ""  # where this worker goes when its checkpoint's work runs out
+    loads: int = 0
+    load_seconds: float = 0.0
 
     def pipelines(self):
         if self.cache is None:
@@ -95,9 +98,13 @@ def execute(task: RenderTask, store: Store, ctx: WorkerContext | None = None) ->
         pipe = cache.get(path)
     except ModelLoadError as e:
         raise TaskError(str(e)) from None
+    load_seconds = 0.0
     if not was_loaded:
+        load_seconds = cache.load_seconds[path]
         ctx.loaded_checkpoint = task.checkpoint
-        log.info("loaded checkpoint %s in %.1f s", path.name, cache.load_seconds[path])
+        ctx.loads += 1
+        ctx.load_seconds += load_seconds
+        log.info("loaded checkpoint %s in %.1f s", path.name, load_seconds)
     started = time.perf_counter()
     try:
         images = render_images(pipe, task)
@@ -109,7 +116,8 @@ def execute(task: RenderTask, store: Store, ctx: WorkerContext | None = None) ->
         record = image_record(task, seed, text, seconds_per_image, ctx.name)
         save_image(store, task, seed, png_bytes(image, text), record)
     ctx.images_done += len(images)
-    return {"task_id": task.id, "images": len(images), "seconds": seconds_per_image * len(images)}
+    return {"task_id": task.id, "images": len(images), "seconds": seconds_per_image * len(images),
+            "load_seconds": load_seconds}
 
 
 RETRIES = 3  # for unexpected errors (a store upload that keeps failing, CUDA out of memory ...)
@@ -162,7 +170,8 @@ def finish(ledger: "Ledger", store: Store, task: RenderTask, ctx: WorkerContext,
     """Record the task in the live state; the caller that lands the job's last task builds sheets."""
     summary = summary or {"task_id": task.id, "images": 0}
     last = ledger.task_finished(task.job, task.id, ctx.name, images=summary.get("images", 0),
-                                seconds=summary.get("seconds", 0.0), failed=failed)
+                                seconds=summary.get("seconds", 0.0), failed=failed,
+                                load_seconds=summary.get("load_seconds", 0.0))
     if last:
         from farm.jobs import finish_job
 

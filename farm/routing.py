@@ -1,0 +1,112 @@
+"""Which worker renders which task: queues by (priority, checkpoint, size, tags), and the order in
+which a worker reads them.
+
+Loading a checkpoint costs 5-30 s on a gaming PC, rendering an image 1-20 s, so a farm is fast only
+if each worker keeps rendering the checkpoint it has loaded. Tasks are published to one queue per
+route: priority, checkpoint, pixels per render and required tags. Each worker reads only the
+queues it can serve (it has the checkpoint, the render fits its memory, it has the tags), in an
+order it recomputes after every task:
+
+  1. higher job priority first;
+  2. within a priority, the checkpoint it has loaded first (affinity);
+  3. then the others by pending work per worker already on them, so that when its checkpoint runs
+     out it moves to the checkpoint with the most pending work that is least served, and idle
+     workers spread over checkpoints instead of all switching to the same one.
+
+Redis' BRPOP takes from the first non-empty queue in that order (kombu's "priority" queue order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+PRIORITIES = {"high": 0, "normal": 1, "low": 2}
+QUEUE_PREFIX = "farm."
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a worker must offer to render a task."""
+
+    priority: str  # high | normal | low
+    checkpoint: str
+    checkpoint_hash: str | None
+    pixels: int  # width * height * batch size: what decides the memory a render needs
+    tags: tuple[str, ...] = ()
+
+    @property
+    def queue(self) -> str:
+        """A queue name people can read in redis-cli, unique per route."""
+        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{QUEUE_PREFIX}{PRIORITIES[self.priority]}.{self.checkpoint}.{self.pixels}.{digest}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Route":
+        data = json.loads(text)
+        data["tags"] = tuple(data.get("tags", ()))
+        return cls(**data)
+
+
+@dataclass
+class Capabilities:
+    """What a worker offers: the checkpoints it has (name -> sha256, or None when not hashed yet),
+    the most pixels it renders at once per checkpoint (a card fits fewer SDXL pixels than SD1.5
+    pixels; a checkpoint without an entry has no limit), and free-form tags ('fast', 'sdxl'...)."""
+
+    checkpoints: dict[str, str | None]
+    max_pixels: dict[str, int] = field(default_factory=dict)
+    tags: frozenset[str] = field(default_factory=frozenset)
+
+    def why_not(self, route: Route) -> str | None:
+        """None if this worker can render the route, else the reason."""
+        if route.checkpoint not in self.checkpoints:
+            return f"no checkpoint '{route.checkpoint}' here"
+        have = self.checkpoints[route.checkpoint]
+        if route.checkpoint_hash and have and have != route.checkpoint_hash:
+            return f"checkpoint '{route.checkpoint}' here has other weights"
+        limit = self.max_pixels.get(route.checkpoint)
+        if limit is not None and route.pixels > limit:
+            return f"{route.pixels} pixels per render exceed this worker's {limit} for '{route.checkpoint}'"
+        missing = set(route.tags) - self.tags
+        if missing:
+            return f"lacks tag(s) {', '.join(sorted(missing))}"
+        return None
+
+
+def queue_order(routes: dict[str, Route], pending: dict[str, int], loaded: str | None,
+                others_on: dict[str, int]) -> list[str]:
+    """The queues a worker should read, best first (see the module docstring).
+    `pending`: queue -> tasks waiting; `others_on`: checkpoint -> other workers loaded with it or
+    heading to it. Empty queues go last; they cost nothing to listen to."""
+
+    def key(queue: str):
+        route = routes[queue]
+        waiting = pending.get(queue, 0)
+        share = waiting / (1 + others_on.get(route.checkpoint, 0))
+        return (PRIORITIES[route.priority], route.checkpoint != loaded, waiting == 0, -share, queue)
+
+    return sorted(routes, key=key)
+
+
+def next_checkpoint(order: list[str], routes: dict[str, Route], pending: dict[str, int],
+                    loaded: str | None) -> str | None:
+    """The checkpoint this worker would switch to when its own runs out (announced to the others
+    so they do not all pick the same one)."""
+    for queue in order:
+        route = routes[queue]
+        if route.checkpoint != loaded and pending.get(queue, 0) > 0:
+            return route.checkpoint
+    return None
+
+
+def pixel_budget(vram_gb: float, family: str = "sd15") -> int:
+    """A conservative guess of how many pixels per render fit a card in the default memory mode,
+    used when a worker is not told `--max-pixels`. About 2 GB (SD1.5) or 7 GB (SDXL) go to the
+    weights; the rest holds roughly 0.5 megapixel per GB for activations and the VAE decode."""
+    weights = 7.0 if family == "sdxl" else 2.5
+    return max(0, int((vram_gb - weights) * 0.5 * 1024 * 1024))

@@ -1,0 +1,129 @@
+"""A worker choosing which queues it reads, and in what order (the policy is farm/routing.py).
+
+Runs in the worker's main thread only: after every task (Celery's task_postrun), when the
+coordinator announces new work (the `farm_refresh` remote-control command that `farm submit`
+broadcasts), and once when the consumer starts. Celery's solo pool runs all three between tasks,
+so the consumer is never changed under a running task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from pathlib import Path
+
+from celery import Celery, bootsteps, signals
+from celery.worker.control import control_command
+
+from farm.checkpoints import find_checkpoints, sha256_file
+from farm.ledger import Ledger
+from farm.routing import Capabilities, Route, next_checkpoint, pixel_budget, queue_order
+
+log = logging.getLogger("seedfarm.worker")
+
+
+def checkpoint_family(path: Path) -> str:
+    """'sdxl' or 'sd15', from the safetensors header alone (SDXL has a second text encoder)."""
+    try:
+        with open(path, "rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            keys = json.loads(f.read(min(size, 100_000_000)))
+    except (OSError, ValueError, struct.error):
+        return "sd15"
+    return "sdxl" if any(k.startswith("conditioner.embedders.1.") for k in keys) else "sd15"
+
+
+class Steering:
+    def __init__(self, ledger: Ledger, ctx, models_dir: Path, vram_gb: float | None,
+                 max_pixels: int | None, tags: frozenset[str], home_queue: str):
+        self.ledger = ledger
+        self.ctx = ctx
+        self.models_dir = models_dir
+        self.vram_gb = vram_gb  # None on a CPU worker: no pixel limit
+        self.max_pixels = max_pixels
+        self.tags = tags
+        self.home_queue = home_queue  # this worker's own queue; always read, never reordered
+        self.consumer = None
+        self.order: list[str] = []
+
+    def capabilities(self, routes: dict[str, Route]) -> Capabilities:
+        files = find_checkpoints(self.models_dir)
+        checkpoints: dict[str, str | None] = {name: None for name in files}
+        limits: dict[str, int] = {}
+        for route in routes.values():
+            path = files.get(route.checkpoint)
+            if path is None:
+                continue
+            if route.checkpoint_hash:
+                checkpoints[route.checkpoint] = sha256_file(path)  # cached after the first time
+            if self.max_pixels is not None:
+                limits[route.checkpoint] = self.max_pixels
+            elif self.vram_gb is not None:
+                limits[route.checkpoint] = pixel_budget(self.vram_gb, checkpoint_family(path))
+        return Capabilities(checkpoints, limits, self.tags)
+
+    def refresh(self) -> None:
+        if self.consumer is None:
+            return
+        routes = self.ledger.routes()
+        caps = self.capabilities(routes)
+        mine = {q: r for q, r in routes.items() if caps.why_not(r) is None}
+        pending = self.ledger.queue_lengths(list(mine))
+        others: dict[str, int] = {}
+        for w in self.ledger.workers():
+            if w.get("name") == self.ctx.name:
+                continue
+            for ckpt in {w.get("checkpoint"), w.get("next")} - {None, ""}:
+                others[ckpt] = others.get(ckpt, 0) + 1
+        order = queue_order(mine, pending, self.ctx.loaded_checkpoint or None, others)
+        self.ctx.next_checkpoint = next_checkpoint(order, mine, pending, self.ctx.loaded_checkpoint) or ""
+        if order != self.order:
+            self.apply(order)
+
+    def apply(self, order: list[str]) -> None:
+        """Read exactly these queues in this order. kombu appends a re-added queue at the end, so
+        the order is rebuilt from scratch (a few Redis calls, only when the order changes)."""
+        for queue in self.order:
+            self.consumer.cancel_task_queue(queue)
+        for queue in order:
+            self.consumer.add_task_queue(queue)
+        log.debug("reading queues: %s", ", ".join(order) or "(none)")
+        self.order = order
+
+
+_steering: Steering | None = None
+
+
+class _SteeringStep(bootsteps.StartStopStep):
+    """Hands the consumer to the steering once it is ready to consume."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, consumer) -> None:
+        if _steering is not None:
+            _steering.consumer = consumer
+            _steering.refresh()
+
+
+@control_command()
+def farm_refresh(state) -> dict:
+    """Sent by `farm submit` after it queued work: look at the queues again."""
+    if _steering is not None:
+        _steering.refresh()
+    return {"ok": True}
+
+
+def _after_task(**_kw) -> None:
+    if _steering is not None:
+        try:
+            _steering.refresh()
+        except Exception as e:  # Redis away for a moment: keep the old order
+            log.warning("could not update queue order: %s", e)
+
+
+def install(app: Celery, steering: Steering) -> None:
+    global _steering
+    _steering = steering
+    app.steps["consumer"].add(_SteeringStep)
+    signals.task_postrun.connect(_after_task, weak=False)
