@@ -187,21 +187,41 @@ def ensure_demo(models: Path) -> str:
 
 
 @main.command()
-@click.argument("job_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--x", "x_axis", default=None, help="Axis on columns (default: the one with most values).")
+@click.argument("job")
+@click.option("--x", "x_axis", default=None, help="Axis on columns (default: the spec's grid.x, else the one with most values).")
 @click.option("--y", "y_axis", default=None, help="Axis on rows (default: the next).")
-def grid(job_dir: str, x_axis: str | None, y_axis: str | None) -> None:
-    """Rebuild the contact sheets of a job folder (OUT_DIR/JOB)."""
-    from farm.grid import write_sheets
-    from farm.store import open_store, write_manifest
+@click.option("--z", "z_axis", default=None, help="Axis whose values get separate sheets (default: every other axis).")
+@click.option("--filter", "filters", multiple=True, metavar="AXIS=VALUE", help="Only images with this value (repeatable).")
+@click.option("--max-size", type=int, default=None, help="Cap on a sheet's side in pixels: thumbnails, then pages.")
+@click.option("--store", "store_url", default=None, help="The job's store (folder or s3://...); then JOB is a job id.")
+def grid(job, x_axis, y_axis, z_axis, filters, max_size, store_url) -> None:
+    """Rebuild the contact sheets of a job: a job folder (OUT_DIR/JOB), or a job id with --store."""
+    from farm.grid import MAX_SIDE, write_sheets
+    from farm.store import write_manifest
 
-    path = Path(job_dir).resolve()
-    if not (path / "records").is_dir():
-        raise FarmError(f"{job_dir} is not a job folder (it has no records/): pass OUT_DIR/JOB")
-    store = open_store(str(path.parent))
-    write_manifest(store, path.name)
+    path = Path(job)
+    if store_url is None and (path / "records").is_dir():
+        store, job = store_or_exit(str(path.resolve().parent)), path.resolve().name
+    else:
+        store = store_or_exit(store_url or settings().store)
+        if not any(True for _ in store.list_keys(f"{job}/records/")):
+            raise FarmError(f"no job {job} with finished images in {store.describe()}: "
+                            "pass OUT_DIR/JOB, or the job id with --store")
+    wanted = {}
+    for item in filters:
+        axis, sep, value = item.partition("=")
+        if not sep or not axis.strip():
+            raise FarmError(f"--filter {item}: expected AXIS=VALUE, e.g. --filter sampler='Euler a'")
+        wanted[axis.strip()] = value.strip()
+    if x_axis is None and y_axis is None:  # the spec's `grid:` choice, as for the job's own sheets
+        try:
+            chosen = json.loads(store.read_bytes(f"{job}/job.json")).get("grid") or {}
+        except (FileNotFoundError, ValueError):
+            chosen = {}
+        x_axis, y_axis = (a if a not in wanted else None for a in (chosen.get("x"), chosen.get("y")))
+    write_manifest(store, job)
     try:
-        keys = write_sheets(store, path.name, x=x_axis, y=y_axis)
+        keys = write_sheets(store, job, x=x_axis, y=y_axis, z=z_axis, filters=wanted, max_side=max_size or MAX_SIDE)
     except ValueError as e:
         raise FarmError(str(e)) from None
     for key in keys:
@@ -209,20 +229,85 @@ def grid(job_dir: str, x_axis: str | None, y_axis: str | None) -> None:
 
 
 @main.command()
+@click.option("--store", "store_url", default=None, help="The store to review: a folder or s3://... (or env FARM_STORE).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: the whole network).")
+@click.option("--port", type=int, default=8188, show_default=True)
+@click.option("--export", "export_job", default=None, metavar="JOB",
+              help="Instead of serving, write the page as static files into JOB/review/ (a job id, or OUT_DIR/JOB).")
+def review(store_url, host, port, export_job) -> None:
+    """Serve the review page: jobs, live grids, zoom, shared stars, export of the stars."""
+    from farm.review.server import export_page, make_server
+
+    if export_job and store_url is None and (Path(export_job) / "job.json").is_file():
+        store_url, export_job = str(Path(export_job).resolve().parent), Path(export_job).resolve().name
+    store = store_or_exit(store_url or settings().store)
+    if export_job:
+        try:
+            keys = export_page(store, export_job)
+        except FileNotFoundError:
+            raise FarmError(f"no job {export_job} in {store.describe()} (pass OUT_DIR/JOB, or --store)") from None
+        except ValueError as e:
+            raise FarmError(str(e)) from None
+        click.echo(store.describe(keys[0]))
+        return
+    try:
+        server = make_server(store, host, port)
+    except OSError as e:
+        raise FarmError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    console.print(f"reviewing {store.describe()} at http://{host}:{server.server_address[1]}/  (Ctrl+C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the parsed parameters as JSON.")
-def info(image: str, as_json: bool) -> None:
-    """Print an image's A1111 parameters (PNG Info)."""
+@click.option("--as-spec", is_flag=True, help="Print a job spec that renders the image again.")
+@click.option("--models", "models_dir", type=click.Path(file_okay=False), default=DEFAULT_MODELS,
+              show_default=True, help="Models folder, to find the image's checkpoint by its hash.")
+def info(image: str, as_json: bool, as_spec: bool, models_dir: str) -> None:
+    """Print an image's A1111 parameters (PNG Info; JPEG/WebP EXIF too)."""
     from farm.infotext import parse_infotext, read_parameters
 
-    text = read_parameters(Path(image))
+    try:
+        text = read_parameters(Path(image))
+    except OSError as e:  # Pillow's UnidentifiedImageError is an OSError
+        raise FarmError(f"{image}: not an image Pillow can read ({e})") from None
     if text is None:
         raise FarmError(f"{image} has no A1111 'parameters' text")
+    if as_spec:
+        from farm.recreate import RecreateError, spec_from_infotext
+
+        try:
+            click.echo(spec_from_infotext(text, Path(models_dir)), nl=False)
+        except RecreateError as e:
+            raise FarmError(f"{image}: {e}") from None
+        return
     if not as_json:
         click.echo(text)
         return
     prompt, negative, params = parse_infotext(text)
     click.echo(json.dumps({"prompt": prompt, "negative_prompt": negative, **params}, ensure_ascii=False))
+
+
+@main.group()
+def prompt() -> None:
+    """A1111 prompt tools."""
+
+
+@prompt.command("count")
+@click.argument("text")
+@click.option("--steps", type=int, default=20, show_default=True, help="Steps, for prompt editing.")
+def prompt_count(text: str, steps: int) -> None:
+    """Count a prompt's CLIP tokens like A1111's UI: 86/150."""
+    need_worker_extra()
+    from worker.conditioning import count_text
+
+    click.echo(count_text(text, steps))
 
 
 @main.group()
@@ -233,30 +318,36 @@ def models() -> None:
 @models.command("make-tiny")
 @click.argument("models_dir", type=click.Path(file_okay=False))
 @click.option("--name", default=DEMO_CHECKPOINT, show_default=True)
-def make_tiny_cmd(models_dir: str, name: str) -> None:
-    """Write a tiny random-weight SD1.5-family checkpoint (A1111 layout) into MODELS_DIR."""
+@click.option("--sdxl", is_flag=True, help="An SDXL-family model (two text encoders) instead of SD1.5.")
+def make_tiny_cmd(models_dir: str, name: str, sdxl: bool) -> None:
+    """Write a tiny random-weight checkpoint (A1111 layout) into MODELS_DIR."""
     need_worker_extra()
     from worker.tiny import make_tiny
 
-    click.echo(make_tiny(Path(models_dir), name))
+    click.echo(make_tiny(Path(models_dir), name, sdxl=sdxl))
 
 
 @models.command("list")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), default=DEFAULT_MODELS,
-              show_default=True)
-def models_list(models_dir: str) -> None:
-    """List the checkpoints in a models folder with their A1111 short hash."""
-    from farm.checkpoints import find_checkpoints, sha256_file
+              show_default=True, help=f"Models folder(s), several joined by '{os.pathsep}'.")
+@click.option("--kind", type=click.Choice(["checkpoint", "lora", "vae", "embedding"]), default=None,
+              help="Only this kind of file.")
+def models_list(models_dir: str, kind: str | None) -> None:
+    """List checkpoints, LoRAs, VAEs and embeddings: kind, family, size, A1111 hash, name."""
+    from farm.models import KINDS, ModelFileError, Registry, human_size
 
-    seen = set()
-    for name, path in find_checkpoints(Path(models_dir)).items():
-        if path in seen:
-            continue
-        seen.add(path)
-        size_mb = path.stat().st_size / 2**20
-        click.echo(f"{sha256_file(path)[:10]}  {size_mb:9.1f} MB  {name}")
-    if not seen:
-        raise FarmError(f"no checkpoints in {models_dir}")
+    registry = Registry(models_dir)
+    count = 0
+    for k in [kind] if kind else KINDS:
+        for m in registry.unique_files(k):
+            try:
+                family, digest = m.family(), m.a1111_hash()
+            except ModelFileError as e:  # a broken file is listed with its problem, not skipped
+                family, digest = "broken", str(e).split(": ", 1)[-1]
+            click.echo(f"{k:<10} {family:<7} {human_size(m.size):>9}  {digest:<12}  {m.name}")
+            count += 1
+    if not count:
+        raise FarmError(f"no {kind or 'model'} files in {models_dir}")
 
 
 BROKER_HELP = "Redis URL, e.g. redis://:PASSWORD@HOST:6379/0 (or env FARM_BROKER_URL)."
@@ -273,17 +364,29 @@ STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
 @click.option("--max-pixels", type=int, default=None,
               help="Most pixels (width x height x batch) one render may have here (default: from VRAM).")
 @click.option("--tags", default="", help="Comma-separated tags this worker offers, for specs' `requires:`.")
+@click.option("--vram", type=click.Choice(["auto", "high", "med", "low"]), default=None,
+              help="Memory profile: high = all on the GPU, med/low = offload (A1111 --medvram/--lowvram). Default auto.")
+@click.option("--precision", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default=None,
+              help="Weights precision on the GPU (default fp16; a CPU-only worker always runs fp32).")
+@click.option("--attention", type=click.Choice(["sdpa", "xformers"]), default=None, help="Attention kernel (default sdpa).")
+@click.option("--no-half-vae", is_flag=True, default=None, help="Keep the VAE in float32 (A1111 --no-half-vae).")
+@click.option("--allow-pickle", is_flag=True, default=None,
+              help="Also read pickled .ckpt/.pt files (weights only, never code). Default: .safetensors only.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(broker, models_dir, name, gpu, store_url, max_pixels, tags, loglevel) -> None:
+def worker(broker, models_dir, name, gpu, store_url, max_pixels, tags, vram, precision, attention, no_half_vae,
+           allow_pickle, loglevel) -> None:
     """Render tasks from the farm's queue until stopped (Ctrl+C finishes the current task first)."""
     need_worker_extra()
     from farm.ledger import BrokerUnreachable
+    from worker.memory import ProfileError
     from worker.service import run_worker
 
     try:
-        run_worker(settings(broker_url=broker, models=models_dir), name, gpu, store_url, loglevel,
+        run_worker(settings(broker_url=broker, models=models_dir, vram=vram, precision=precision,
+                            attention=attention, no_half_vae=no_half_vae, allow_pickle=allow_pickle),
+                   name, gpu, store_url, loglevel,
                    max_pixels=max_pixels, tags=frozenset(t.strip() for t in tags.split(",") if t.strip()))
-    except (BrokerUnreachable, FileNotFoundError) as e:
+    except (BrokerUnreachable, FileNotFoundError, ProfileError) as e:
         raise FarmError(str(e)) from None
 
 

@@ -31,6 +31,12 @@ class FarmSettings(BaseModel):
     visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
     # How often every worker looks for tasks of dead workers to hand back (kombu >= 5.7).
     restore_interval: float = 10.0
+    # Worker memory profile and model safety (worker/memory.py, docs/models.md).
+    vram: str = "auto"
+    precision: str = "auto"
+    attention: str = "sdpa"
+    no_half_vae: bool = False
+    allow_pickle: bool = False
 
 
 ENV_VARS = {
@@ -40,6 +46,11 @@ ENV_VARS = {
     "worker_name": "FARM_WORKER_NAME",
     "visibility_timeout": "FARM_VISIBILITY_TIMEOUT",
     "restore_interval": "FARM_RESTORE_INTERVAL",
+    "vram": "FARM_VRAM",
+    "precision": "FARM_PRECISION",
+    "attention": "FARM_ATTENTION",
+    "no_half_vae": "FARM_NO_HALF_VAE",
+    "allow_pickle": "FARM_ALLOW_PICKLE",
 }
 
 

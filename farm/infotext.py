@@ -37,6 +37,8 @@ NUMBER_KEYS = {
     "CFG scale", "Image CFG scale", "Denoising strength", "Variation seed strength",
     "Conditional mask weight", "Token merging ratio", "Token merging ratio hr", "Hires upscale",
 }
+# seedfarm's RNG sources by their A1111 infotext names.
+RNG_NAMES = {"cpu": "CPU", "nv": "NV"}
 # What A1111 assumes when an infotext leaves these out.
 READER_DEFAULTS = {"Clip skip": 1, "RNG": "GPU", "Schedule type": "Automatic"}
 
@@ -64,8 +66,14 @@ def task_parameters(task: RenderTask, seed: int) -> dict[str, object]:
     params["Size"] = f"{task.width}x{task.height}"
     params["Model hash"] = short_hash(task.checkpoint_hash)  # None: left out by the writer
     params["Model"] = task.checkpoint
+    if task.subseed is not None and task.subseed_strength:
+        params["Variation seed"] = task.subseed + (seed - task.seed)  # image i: subseed + i
+        params["Variation seed strength"] = _number_text(task.subseed_strength)
+    if task.seed_resize_width and task.seed_resize_height:
+        params["Seed resize from"] = f"{task.seed_resize_width}x{task.seed_resize_height}"
     if task.clip_skip > 1:
         params["Clip skip"] = task.clip_skip
+    params["RNG"] = RNG_NAMES[task.rng]  # always: a reader assumes A1111's GPU source when it is missing
     params["Version"] = f"seedfarm {farm.__version__}"
     return params
 
@@ -176,11 +184,32 @@ def png_bytes(image: Image.Image, infotext: str) -> bytes:
 
 
 def read_parameters(data: bytes | str | os.PathLike) -> str | None:
-    """The `parameters` text of a PNG (bytes or a path), or None when it has none."""
+    """The infotext of an image (bytes or a path), or None when it has none: a PNG's `parameters`
+    text chunk, or the EXIF UserComment of a JPEG/WebP (A1111's "Save as JPEG/WebP")."""
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     with Image.open(source) as image:
         text = image.info.get("parameters")
         if text is None:
             image.load()  # a text chunk after the pixel data is read only with the pixels
             text = image.info.get("parameters")
+        if text is None:
+            text = _user_comment(image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT))
     return str(text) if text is not None else None
+
+
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+
+
+def _user_comment(value: bytes | str | None) -> str | None:
+    """EXIF UserComment: an 8-byte charset code, then the text (A1111 writes `UNICODE\\0` and
+    UTF-16 big-endian)."""
+    if value is None or isinstance(value, str):
+        return value or None
+    code, body = value[:8], value[8:]
+    if code.startswith(b"UNICODE"):
+        # big-endian as A1111 writes it; a BOM-less little-endian text has its zero bytes second
+        little = len(body) > 1 and body[0] != 0 and body[1] == 0
+        text = body.decode("utf-16-le" if little else "utf-16-be", errors="replace")
+    else:
+        text = body.decode("utf-8" if code.startswith(b"ASCII") else "latin-1", errors="replace")
+    return text.rstrip("\0") or None

@@ -19,20 +19,30 @@ SAMPLERS: dict[str, tuple[str, ...]] = {
     "DPM2": _SIGMA_SCHEDULES,
     "DPM2 a": _SIGMA_SCHEDULES,
     "DPM++ 2M": _SIGMA_SCHEDULES,
+    "DPM++ SDE": _SIGMA_SCHEDULES,
     "DPM++ 2M SDE": _SIGMA_SCHEDULES,
+    "DPM++ 2M SDE Heun": _SIGMA_SCHEDULES,
+    "DPM++ 3M SDE": _SIGMA_SCHEDULES,
     "DDIM": ("Uniform",),
     "PLMS": ("Uniform",),
     "UniPC": _SIGMA_SCHEDULES,
+    "LCM": ("Uniform", "SGM Uniform"),
 }
+# A1111 samplers diffusers has no equivalent for, named in the error so nobody hunts for them:
+# DPM++ 2S a (ancestral singlestep), DPM fast, DPM adaptive, Restart.
+NOT_AVAILABLE = ("DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart")
 
 SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Beta")
 
 # A1111's "Automatic" schedule per sampler (a1111.md section 7); the rest use the scheduler default.
 AUTOMATIC_SCHEDULE = {
     "DPM++ 2M": "Karras",
+    "DPM++ SDE": "Karras",
     "DPM2": "Karras",
     "DPM2 a": "Karras",
     "DPM++ 2M SDE": "Exponential",
+    "DPM++ 2M SDE Heun": "Exponential",
+    "DPM++ 3M SDE": "Exponential",
 }
 
 
@@ -56,6 +66,8 @@ def parse_sampler(name: str, schedule: str | None = None) -> tuple[str, str]:
                 found_schedule = s
                 break
     if sampler is None:
+        if text.lower() in (n.lower() for n in NOT_AVAILABLE):
+            raise ValueError(f"sampler '{name}' has no diffusers equivalent; valid: " + ", ".join(sampler_names()))
         guess = difflib.get_close_matches(text, sampler_names(), n=1)
         hint = f" (did you mean '{guess[0]}'?)" if guess else ""
         raise ValueError(f"unknown sampler '{name}'{hint}; valid: " + ", ".join(sampler_names()))

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from farm.checkpoints import resolve_checkpoint, sha256_file
+from farm.models import Registry, file_family
 from farm.ranges import RangeError, concat, parse_list
 from farm.samplers import SCHEDULE_TYPES, display_name, parse_sampler
 from farm.task import RenderTask, filename_pattern_problem
@@ -31,19 +32,27 @@ SPEC_VERSION = 1
 # Default expansion order, outermost first: the most expensive axis to change first, so a worker
 # keeps a checkpoint loaded as long as possible; seeds, free to change, innermost (as A1111's X/Y/Z).
 AXIS_ORDER = (
-    "checkpoint", "size", "width", "height", "sampler", "schedule", "steps", "clip_skip", "cfg",
-    "negative_prompt", "prompt", "prompt_sr", "seed",
+    "checkpoint", "vae", "lora", "lora_weight", "size", "width", "height", "sampler", "schedule", "steps", "clip_skip", "cfg",
+    "rng", "seed_resize_from", "variation_strength", "negative_prompt", "prompt", "prompt_sr",
+    "variation_seed", "seed",
 )
 ALIASES = {
     "prompts": "prompt", "seeds": "seed", "checkpoints": "checkpoint", "samplers": "sampler",
     "negative": "negative_prompt", "negative_prompts": "negative_prompt", "cfg_scale": "cfg",
+    "vaes": "vae", "loras": "lora", "lora_weights": "lora_weight",
+    "subseed": "variation_seed", "subseed_strength": "variation_strength",
 }
+RNG_SOURCES = ("cpu", "nv")  # A1111's "GPU" source differs between GPU makers: not offered
+# A vae/lora axis value meaning "none": the checkpoint's own VAE, no extra LoRA.
+NO_MODEL = "None"
+# The default size of each checkpoint family when a spec gives none (known with a models folder).
+FAMILY_SIZES = {"SD1.5": "512x512", "SDXL": "1024x1024"}
 OTHER_KEYS = ("version", "name", "prompt_matrix", "batch_size", "combine", "grid", "output", "priority", "requires")
 REQUIRED = ("prompt", "checkpoint", "seed")
-# A1111's defaults (v1.10) for the axes a spec may leave out.
+# A1111's defaults (v1.10) for the axes a spec may leave out (size: FAMILY_SIZES).
 DEFAULTS: dict[str, list] = {
     "negative_prompt": [""], "sampler": ["DPM++ 2M"], "schedule": ["Automatic"], "steps": [20],
-    "cfg": [7.0], "size": ["512x512"], "clip_skip": [1],
+    "cfg": [7.0], "clip_skip": [1],
 }
 DEFAULT_FILENAME = RenderTask.model_fields["filename"].default
 MAX_MATRIX_PARTS = 16  # 2^16 prompts per matrix prompt is already far past any useful grid
@@ -105,6 +114,7 @@ class JobSpec(BaseModel):
     values: dict[str, Any]  # axis -> Sequence; values as labels show them (see docs/job-spec.md)
     dims: tuple[tuple[str, ...], ...]
     checkpoint_files: dict[str, Path] = {}  # filled only when a models folder was given
+    vae_files: dict[str, Path] = {}  # likewise
     # Routing only (farm/routing.py): which workers and in what order, not what is rendered,
     # so neither is part of the job id.
     priority: str = "normal"
@@ -143,10 +153,22 @@ class JobSpec(BaseModel):
             self._hashes[name] = sha256_file(self.checkpoint_files[name])
         return self._hashes.get(name)
 
+    def vae_hash(self, name: str) -> str | None:
+        """sha256 of a VAE file, kept with the checkpoints' under the key 'vae:NAME'."""
+        key = f"vae:{name}"
+        if key not in self._hashes and name in self.vae_files:
+            self._hashes[key] = sha256_file(self.vae_files[name])
+        return self._hashes.get(key)
+
     def checkpoint_hashes(self) -> dict[str, str]:
-        """name -> sha256 for every checkpoint whose hash is known: store it with the job, so a
-        coordinator without the models folder re-expands to the same task ids."""
+        """name -> sha256 for every checkpoint (and 'vae:NAME' for every VAE) whose hash is known,
+        and 'family:NAME' -> SD1.5/SDXL: store it with the job, so a coordinator without the models
+        folder re-expands to the same tasks (the default size depends on the family)."""
         hashes = {name: self.checkpoint_hash(name) for name in self.values["checkpoint"]}
+        hashes.update({f"vae:{name}": self.vae_hash(name) for name in self.values.get("vae", [])})
+        for name in self.values["checkpoint"]:
+            family = self._hashes.get(f"family:{name}") or checkpoint_family(name, self.checkpoint_files, {})
+            hashes[f"family:{name}"] = None if family == "?" else family
         return {name: h for name, h in hashes.items() if h}
 
     def describe(self) -> list[str]:
@@ -182,9 +204,27 @@ def parse_spec(
 ) -> JobSpec:
     """Validate a spec text. Checkpoint names are checked against models_dir when given;
     checkpoint_hashes (name -> sha256, e.g. from a job record) spares hashing the files."""
-    spec = _Parser(text, filename).parse(Path(models_dir) if models_dir is not None else None)
-    spec._hashes.update(checkpoint_hashes or {})
+    known = checkpoint_hashes or {}
+    spec = _Parser(text, filename).parse(Path(models_dir) if models_dir is not None else None, known)
+    spec._hashes.update(known)
     return spec
+
+
+def checkpoint_family(name: str, files: dict[str, Path], known: dict[str, str]) -> str:
+    """From the file when the models folder is at hand, else from a job record's 'family:NAME'."""
+    if name not in files:
+        return known.get(f"family:{name}", "?")
+    try:
+        return file_family(files[name], "checkpoint")
+    except ValueError:
+        return "?"  # a broken file fails on the worker, with its own message
+
+
+def family_size(names: Sequence[str], files: dict[str, Path], known: dict[str, str]) -> str:
+    """SDXL's 1024x1024 when every checkpoint is known to be SDXL; else SD1.5's 512x512 (without
+    a models folder or a job record the families are unknown: give `size` for SDXL jobs)."""
+    families = {checkpoint_family(name, files, known) for name in names}
+    return FAMILY_SIZES["SDXL"] if families == {"SDXL"} else FAMILY_SIZES["SD1.5"]
 
 
 def _preview(seq: Sequence, limit: int = 4) -> str:
@@ -235,6 +275,9 @@ class _Parser:
     def __init__(self, text: str, filename: str):
         self.source, self.file = text, filename
         self.loader: yaml.SafeLoader | None = None  # made in compose(): it may reject the text
+        # axis -> the error for a value listed twice; raised unless the axis is zipped with others
+        # and the zipped combinations are all different (checked once `combine` is known)
+        self.repeats: dict[str, SpecError] = {}
 
     # ---- helpers -------------------------------------------------------------------------
     def error(self, node: Node, message: str, offset: int | None = None) -> SpecError:
@@ -345,8 +388,34 @@ class _Parser:
             if v in seen:
                 shown = f"'{v}'" if isinstance(v, str) else _num(v)
                 message = f"{axis}: the value {shown} comes twice; it would render the same images again: list it once"
-                raise self.error(node, message)
+                self.repeats.setdefault(axis, self.error(node, message))
+                return
             seen.add(v)
+
+    def check_repeats(self, dims: list[tuple[str, ...]], values: dict, combine_node: Node | None) -> None:
+        """A value may repeat in a zipped axis (`(seed, cfg)`: 1 with 5, 1 with 7) as long as no
+        combination repeats; anywhere else a repeat would render the same images twice."""
+        grouped = {a for group in dims for a in group}
+        for axis, error in self.repeats.items():
+            if axis not in grouped:
+                raise error
+        for group in dims:
+            repeated = [a for a in group if a in self.repeats]
+            if not repeated:
+                continue
+            if len(group) == 1:
+                raise self.repeats[repeated[0]]
+            seqs = [values[a] for a in group]
+            if len(seqs[0]) > _UNIQUE_CHECK_UP_TO:
+                continue
+            seen = set()
+            for combination in zip(*seqs):
+                if combination in seen:
+                    shown = ", ".join(f"'{v}'" if isinstance(v, str) else _num(v) for v in combination)
+                    message = (f"combine: the zipped values ({shown}) of ({', '.join(group)}) come twice; "
+                               "they would render the same images again")
+                    raise self.error(combine_node, message)
+                seen.add(combination)
 
     # ---- numeric axes ------------------------------------------------------------------------
     _EXPECT = {
@@ -461,6 +530,20 @@ class _Parser:
         self.unique(names, node, "checkpoint")
         return names, files
 
+    def model_names(self, node: Node, kind: str, models_dir: Path | None) -> tuple[list[str], dict[str, Path]]:
+        """A vae or lora axis: file stems (or None), checked against the models folder if given."""
+        names, files = [], {}
+        for text, item in self.texts(node, kind, f"a {kind} name (file stem) or {NO_MODEL}", split=True):
+            name = NO_MODEL if text.lower() in ("none", "automatic") else re.sub(r"\.(safetensors|ckpt|pt)$", "", text)
+            if models_dir is not None and name != NO_MODEL:
+                try:
+                    files[name] = Registry(models_dir).resolve(kind, name).path
+                except ValueError as e:
+                    raise self.error(item, str(e)) from None
+            names.append(name)
+        self.unique(names, node, kind)
+        return names, files
+
     def samplers(self, node: Node) -> list[str]:
         names = []
         expect = "an A1111 sampler name like 'Euler a' or 'DPM++ 2M Karras'"
@@ -485,17 +568,27 @@ class _Parser:
         self.unique(names, node, "schedule")
         return names
 
-    def sizes(self, node: Node) -> list[str]:
+    def sizes(self, node: Node, axis: str = "size") -> list[str]:
         sizes = []
-        for text, item in self.texts(node, "size", "WIDTHxHEIGHT like 512x768", split=True):
+        for text, item in self.texts(node, axis, "WIDTHxHEIGHT like 512x768", split=True):
             m = _SIZE.fullmatch(text)
             if m is None:
-                raise self.error(item, f"size: expected WIDTHxHEIGHT like 512x768, got '{text}'")
+                raise self.error(item, f"{axis}: expected WIDTHxHEIGHT like 512x768, got '{text}'")
             for v in (int(m[1]), int(m[2])):
-                self.pixels(v, item, "size")
+                self.pixels(v, item, axis)
             sizes.append(f"{int(m[1])}x{int(m[2])}")
-        self.unique(sizes, node, "size")
+        self.unique(sizes, node, axis)
         return sizes
+
+    def rng_sources(self, node: Node) -> list[str]:
+        names = []
+        for text, item in self.texts(node, "rng", "an RNG source: cpu or nv", split=True):
+            if text.lower() not in RNG_SOURCES:
+                why = " (GPU noise differs between GPU makers; nv reproduces NVIDIA's)" if text.lower() == "gpu" else ""
+                raise self.error(item, f"rng: unknown RNG source '{text}'{why}; valid: cpu, nv")
+            names.append(text.lower())
+        self.unique(names, node, "rng")
+        return names
 
     def pixels(self, v: int, node: Node, axis: str) -> None:
         if v % 8:
@@ -504,7 +597,8 @@ class _Parser:
             raise self.error(node, message)
 
     # ---- the whole spec ------------------------------------------------------------------------
-    def parse(self, models_dir: Path | None) -> JobSpec:
+    def parse(self, models_dir: Path | None, known: dict[str, str] | None = None) -> JobSpec:
+        """known: a job record's checkpoint_hashes (it also pins each checkpoint's family)."""
         root = self.compose()
         f = self.keys(root, [*AXIS_ORDER, *OTHER_KEYS], "the job spec", ALIASES)
         for need in REQUIRED:
@@ -537,6 +631,16 @@ class _Parser:
             values["prompt_sr"] = self.prompt_sr(f["prompt_sr"][1], values["prompt"], negatives)
         values["seed"] = self.numbers(f["seed"][1], "seed", int, 0, 2**64 - 1)
         values["checkpoint"], checkpoint_files = self.checkpoints(f["checkpoint"][1], models_dir)
+        vae_files: dict[str, Path] = {}
+        if "vae" in f:
+            values["vae"], vae_files = self.model_names(f["vae"][1], "vae", models_dir)
+        if "lora" in f:
+            values["lora"], _ = self.model_names(f["lora"][1], "lora", models_dir)
+        if "lora_weight" in f:
+            if "lora" not in f:
+                message = "lora_weight: sweeps the weight of the 'lora' axis, and there is none; add lora: NAME"
+                raise self.error(f["lora_weight"][0], message)
+            values["lora_weight"] = self.numbers(f["lora_weight"][1], "lora_weight", float, -10, 10)
         if "sampler" in f:
             values["sampler"] = self.samplers(f["sampler"][1])
         if "schedule" in f:
@@ -547,9 +651,22 @@ class _Parser:
             values["cfg"] = self.numbers(f["cfg"][1], "cfg", float, 0, 100)
         if "clip_skip" in f:
             values["clip_skip"] = self.numbers(f["clip_skip"][1], "clip_skip", int, 1, 12)
+        if "rng" in f:
+            values["rng"] = self.rng_sources(f["rng"][1])
+        if "variation_seed" in f:
+            values["variation_seed"] = self.numbers(f["variation_seed"][1], "variation_seed", int, 0, 2**64 - 1)
+        if "variation_strength" in f:
+            if "variation_seed" not in f:
+                message = "variation_strength: needs a variation_seed to blend towards (A1111's 'Variation seed')"
+                raise self.error(f["variation_strength"][0], message)
+            values["variation_strength"] = self.numbers(f["variation_strength"][1], "variation_strength", float, 0, 1)
+        if "seed_resize_from" in f:
+            values["seed_resize_from"] = self.sizes(f["seed_resize_from"][1], "seed_resize_from")
         self.size_axes(f, values)
+        if "size" not in values and "width" not in values:
+            values["size"] = [family_size(values["checkpoint"], checkpoint_files, known or {})]
         for axis, default in DEFAULTS.items():
-            if axis not in values and not (axis == "size" and "width" in values):
+            if axis not in values:
                 values[axis] = list(default)
         self.sampler_schedule_pairs(f, values)
 
@@ -557,6 +674,7 @@ class _Parser:
             dims = self.combine(f["combine"][1], values)
         else:
             dims = [(a,) for a in AXIS_ORDER if a in values]
+        self.check_repeats(dims, values, f["combine"][1] if "combine" in f else None)
         ordered = {a: values[a] for group in dims for a in group}
         grid_x, grid_y = self.grid(f["grid"][1], ordered) if "grid" in f else (None, None)
         folder, filename = self.output(f["output"][1]) if "output" in f else (None, DEFAULT_FILENAME)
@@ -575,7 +693,7 @@ class _Parser:
         return JobSpec(
             name=name, job_id=folder or f"{name}-{digest[:8]}", source_text=self.source, file=self.file,
             batch_size=batch_size, grid_x=grid_x, grid_y=grid_y, filename=filename,
-            values=ordered, dims=tuple(dims), checkpoint_files=checkpoint_files,
+            values=ordered, dims=tuple(dims), checkpoint_files=checkpoint_files, vae_files=vae_files,
             priority=priority, requires=requires,
         )
 

@@ -88,12 +88,13 @@ def list_jobs(ledger: Ledger) -> None:
 
 
 def list_workers(ledger: Ledger) -> None:
-    table = Table("worker", "host", "GPU", "VRAM GB", "checkpoint", "images", "loads", "loading s", "task",
-                  "last seen")
+    table = Table("worker", "host", "GPU", "VRAM GB", "profile", "checkpoint", "images", "loads", "loading s",
+                  "task", "last seen")
     now = time.time()
     for w in ledger.workers():
         ago = now - float(w.get("last_seen", now))
-        table.add_row(w.get("name", ""), w.get("host", ""), w.get("gpu", ""), w.get("vram_gb", ""),
+        profile = " ".join(w[k] for k in ("profile", "precision") if w.get(k))
+        table.add_row(w.get("name", ""), w.get("host", ""), w.get("gpu", ""), w.get("vram_gb", ""), profile,
                       w.get("checkpoint", ""), w.get("images_done", "0"), w.get("loads", "0"),
                       w.get("load_seconds", "0"), w.get("task", ""), f"{ago:.0f} s ago")
     stdout_console().print(table)

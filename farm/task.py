@@ -18,6 +18,10 @@ TASK_SCHEMA_VERSION = 1
 
 # Fields that do not change the pixels and so stay out of the id.
 _NOT_IN_ID = {"id", "job", "index", "axes"}
+# Fields added after v1 tasks were queued: left out of the id while at their default, so the id of
+# a task that does not use them is what it was before they existed.
+_IN_ID_UNLESS_DEFAULT = {"rng", "subseed", "subseed_strength", "seed_resize_width", "seed_resize_height",
+                         "vae", "vae_hash"}
 
 
 class RenderTask(BaseModel):
@@ -40,12 +44,22 @@ class RenderTask(BaseModel):
     width: int = Field(ge=8)
     height: int = Field(ge=8)
     clip_skip: int = Field(default=1, ge=1)
+    rng: str = Field(default="cpu", pattern="^(cpu|nv)$", description="noise source: 'cpu' or 'nv' (A1111's NV)")
+    subseed: int | None = Field(default=None, ge=0, description="A1111 variation seed; image i uses subseed + i")
+    subseed_strength: float = Field(default=0.0, ge=0, le=1, description="A1111 variation strength")
+    seed_resize_width: int = Field(default=0, ge=0, description="A1111 'Seed resize from' width, 0 = off")
+    seed_resize_height: int = Field(default=0, ge=0, description="A1111 'Seed resize from' height, 0 = off")
+    vae: str = Field(default="", description="VAE file (stem, hash or path); '' = the checkpoint's own")
+    vae_hash: str | None = Field(default=None, description="sha256 of the VAE file, when known")
     filename: str = Field(default="[seed]-[task_id]", description="output filename pattern")
     axes: dict[str, Any] = Field(default_factory=dict, description="swept axis -> value, for labels")
 
     def content_id(self) -> str:
         """The hash of everything that decides the pixels and where they go."""
         content = self.model_dump(exclude=_NOT_IN_ID)
+        for name in _IN_ID_UNLESS_DEFAULT:
+            if content[name] == type(self).model_fields[name].default:
+                del content[name]
         blob = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 

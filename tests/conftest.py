@@ -186,3 +186,44 @@ def start_worker(tmp_path):
     yield start
     for w in started:
         w.stop()
+
+
+# --- a real browser for the review page: Debian's chromium, driven by Playwright -------------
+
+CHROMIUM_FLAGS = [  # the network is closed: without these chromium waits on connections
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def ensure_chromium() -> str:
+    """Debian's chromium binary, installed when missing (never a Playwright browser download).
+    Fails loudly rather than skipping."""
+    import shutil
+
+    path = shutil.which("chromium")
+    if path:
+        return path
+    subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, capture_output=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    path = shutil.which("chromium")
+    assert path, "chromium could not be installed"
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless chromium per test module, with a fresh profile (Playwright's persistent
+    context is how it takes a --user-data-dir); tests open pages in it."""
+    from playwright.sync_api import sync_playwright
+
+    binary = ensure_chromium()
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            profile, executable_path=binary, headless=True, args=CHROMIUM_FLAGS, accept_downloads=True,
+            viewport={"width": 1280, "height": 900},
+        )
+        yield context
+        context.close()

@@ -69,6 +69,8 @@ def test_farm_run_renders_every_example(spec_path, tiny_models, tmp_path):
     sheets = sorted((folder / "sheets").glob("*.png"))
     assert sheets, "a contact sheet is written"
     varying = {k for k in records[0]["axes"] if len({json.dumps(r["axes"][k]) for r in records}) > 1}
+    if "prompt_matrix: true" in spec_path.read_text():
+        varying |= {"matrix_x", "matrix_y"}  # the prompt matrix is laid out as A1111 does (docs/review.md)
     for sheet in sheets:
         meta = sheet_meta(sheet)
         assert meta["x"] in varying

@@ -54,7 +54,7 @@ def test_task_parameters_in_a1111_order_with_optional_keys_left_out():
     assert list(params.items()) == [
         ("Steps", 20), ("Sampler", "Euler a"), ("CFG scale", 7), ("Seed", 1003),
         ("Size", "512x768"), ("Model hash", "6ce0161689"), ("Model", "v1-5-pruned-emaonly"),
-        ("Version", VERSION),
+        ("RNG", "CPU"), ("Version", VERSION),
     ]
     assert isinstance(params["CFG scale"], int)
 
@@ -70,7 +70,7 @@ def test_task_parameters_schedule_clip_skip_fractional_cfg_and_unknown_hash():
     text = format_infotext("p", "", params)
     assert text == (
         "p\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 5, "
-        f"Size: 512x768, Model: v1-5-pruned-emaonly, Clip skip: 2, Version: {VERSION}"
+        f"Size: 512x768, Model: v1-5-pruned-emaonly, Clip skip: 2, RNG: CPU, Version: {VERSION}"
     )
 
 
@@ -84,7 +84,7 @@ def test_format_full_infotext_exactly():
         "a cat, <lora:fluffy:0.8>\n"
         "Negative prompt: blurry, lowres\n"
         "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1000, Size: 512x768, Model hash: 6ce0161689, "
-        f"Model: v1-5-pruned-emaonly, Version: {VERSION}"
+        f"Model: v1-5-pruned-emaonly, RNG: CPU, Version: {VERSION}"
     )
 
 
@@ -188,7 +188,7 @@ def test_task_infotext_round_trip():
     params = task_parameters(task, 1001)
     prompt, negative, parsed = parse_infotext(format_infotext(task.prompt, task.negative_prompt, params))
     assert (prompt, negative) == (task.prompt, task.negative_prompt)
-    assert parsed == params | {"Size-1": 512, "Size-2": 768, "RNG": "GPU"}
+    assert parsed == params | {"Size-1": 512, "Size-2": 768}
 
 
 # Text the way it survives an infotext: A1111's reader strips each line and the whole text, and a

@@ -54,7 +54,9 @@ def test_packaged_demo_is_the_jobs_demo():
 def test_defaults_are_a1111s():
     s = spec(BASE)
     axes = s.axes()
-    assert list(axes) == [a for a in AXIS_ORDER if a not in ("width", "height", "prompt_sr")]
+    optional = ("width", "height", "prompt_sr", "vae", "lora", "lora_weight",  # no default: no axis
+                "rng", "seed_resize_from", "variation_strength", "variation_seed")
+    assert list(axes) == [a for a in AXIS_ORDER if a not in optional]
     assert axes["sampler"] == ["DPM++ 2M"] and axes["schedule"] == ["Automatic"]
     assert axes["steps"] == [20] and axes["cfg"] == [7.0] and axes["size"] == ["512x512"]
     assert axes["clip_skip"] == [1] and axes["negative_prompt"] == [""]
@@ -311,3 +313,12 @@ def test_load_spec_names_the_file_in_errors(tmp_path):
     with pytest.raises(SpecError) as e:
         load_spec(path)
     assert str(e.value).startswith(f"{path}:4:10: cfg: 'x'")
+
+
+def test_values_may_repeat_inside_a_zip_group_but_combinations_may_not():
+    spec = parse_spec("prompt: a\nseed: [1, 1, 2]\ncfg: [5, 7, 5]\ncheckpoint: x\ncombine: (seed, cfg)\n")
+    assert spec.task_count() == 3
+    with pytest.raises(SpecError, match=r":5:10: combine: the zipped values \(1, 5\)"):
+        parse_spec("prompt: a\nseed: [1, 1, 2]\ncfg: [5, 5, 6]\ncheckpoint: x\ncombine: (seed, cfg)\n")
+    with pytest.raises(SpecError, match=r":2:7: seed: the value 1 comes twice"):
+        parse_spec("prompt: a\nseed: [1, 1, 2]\ncheckpoint: x\n")

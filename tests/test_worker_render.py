@@ -17,7 +17,8 @@ from farm.samplers import SAMPLERS, parse_sampler, sampler_names
 from farm.task import RenderTask
 from worker.pipelines import ModelLoadError, PipelineCache, configs_dir, load_pipeline
 import worker.render
-from worker.render import RenderError, encode_prompt, render_images
+from worker.conditioning import encode
+from worker.render import RenderError, render_images
 from worker.samplers import make_scheduler
 from worker.tiny import make_tiny, tiny_pipeline
 
@@ -119,7 +120,7 @@ def test_nan_output_is_a_render_error(pipe, monkeypatch):
     make_scheduler sets sigma_min); the render must say so rather than save black images."""
     from diffusers import UniPCMultistepScheduler
 
-    def unipc_zero(base, sampler, schedule):
+    def unipc_zero(base, sampler, schedule, seeds=None):
         ours = make_scheduler(base, "UniPC", "Uniform")  # a clean base, whatever ran before
         return UniPCMultistepScheduler.from_config(ours.config, final_sigmas_type="zero")
 
@@ -159,8 +160,8 @@ def test_corrupt_or_truncated_checkpoint_is_a_clear_error(tmp_path, tiny_checkpo
 
 
 def test_clip_skip_2_renders_and_differs(pipe):
-    one = encode_prompt(pipe, "a red robot", clip_skip=1)
-    two = encode_prompt(pipe, "a red robot", clip_skip=2)
+    one = encode(pipe, "a red robot", clip_skip=1).embeds
+    two = encode(pipe, "a red robot", clip_skip=2).embeds
     assert one.shape == two.shape == (1, 77, 32)
     assert not np.allclose(one.numpy(), two.numpy())
     image_1 = render_images(pipe, _task(clip_skip=1))[0]

@@ -5,8 +5,7 @@ the inverse hard-code the full SD shape (4 blocks, 2 resnets), so they fail on t
 derive every index from the model's config, mirroring diffusers' own `convert_ldm_unet_checkpoint` /
 `convert_ldm_vae_checkpoint`, so a file written here loads through `from_single_file` exactly.
 
-Used by worker/tiny.py to write test checkpoints. SDXL's OpenCLIP encoder (`open_clip_to_ldm`) is a
-later issue; it would sit beside `clip_to_ldm` with its own prefix constant.
+Used by worker/tiny.py to write test checkpoints (SD1.5 and SDXL).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX_SD1 = "cond_stage_model.transformer."
 CLIP_PREFIX_SDXL = "conditioner.embedders.0.transformer."
+OPEN_CLIP_PREFIX_SDXL = "conditioner.embedders.1.model."
 
 _UNET_FIXED = {
     "time_embedding.linear_1.": "time_embed.0.",
@@ -173,4 +173,41 @@ def clip_to_ldm(state_dict: Mapping[str, torch.Tensor], prefix: str = CLIP_PREFI
         if not key.startswith(("text_model.", "text_projection.")):
             key = "text_model." + key
         out[prefix + key] = value
+    return out
+
+
+_OPEN_CLIP_LAYER = {
+    "self_attn.out_proj.": "attn.out_proj.",
+    "layer_norm1.": "ln_1.",
+    "layer_norm2.": "ln_2.",
+    "mlp.fc1.": "mlp.c_fc.",
+    "mlp.fc2.": "mlp.c_proj.",
+}
+
+
+def open_clip_to_ldm(
+    state_dict: Mapping[str, torch.Tensor], prefix: str = OPEN_CLIP_PREFIX_SDXL
+) -> dict[str, torch.Tensor]:
+    """CLIPTextModelWithProjection state dict -> OpenCLIP keys (SDXL's second text encoder): q/k/v
+    concatenated into `attn.in_proj_*`, the projection stored transposed, as diffusers'
+    `convert_open_clip_checkpoint` expects."""
+    sd = {k.removeprefix("text_model."): v for k, v in state_dict.items()}
+    out: dict[str, torch.Tensor] = {
+        prefix + "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+        prefix + "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
+        prefix + "ln_final.weight": sd.pop("final_layer_norm.weight"),
+        prefix + "ln_final.bias": sd.pop("final_layer_norm.bias"),
+        prefix + "text_projection": sd.pop("text_projection.weight").T,
+    }
+    sd.pop("embeddings.position_ids", None)
+    for key in [k for k in sd if k.endswith("self_attn.q_proj.weight") or k.endswith("self_attn.q_proj.bias")]:
+        layer, kind = key.split(".")[2], key.rsplit(".", 1)[1]  # encoder.layers.{i}.self_attn.q_proj.{kind}
+        base = f"encoder.layers.{layer}.self_attn."
+        parts = [sd.pop(f"{base}{p}_proj.{kind}") for p in ("q", "k", "v")]
+        out[f"{prefix}transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat(parts)
+    for key, value in sd.items():
+        if not key.startswith("encoder.layers."):
+            raise KeyError(f"unexpected OpenCLIP key {key}")
+        (_, _, layer), rest = _split(key, 3)
+        out[f"{prefix}transformer.resblocks.{layer}.{_rename(rest, _OPEN_CLIP_LAYER)}"] = value
     return out

@@ -1,13 +1,16 @@
 """Loading single-file (A1111-layout) checkpoints offline, and keeping them loaded.
 
-Every checkpoint loads through `StableDiffusionPipeline.from_single_file(path, config=DIR)` with a
-local config folder, so nothing is ever fetched from the hub (diffusers.md section 1):
+The family (SD1.5 or SDXL) is read from the file's tensor names; the checkpoint then loads through
+`from_single_file(path, config=DIR)` with a local config folder, so nothing is ever fetched from the
+hub (diffusers.md section 1):
 - DIR is `<stem>.config/` beside the checkpoint when it exists (a checkpoint with a non-standard
-  architecture, such as the tiny test model, carries its own diffusers config folder);
-- else the shipped SD1.5 folder `configs/sd15` (override the configs root with FARM_CONFIGS_DIR).
+  architecture, such as the tiny test models, carries its own diffusers config folder);
+- else the shipped folder for its family, `configs/sd15` or `configs/sdxl` (override the configs
+  root with FARM_CONFIGS_DIR).
 
-Only `.safetensors` is loaded for now; pickled `.ckpt`/`.pt` files are never unpickled here.
-Anything that goes wrong while loading becomes one `ModelLoadError` line naming the file.
+`.safetensors` loads by default; pickled `.ckpt`/`.pt` only with `allow_pickle`, and then only
+through the weights-only unpickler (worker/safe_load.py). Anything that goes wrong while loading
+becomes one `ModelLoadError` line naming the file.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -23,20 +25,22 @@ from pathlib import Path
 
 import torch
 
+from farm.models import ModelFileError, checkpoint_family, read_safetensors_header
+from worker.safe_load import ModelLoadError, is_pickle, load_pickle, refuse_pickle
+
 # transformers warns at import that torchvision is absent (we do not want it); say only errors.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 CLIP_VOCAB_SIZE = 49408
 SD15_CONFIG = "sd15"
-_UNET_KEY = "model.diffusion_model."
+SDXL_CONFIG = "sdxl"
+FAMILY_CONFIGS = {"SD1.5": SD15_CONFIG, "SDXL": SDXL_CONFIG}
 
-
-class ModelLoadError(Exception):
-    """A checkpoint could not be loaded; the message is one line and names the file."""
+__all__ = ["ModelLoadError", "PipelineCache", "configs_dir", "load_pipeline", "checkpoint_keys"]
 
 
 def configs_dir() -> Path:
-    """The folder holding the offline model configs (sd15/, ...). FARM_CONFIGS_DIR wins; else the
+    """The folder holding the offline model configs (sd15/, sdxl/). FARM_CONFIGS_DIR wins; else the
     repo's configs/ next to this package (an editable install or a source checkout)."""
     env = os.environ.get("FARM_CONFIGS_DIR")
     candidates = [Path(env)] if env else [Path(__file__).resolve().parent.parent / "configs"]
@@ -50,12 +54,9 @@ def configs_dir() -> Path:
     )
 
 
-def config_dir_for(checkpoint: Path) -> Path:
-    """`<stem>.config/` beside the checkpoint if present, else the shipped SD1.5 configs."""
+def own_config_dir(checkpoint: Path) -> Path | None:
     own = checkpoint.with_name(checkpoint.stem + ".config")
-    if (own / "model_index.json").is_file():
-        return own
-    return configs_dir() / SD15_CONFIG
+    return own if (own / "model_index.json").is_file() else None
 
 
 def default_device_dtype() -> tuple[torch.device, torch.dtype]:
@@ -65,87 +66,72 @@ def default_device_dtype() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def _read_safetensors_header(path: Path) -> dict:
-    """Check the file is a complete safetensors file before handing it to diffusers, so a truncated
-    download gets a clear message instead of a deep traceback. Returns the header."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ModelLoadError(f"{path.name}: not a safetensors file (only {size} bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, 100_000_000):
-            raise ModelLoadError(f"{path.name}: not a safetensors file or truncated (bad header length)")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, ValueError):
-            raise ModelLoadError(f"{path.name}: corrupt safetensors header") from None
-    if not isinstance(header, dict):
-        raise ModelLoadError(f"{path.name}: corrupt safetensors header")
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
-    expected = 8 + n + max(ends, default=0)
-    if size < expected:
-        raise ModelLoadError(f"{path.name}: truncated ({size} of {expected} bytes); re-download or re-copy it")
-    return header
+def checkpoint_keys(path: Path, allow_pickle: bool = False) -> list[str]:
+    """The tensor names of a checkpoint, checked for truncation and safety before diffusers sees it."""
+    if is_pickle(path):
+        if not allow_pickle:
+            raise refuse_pickle(path, "checkpoint")
+        return list(load_pickle(path))
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"{path.name}: not a model file (expected .safetensors, or .ckpt with pickles allowed)")
+    try:
+        header = read_safetensors_header(path)
+    except ModelFileError as e:
+        raise ModelLoadError(str(e)) from None
+    return [k for k in header if k != "__metadata__"]
 
 
-def _check_layout(path: Path, header: dict, has_own_config: bool) -> None:
-    """Catch the common wrong files (LoRA, VAE, SDXL) with a sentence rather than a KeyError."""
-    keys = [k for k in header if k != "__metadata__"]
-    if not any(k.startswith(_UNET_KEY) for k in keys):
+def config_for(path: Path, keys: list[str]) -> Path:
+    """The config folder for this checkpoint: its own, or the shipped one for its family. The wrong
+    kinds of file (LoRA, VAE, SD2...) get a sentence rather than a KeyError."""
+    family = checkpoint_family(keys)
+    if family == "not a checkpoint":
         raise ModelLoadError(
-            f"{path.name}: not a Stable Diffusion checkpoint in A1111 layout (no {_UNET_KEY}* weights); "
-            "is it a LoRA, VAE or embedding?"
+            f"{path.name}: not a Stable Diffusion checkpoint in A1111 layout (no model.diffusion_model.* "
+            "weights); is it a LoRA, VAE or embedding?"
         )
-    if has_own_config:
-        return
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        raise ModelLoadError(f"{path.name}: SDXL checkpoints are not supported yet")
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        raise ModelLoadError(f"{path.name}: SD 2.x checkpoints are not supported yet")
+    own = own_config_dir(path)
+    if own is not None:
+        return own
+    if family not in FAMILY_CONFIGS:
+        raise ModelLoadError(f"{path.name}: {family} checkpoints are not supported (SD1.5 and SDXL are)")
+    return configs_dir() / FAMILY_CONFIGS[family]
 
 
 def load_pipeline(
     checkpoint_path: Path,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    allow_pickle: bool = False,
 ):
-    """A ready StableDiffusionPipeline for an A1111-layout `.safetensors` checkpoint, offline."""
+    """A ready StableDiffusionPipeline or StableDiffusionXLPipeline for an A1111-layout checkpoint,
+    offline (device and dtype default to default_device_dtype())."""
     path = Path(checkpoint_path)
     if not path.is_file():
         raise ModelLoadError(f"{path.name}: checkpoint file not found at {path}")
-    if path.suffix.lower() != ".safetensors":
-        raise ModelLoadError(
-            f"{path.name}: only .safetensors checkpoints can be loaded for now "
-            "(pickled .ckpt/.pt support is a later issue; convert it to .safetensors)"
-        )
-    config = config_dir_for(path)
-    try:
-        header = _read_safetensors_header(path)
-    except OSError as e:
-        raise ModelLoadError(f"{path.name}: cannot read the file ({e.strerror or e})") from None
-    _check_layout(path, header, has_own_config=config.name.endswith(".config"))
-
+    config = config_for(path, checkpoint_keys(path, allow_pickle))
     default_device, default_dtype = default_device_dtype()
     device = torch.device(device) if device is not None else default_device
     dtype = dtype or default_dtype
 
     # Imported here: `import diffusers` costs seconds and the coordinator never needs it.
-    from diffusers import StableDiffusionPipeline
+    import diffusers
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     # Our own log line says what loaded and how long it took; diffusers' bars and notices are noise.
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars, e.g. for each LoRA
+    pipeline_class = getattr(diffusers, json.loads((config / "model_index.json").read_text())["_class_name"])
     try:
-        pipe = StableDiffusionPipeline.from_single_file(
+        # A pickled file is read a second time here, by diffusers, also weights-only.
+        pipe = pipeline_class.from_single_file(
             str(path),
             config=str(config),
             local_files_only=True,
-            feature_extractor=None,
-            safety_checker=None,
-            requires_safety_checker=False,
             torch_dtype=dtype,
+            **_no_safety_checker(pipeline_class),
         )
     except Exception as e:  # diffusers raises many types; the user needs one line naming the file
         raise ModelLoadError(_load_failure(path, config, e)) from e
@@ -157,15 +143,26 @@ def load_pipeline(
             f"{path.name}: {len(missing)} weights missing (e.g. {missing[0]}); the file does not match {config}"
         )
     # transformers 5 silently builds a 3-token placeholder tokenizer when the files are missing.
-    if pipe.tokenizer is None or len(pipe.tokenizer) != CLIP_VOCAB_SIZE:
-        n = None if pipe.tokenizer is None else len(pipe.tokenizer)
-        raise ModelLoadError(
-            f"{path.name}: tokenizer from {config}/tokenizer has {n} tokens, expected {CLIP_VOCAB_SIZE}; "
-            "the tokenizer files are missing or broken"
-        )
+    for name in ("tokenizer", "tokenizer_2"):
+        tokenizer = getattr(pipe, name, None)
+        if name == "tokenizer" or tokenizer is not None:
+            n = None if tokenizer is None else len(tokenizer)
+            if n != CLIP_VOCAB_SIZE:
+                raise ModelLoadError(
+                    f"{path.name}: tokenizer from {config}/{name} has {n} tokens, expected {CLIP_VOCAB_SIZE}; "
+                    "the tokenizer files are missing or broken"
+                )
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    pipe.seedfarm_config_dir = config  # a VAE file for this checkpoint is built from the same configs
     return pipe
+
+
+def _no_safety_checker(pipeline_class) -> dict:
+    """SD1.5's index names a safety checker and feature extractor we neither ship nor want."""
+    if pipeline_class.__name__ == "StableDiffusionPipeline":
+        return {"feature_extractor": None, "safety_checker": None, "requires_safety_checker": False}
+    return {}
 
 
 def _load_failure(path: Path, config: Path, error: Exception) -> str:
@@ -186,7 +183,7 @@ def _load_failure(path: Path, config: Path, error: Exception) -> str:
 
 
 def _named_tensors(pipe):
-    for name in ("unet", "vae", "text_encoder"):
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         module = getattr(pipe, name, None)
         if module is not None:
             for n, p in module.named_parameters():

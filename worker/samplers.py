@@ -26,8 +26,17 @@ _SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "DPM2": ("KDPM2DiscreteScheduler", {}),
     "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
     "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    # k-diffusion's Brownian-tree DPM++ SDE; needs torchsde. Its noise is seeded per image
+    # (noise_sampler_seed, set by make_scheduler), not from the generators.
+    "DPM++ SDE": ("DPMSolverSDEScheduler", {}),
     # Plain randn noise from the generator: no torchsde needed.
     "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "DPM++ 2M SDE Heun": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"},
+    ),
+    "DPM++ 3M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    "LCM": ("LCMScheduler", {}),
     "DDIM": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
     "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}),
     # A1111 defaults: variant bh1, order 3, lower order final. bh1 with final_sigmas_type="zero"
@@ -54,7 +63,7 @@ _SCHEDULE_KWARGS: dict[str, dict[str, Any]] = {
 _CONTROLLED = {
     "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "timestep_spacing",
     "algorithm_type", "solver_type", "solver_order", "lower_order_final", "final_sigmas_type",
-    "skip_prk_steps", "clip_sample", "set_alpha_to_one",
+    "skip_prk_steps", "clip_sample", "set_alpha_to_one", "noise_sampler_seed",
 }
 
 
@@ -85,12 +94,22 @@ def scheduler_kwargs(sampler: str, schedule: str, base_config: Mapping[str, Any]
     return class_name, kwargs
 
 
-def make_scheduler(base_config: Mapping[str, Any], sampler: str, schedule: str = "Automatic"):
+def make_scheduler(
+    base_config: Mapping[str, Any], sampler: str, schedule: str = "Automatic", seeds: list[int] | None = None
+):
     """A fresh diffusers scheduler for this A1111 sampler/schedule, keeping the model's training
-    config (betas, prediction type, steps offset) from `base_config` (e.g. pipe.scheduler.config)."""
+    config (betas, prediction type, steps offset) from `base_config` (e.g. pipe.scheduler.config).
+    `seeds` (one per image) seed the Brownian tree of DPM++ SDE, one tree per image as A1111 does,
+    so reruns are identical and an image does not depend on its batch."""
     import diffusers
 
     class_name, kwargs = scheduler_kwargs(sampler, schedule, base_config)
+    if class_name == "DPMSolverSDEScheduler":
+        try:
+            import torchsde  # noqa: F401
+        except ImportError:
+            raise RuntimeError(f"sampler '{sampler}' needs torchsde: pip install torchsde") from None
+        kwargs["noise_sampler_seed"] = list(seeds) if seeds else 0
     if kwargs.get("use_beta_sigmas") or class_name == "LMSDiscreteScheduler":
         try:
             import scipy  # noqa: F401  (diffusers needs it for LMS coefficients and Beta sigmas)

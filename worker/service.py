@@ -14,9 +14,10 @@ import socket
 import threading
 from pathlib import Path
 
-from farm.celery_app import make_app
+from farm.celery_app import REFRESH_TASK, make_app
 from farm.config import FarmSettings
 from farm.ledger import Ledger, connect, safe_url
+from farm.routing import worker_queue
 from worker import steering, tasks
 
 log = logging.getLogger("seedfarm.worker")
@@ -33,7 +34,8 @@ def device_info() -> dict:
     return {"gpu": "cpu", "vram_gb": "0"}
 
 
-def heartbeat_loop(ledger: Ledger, ctx: tasks.WorkerContext, static: dict, stop: threading.Event) -> None:
+def heartbeat_loop(ledger: Ledger, ctx: tasks.WorkerContext, static: dict, stop: threading.Event,
+                   poke=lambda: None) -> None:
     while not stop.is_set():
         current = ctx.current_task
         info = {
@@ -47,6 +49,8 @@ def heartbeat_loop(ledger: Ledger, ctx: tasks.WorkerContext, static: dict, stop:
         }
         try:
             ledger.heartbeat(ctx.name, info)
+            if current is None:
+                poke()  # an idle worker re-reads the queues now and then: new work, dead peers
         except Exception as e:  # Redis away for a moment: Celery's own reconnect logs it too
             log.debug("heartbeat failed: %s", e)
         stop.wait(HEARTBEAT_SECONDS)
@@ -60,23 +64,34 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name = name or settings.worker_name or f"{socket.gethostname()}-gpu{gpu or 0}"
     models = Path(settings.models)
-    if not models.is_dir():
-        raise FileNotFoundError(f"models folder {models} does not exist (--models / FARM_MODELS)")
+    for root in settings.models.split(os.pathsep):  # several roots may be joined by os.pathsep
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"models folder {root} does not exist (--models / FARM_MODELS)")
 
+    from worker.memory import choose_profile
+
+    # CUDA_VISIBLE_DEVICES already narrows this process to its GPU: it is device 0 here.
+    profile = choose_profile(settings.vram, settings.precision, settings.attention, settings.no_half_vae)
     ledger = Ledger(connect(settings.broker_url))
-    ctx = tasks.configure(models, name=name)
-    static = {"name": name, "host": socket.gethostname(), "pid": os.getpid(), **device_info()}
+    ctx = tasks.configure(models, name=name, profile=profile, allow_pickle=settings.allow_pickle)
+    static = {"name": name, "host": socket.gethostname(), "pid": os.getpid(), **device_info(), **profile.as_info()}
     log.info("worker %s: %s, %s GB VRAM, models %s, broker %s", name, static["gpu"], static["vram_gb"],
              models, safe_url(settings.broker_url))
+    log.info("memory profile: %s; pickled model files %s", profile.describe(),
+             "allowed (weights only)" if settings.allow_pickle else "refused")
 
     app = make_app(settings.broker_url, settings.visibility_timeout, settings.restore_interval)
     tasks.register(app, ledger=ledger, store_override=store_override)
-    home = f"farm.worker.{name}"
+    home = worker_queue(name)
     vram = float(static["vram_gb"]) if static["gpu"] != "cpu" else None
     steering.install(app, steering.Steering(ledger, ctx, models, vram, max_pixels, tags, home))
     static["tags"] = ",".join(sorted(tags))
     stop = threading.Event()
-    beat = threading.Thread(target=heartbeat_loop, args=(ledger, ctx, static, stop), daemon=True)
+    # The refresh itself runs in the worker's own thread, after a no-op task sent to itself.
+    poke = lambda: app.send_task(REFRESH_TASK, queue=home, expires=30)  # noqa: E731
+    for logger in ("celery.worker.strategy", "celery.app.trace"):  # no log line per wake-up
+        logging.getLogger(logger).addFilter(lambda record: REFRESH_TASK not in record.getMessage())
+    beat = threading.Thread(target=heartbeat_loop, args=(ledger, ctx, static, stop, poke), daemon=True)
     beat.start()
     try:
         app.worker_main(argv=[

@@ -45,21 +45,33 @@ class WorkerContext:
     next_checkpoint: str = ""  # where this worker goes when its checkpoint's work runs out
     loads: int = 0
     load_seconds: float = 0.0
+    render_seconds: float = 0.0  # total, for the average cost of an image here
+
+    allow_pickle: bool = False  # read pickled .ckpt/.pt model files (weights-only) too
+    profile: object = None  # worker.memory.MemoryProfile; None: chosen from the hardware
+    task_models: object = None  # worker.prepare.TaskModels, created with the cache
 
     def pipelines(self):
         if self.cache is None:
             from worker.pipelines import PipelineCache
+            from worker.prepare import TaskModels
 
-            self.cache = PipelineCache()
+            from worker.standin import standin_loader
+
+            self.task_models = TaskModels(self.models_dir, self.profile, self.allow_pickle)
+            self.profile = self.task_models.profile
+            # benchmarks of the farm itself swap diffusion for sleeps (worker/standin.py)
+            self.cache = PipelineCache(loader=standin_loader() or self.task_models.load)
         return self.cache
 
 
 _context: WorkerContext | None = None
 
 
-def configure(models_dir: Path, name: str | None = None) -> WorkerContext:
+def configure(models_dir: Path, name: str | None = None, **options) -> WorkerContext:
+    """options: WorkerContext fields such as allow_pickle and profile."""
     global _context
-    _context = WorkerContext(models_dir=Path(models_dir), **({"name": name} if name else {}))
+    _context = WorkerContext(models_dir=Path(models_dir), **({"name": name} if name else {}), **options)
     return _context
 
 
@@ -90,6 +102,7 @@ def execute(task: RenderTask, store: Store, ctx: WorkerContext | None = None) ->
         return {"task_id": task.id, "images": 0, "skipped": True}
     from worker.pipelines import ModelLoadError
     from worker.render import RenderError, render_images
+    from worker.standin import StandinPipeline
 
     path = checkpoint_path(task, ctx.models_dir)
     cache = ctx.pipelines()
@@ -107,15 +120,22 @@ def execute(task: RenderTask, store: Store, ctx: WorkerContext | None = None) ->
         log.info("loaded checkpoint %s in %.1f s", path.name, load_seconds)
     started = time.perf_counter()
     try:
-        images = render_images(pipe, task)
-    except RenderError as e:
+        # The task's VAE, LoRAs and embeddings, on the pipeline for this render only.
+        if isinstance(pipe, StandinPipeline):
+            images, model_params = pipe.render(task), {}
+        else:
+            with ctx.task_models.prepared(pipe, task) as (render_task, model_params):
+                images = render_images(pipe, render_task)
+    except (RenderError, ModelLoadError) as e:
         raise TaskError(str(e)) from None
     seconds_per_image = (time.perf_counter() - started) / len(images)
     for seed, image in zip(task.seeds, images):
-        text = format_infotext(task.prompt, task.negative_prompt, task_parameters(task, seed))
+        params = {**task_parameters(task, seed), **model_params}
+        text = format_infotext(task.prompt, task.negative_prompt, params)
         record = image_record(task, seed, text, seconds_per_image, ctx.name)
         save_image(store, task, seed, png_bytes(image, text), record)
     ctx.images_done += len(images)
+    ctx.render_seconds += seconds_per_image * len(images)
     return {"task_id": task.id, "images": len(images), "seconds": seconds_per_image * len(images),
             "load_seconds": load_seconds}
 

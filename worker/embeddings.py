@@ -1,0 +1,96 @@
+"""Textual-inversion embeddings, used by writing their file stem in the prompt or negative prompt.
+
+Only the embeddings a task names are loaded, as new tokens of the tokenizer(s), and unloaded after
+the task. Layouts read (a1111.md section 3):
+- A1111 `.pt`/`.bin`: `{"string_to_param": {"*": tensor}}` (pickled: only with pickles allowed,
+  weights-only);
+- `.safetensors` with one tensor (usually `emb_params`), or a diffusers `{token: tensor}` file;
+- SDXL `.safetensors` with `clip_l` (first encoder) and `clip_g` (second encoder).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from farm.models import ModelFileError, Registry, read_safetensors_header
+from worker.lora import pipeline_family
+from worker.safe_load import ModelLoadError, is_pickle, load_pickle, refuse_pickle
+
+
+def used_embeddings(registry: Registry, texts: list[str]) -> dict[str, Path]:
+    """name -> file for every embedding whose name appears as a word in one of the texts."""
+    found = {}
+    for name, model in registry.files("embedding").items():
+        if "/" in name:
+            continue  # A1111 uses the bare stem as the token
+        pattern = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
+        if any(pattern.search(t) for t in texts):
+            found[name] = model.path
+    return found
+
+
+def read_embedding(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """{"clip_l": vectors} for SD1.5 files, {"clip_l", "clip_g"} for SDXL ones; vectors (n, dim)."""
+    if is_pickle(path):
+        if not allow_pickle:
+            raise refuse_pickle(path, "embedding")
+        data = load_pickle(path)
+    else:
+        from safetensors.torch import load_file
+
+        try:
+            read_safetensors_header(path)
+            data = load_file(str(path))
+        except ModelFileError as e:
+            raise ModelLoadError(str(e)) from None
+        except Exception as e:
+            raise ModelLoadError(f"{path.name}: cannot read the embedding ({(str(e).splitlines() or [''])[0][:200]})") from None
+    if "clip_l" in data and "clip_g" in data:
+        return {"clip_l": data["clip_l"], "clip_g": data["clip_g"]}
+    if isinstance(data.get("string_to_param"), dict) and len(data["string_to_param"]) == 1:
+        (vectors,) = data["string_to_param"].values()
+    else:
+        tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) != 1:
+            raise ModelLoadError(f"{path.name}: not a textual-inversion embedding (expected one tensor, found {len(tensors)})")
+        vectors = tensors[0]
+    return {"clip_l": vectors}
+
+
+def load_embeddings(pipe, used: dict[str, Path], allow_pickle: bool = False) -> None:
+    """Add each embedding as a token (multi-vector ones as tok, tok_1 ...).
+    On an error the caller removes what was added (unload_embeddings; worker/prepare.py does)."""
+    sdxl = pipeline_family(pipe) == "SDXL"
+    for name, path in used.items():
+        parts = read_embedding(path, allow_pickle)
+        if sdxl != ("clip_g" in parts):
+            kind = "an SDXL" if "clip_g" in parts else "an SD1.5"
+            raise ModelLoadError(f"{path.name}: {kind} embedding cannot be used with an {pipeline_family(pipe)} checkpoint")
+        targets = [("clip_l", pipe.text_encoder, pipe.tokenizer)]
+        if sdxl:
+            targets.append(("clip_g", pipe.text_encoder_2, pipe.tokenizer_2))
+        for part, encoder, tokenizer in targets:
+            vectors = parts[part].reshape(-1, parts[part].shape[-1])
+            width = encoder.get_input_embeddings().weight.shape[1]
+            if vectors.shape[1] != width:
+                raise ModelLoadError(
+                    f"{path.name}: embedding width {vectors.shape[1]} does not fit the text encoder ({width}); "
+                    "it was made for another model family"
+                )
+            try:
+                pipe.load_textual_inversion(vectors, token=name, text_encoder=encoder, tokenizer=tokenizer)
+            except ValueError as e:  # e.g. the name is already a word of the vocabulary
+                raise ModelLoadError(f"{path.name}: cannot use this embedding ({(str(e).splitlines() or [''])[0][:200]})") from None
+
+
+def unload_embeddings(pipe) -> None:
+    """Remove every added token: the tokenizers and encoders are back to the checkpoint's."""
+    pairs = [(pipe.tokenizer, pipe.text_encoder)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    for tokenizer, encoder in pairs:
+        if len(tokenizer) > tokenizer.vocab_size:
+            pipe.unload_textual_inversion(tokenizer=tokenizer, text_encoder=encoder)
