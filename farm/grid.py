@@ -1,9 +1,12 @@
 """Labelled contact sheets (A1111's X/Y plot grids) built from a job's image records.
 
 An axis is a key of the records' `axes` whose value differs between images. X runs along the top,
-Y down the left, and every combination of the remaining varying axes gets a sheet of its own (A1111
-draws one X/Y grid per Z value). Values keep expansion order, not alphabetical order. Each sheet PNG
-carries its axes, labels and cell geometry as JSON in a `seedfarm-grid` text chunk, for tools.
+Y down the left, and every combination of the remaining varying axes (Z first) gets a sheet of its
+own (A1111 draws one X/Y grid per Z value). Values keep expansion order, not alphabetical order.
+A prompt-matrix job is laid out as A1111 lays it out: the first half of the `|` parts on columns,
+the rest on rows, each label listing its parts with the absent ones struck through. A sheet larger
+than the size cap shows thumbnails, and past the smallest thumbnail it is split into pages. Each
+sheet PNG carries its axes, labels and cell geometry as JSON in a `seedfarm-grid` text chunk.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from farm.store import Store, load_records, sheet_key
+import yaml
+
+from farm.spec import PromptMatrix
+from farm.store import Store, job_spec_key, load_records, sheet_key
 
 AXIS_TITLES = {
     "seed": "Seed",
@@ -31,11 +37,17 @@ AXIS_TITLES = {
     "prompt": "Prompt",
     "negative_prompt": "Negative prompt",
     "prompt_sr": "Prompt S/R",
+    "matrix_x": "Prompt matrix",
+    "matrix_y": "Prompt matrix",
 }
+MATRIX_AXES = ("matrix_x", "matrix_y")  # derived from the prompt in a prompt-matrix job
 PROMPT_AXES = ("prompt", "negative_prompt")  # long texts: label only the part that differs
 GRID_CHUNK = "seedfarm-grid"
 LABEL_CHARS = 80  # longest label value before it is cut with "…"
 MISSING_FILL = (160, 160, 160)  # a cell whose image is not (yet) there
+STRUCK_FILL = (150, 150, 150)  # a prompt-matrix part absent from a row or column
+MAX_SIDE = 8192  # the cell area of one sheet stays within this many pixels per side
+MIN_CELL = 128  # thumbnails shrink to fit MAX_SIDE, but not below this; past it, pages
 _SEPARATORS = " ,\n"
 
 
@@ -54,6 +66,8 @@ class Sheet:
     cell_size: tuple[int, int] = (0, 0)
     # [row][col] -> the image shown there (key relative to the job folder), or None for a gray cell
     cells: list[list[str | None]] = field(default_factory=list)
+    page: int = 1  # pages of one X/Y grid too big for one sheet: 1..pages, row by row
+    pages: int = 1
 
     def meta(self) -> dict:
         return {
@@ -61,6 +75,7 @@ class Sheet:
             "x_labels": self.x_labels, "y_labels": self.y_labels, "fixed": self.fixed,
             "x_values": self.x_values, "y_values": self.y_values,
             "origin": list(self.origin), "cell_size": list(self.cell_size), "cells": self.cells,
+            "page": self.page, "pages": self.pages,
         }
 
     def png(self) -> bytes:
@@ -89,7 +104,8 @@ def _plain(value: object) -> object:
     return value
 
 
-def _identity(value: object) -> str:
+def value_id(value: object) -> str:
+    """A value as a comparable key (7 and 7.0 alike)."""
     return json.dumps(_plain(value), sort_keys=True, ensure_ascii=False)
 
 
@@ -102,6 +118,8 @@ def format_value(value: object) -> str:
         return f"{format_value(value['width'])}x{format_value(value['height'])}"
     if value is None:
         return "none"
+    if isinstance(value, (list, tuple)):  # a prompt-matrix combination: its parts
+        return ", ".join(map(str, value)) or "none"
     return str(value)
 
 
@@ -161,7 +179,7 @@ def axis_values(records: list[dict]) -> dict[str, list[object]]:
         seen: dict[str, object] = {}
         for record in records:
             value = record["axes"].get(name)
-            seen.setdefault(_identity(value), value)
+            seen.setdefault(value_id(value), value)
         if len(seen) > 1:
             varying[name] = list(seen.values())
     return varying
@@ -187,7 +205,67 @@ def choose_axes(records: list[dict], x: str | None = None, y: str | None = None)
     return x, y
 
 
+def filter_records(records: list[dict], filters: dict[str, str]) -> list[dict]:
+    """The records whose axis values read as the given texts (`cfg=7`, `sampler=Euler a`; a prompt
+    by its whole text or by the label part that differs)."""
+    varying = axis_values(records)
+    for axis, text in filters.items():
+        if axis not in varying:
+            raise ValueError(f"cannot filter on '{axis}': axes that vary: {', '.join(varying) or 'none'}")
+        values = varying[axis]
+        shown = value_texts(axis, values)
+        wanted = {value_id(v) for v, short in zip(values, shown) if text in (format_value(v), short)}
+        if not wanted:
+            raise ValueError(f"no image has {axis}={text}; its values: {', '.join(shown)}")
+        records = [r for r in records if value_id(r["axes"].get(axis)) in wanted]
+    return records
+
+
+# ---- the prompt matrix ------------------------------------------------------------------------
+
+
+def matrix_prompt(spec_text: str) -> str | None:
+    """The `base|a|b` prompt of a job spec with `prompt_matrix: true` and one prompt, else None."""
+    try:
+        data = yaml.safe_load(spec_text)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(data, dict) or data.get("prompt_matrix") is not True:
+        return None
+    prompt = data.get("prompt", data.get("prompts"))
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) and "|" in prompt else None
+
+
+def matrix_records(records: list[dict], prompt: str) -> list[dict] | None:
+    """Records with the prompt axis replaced by A1111's matrix axes: matrix_x holds the active
+    parts of the first half (columns), matrix_y those of the second (rows). None when a record's
+    prompt is not one of the matrix's prompts."""
+    matrix = PromptMatrix(prompt)
+    combination = {matrix[i]: i for i in range(len(matrix))}
+    half = (len(matrix.parts) + 1) // 2  # A1111: ceil(n / 2) parts across
+    out = []
+    for record in records:
+        i = combination.get(record["axes"].get("prompt"))
+        if i is None:
+            return None
+        active = [p for n, p in enumerate(matrix.parts) if i >> n & 1]
+        axes = {k: v for k, v in record["axes"].items() if k != "prompt"}
+        axes["matrix_x"] = [p for p in matrix.parts[:half] if p in active]
+        axes["matrix_y"] = [p for p in matrix.parts[half:] if p in active]
+        out.append({**record, "axes": axes})
+    return out
+
+
+def _matrix_label(parts: list[str], active: list[str]) -> list[tuple[str, bool]]:
+    """A1111's matrix label: every part of the half, the absent ones struck through."""
+    return [(part, part in active) for part in parts]
+
+
 # ---- drawing --------------------------------------------------------------------------------
+
+Label = str | list[tuple[str, bool]]  # plain text, or matrix parts with present/absent
 
 
 def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
@@ -213,22 +291,34 @@ def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
     return lines
 
 
-def _draw_lines(draw: ImageDraw.ImageDraw, lines: list[str], font, box: tuple[int, int, int, int], line_h: int) -> None:
-    """Lines centred in box (left, top, right, bottom)."""
+def _label_lines(label: Label, font, width: float) -> list[tuple[str, bool]]:
+    """(line, present) pairs: a plain label is all present."""
+    if isinstance(label, str):
+        return [(line, True) for line in _wrap(label, font, width)]
+    return [(line, on) for part, on in label for line in _wrap(part, font, width)]
+
+
+def _draw_lines(draw: ImageDraw.ImageDraw, lines: list[tuple[str, bool]], font, box, line_h: int) -> None:
+    """Lines centred in box (left, top, right, bottom); absent matrix parts gray and struck."""
     left, top, right, bottom = box
     y = top + (bottom - top - len(lines) * line_h) / 2
-    for line in lines:
-        draw.text((left + (right - left - font.getlength(line)) / 2, y), line, font=font, fill="black")
+    for line, present in lines:
+        x = left + (right - left - font.getlength(line)) / 2
+        draw.text((x, y), line, font=font, fill="black" if present else STRUCK_FILL)
+        if not present:
+            middle = y + line_h / 2
+            draw.line((x, middle, x + font.getlength(line), middle), fill=STRUCK_FILL, width=1)
         y += line_h
 
 
-def _fit_lines(lines: list[str], max_lines: int) -> list[str]:
+def _fit_lines(lines: list[tuple[str, bool]], max_lines: int) -> list[tuple[str, bool]]:
     if len(lines) <= max_lines:
         return lines
-    return lines[: max_lines - 1] + [lines[max_lines - 1].rstrip(_SEPARATORS) + "…"]
+    last, present = lines[max_lines - 1]
+    return lines[: max_lines - 1] + [(last.rstrip(_SEPARATORS) + "…", present)]
 
 
-def _load(load_image: Callable[[dict], Image.Image], record: dict) -> Image.Image | None:
+def _load(load_image: Callable[[dict], Image.Image], record: dict, cell: tuple[int, int]) -> Image.Image | None:
     try:
         image = load_image(record)
     except FileNotFoundError:
@@ -236,22 +326,22 @@ def _load(load_image: Callable[[dict], Image.Image], record: dict) -> Image.Imag
     if image is None:
         return None
     try:
-        return image.convert("RGB")
+        image = image.convert("RGB")
     finally:
         if getattr(image, "fp", None) is not None:
             image.close()  # opened from a file: let the file go now, not at garbage collection
+    if image.width > cell[0] or image.height > cell[1]:
+        image.thumbnail(cell, Image.Resampling.LANCZOS)  # a thumbnail: the sheet is over its size cap
+    return image
 
 
 def _draw_sheet(
-    x_labels: list[str], y_labels: list[str], title: str, cells: list[list[dict | None]],
-    load_image: Callable[[dict], Image.Image],
-) -> tuple[Image.Image, tuple[int, int], tuple[int, int], list[list[bool]]]:
-    """The sheet image, its first cell's corner, the cell size, and which cells show an image."""
-    images = [[_load(load_image, r) if r else None for r in row] for row in cells]
-    sizes = [im.size for row in images for im in row if im is not None]
-    sizes += [(r["task"]["width"], r["task"]["height"]) for row in cells for r in row if r and "task" in r]
-    cell_w = max([w for w, _ in sizes], default=64)
-    cell_h = max([h for _, h in sizes], default=64)
+    x_labels: list[Label], y_labels: list[Label], title: str, cells: list[list[dict | None]],
+    load_image: Callable[[dict], Image.Image], cell_size: tuple[int, int],
+) -> tuple[Image.Image, tuple[int, int], list[list[bool]]]:
+    """The sheet image, its first cell's corner, and which cells show an image."""
+    cell_w, cell_h = cell_size
+    images = [[_load(load_image, r, cell_size) if r else None for r in row] for row in cells]
 
     # A1111 scales its label font with the cell; a floor keeps tiny test images readable.
     font_size = max(12, (cell_w + cell_h) // 25)
@@ -260,17 +350,17 @@ def _draw_sheet(
     line_h = ascent + descent
     pad = font_size // 2
 
-    col_lines = [_wrap(label, font, max(cell_w - 2 * pad, 3 * font_size)) for label in x_labels]
+    col_lines = [_label_lines(label, font, max(cell_w - 2 * pad, 3 * font_size)) for label in x_labels]
     top_h = max((len(lines) for lines in col_lines), default=0) * line_h + 2 * pad if x_labels else 0
     row_limit = max(cell_w * 3 // 4, 8 * font_size)
     max_row_lines = max(1, cell_h // line_h)
-    row_lines = [_fit_lines(_wrap(label, font, row_limit), max_row_lines) for label in y_labels]
+    row_lines = [_fit_lines(_label_lines(label, font, row_limit), max_row_lines) for label in y_labels]
     left_w = 0
     if y_labels:
-        left_w = int(max(font.getlength(line) for lines in row_lines for line in lines)) + 2 * pad
+        left_w = int(max(font.getlength(line) for lines in row_lines for line, _ in lines)) + 2 * pad
 
     grid_w = left_w + len(images[0]) * cell_w
-    title_lines = _wrap(title, font, max(grid_w - 2 * pad, 3 * font_size)) if title else []
+    title_lines = _label_lines(title, font, max(grid_w - 2 * pad, 3 * font_size)) if title else []
     title_h = len(title_lines) * line_h + 2 * pad if title_lines else 0
     origin = (left_w, title_h + top_h)
 
@@ -291,7 +381,16 @@ def _draw_sheet(
                 draw.rectangle((left, top, left + cell_w - 1, top + cell_h - 1), fill=MISSING_FILL)
             else:  # smaller images (a size axis) sit centred in their cell
                 sheet.paste(image, (left + (cell_w - image.width) // 2, top + (cell_h - image.height) // 2))
-    return sheet, origin, (cell_w, cell_h), [[im is not None for im in row] for row in images]
+    return sheet, origin, [[im is not None for im in row] for row in images]
+
+
+def _cell_size(records: list[dict], cols: int, rows: int, max_side: int, min_cell: int) -> tuple[int, int]:
+    """The images' own size, or smaller so cols x rows cells fit max_side, down to min_cell."""
+    w = max(r["task"]["width"] for r in records)
+    h = max(r["task"]["height"] for r in records)
+    scale = min(1.0, max_side / (cols * w), max_side / (rows * h))
+    scale = max(scale, min(1.0, min_cell / max(w, h)))
+    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 # ---- sheets ---------------------------------------------------------------------------------
@@ -302,72 +401,176 @@ def _safe(text: str) -> str:
 
 
 def iter_sheets(
-    records: list[dict], load_image: Callable[[dict], Image.Image], x: str | None = None, y: str | None = None
+    records: list[dict], load_image: Callable[[dict], Image.Image], x: str | None = None, y: str | None = None,
+    z: str | None = None, filters: dict[str, str] | None = None, matrix: str | None = None,
+    max_side: int = MAX_SIDE, min_cell: int = MIN_CELL,
 ) -> Iterator[Sheet]:
     """Like build_sheets, one sheet at a time (a job's sheets need not all fit in memory)."""
     records = _sorted(records)
     if not records:
         return
+    filters = dict(filters or {})
+    records = filter_records(records, filters)
+    if matrix and "prompt" in axis_values(records) and (x == "prompt" or y == "prompt" or not (x or y)):
+        derived = matrix_records(records, matrix)
+        if derived is not None:
+            asked = y if x == "prompt" else x  # the other requested axis moves to Z
+            z = z or (asked if asked in axis_values(derived) else None)
+            records, x, y = derived, "matrix_x", "matrix_y"
+            if "matrix_y" not in axis_values(records):
+                y = None
+    if z is not None and z in (x, y):
+        raise ValueError(f"'{z}' is already on {'x' if z == x else 'y'}: choose another axis for z")
     x, y = choose_axes(records, x, y)
     varying = axis_values(records)
-    texts = {axis: dict(zip(map(_identity, values), value_texts(axis, values))) for axis, values in varying.items()}
-    others = [a for a in varying if a not in (x, y)]
+    if z is not None and z not in varying:
+        raise ValueError(f"cannot put '{z}' on z: it does not vary here; axes that vary: {', '.join(varying)}")
+    texts = {axis: dict(zip(map(value_id, values), value_texts(axis, values))) for axis, values in varying.items()}
+    others = ([z] if z else []) + [a for a in varying if a not in (x, y, z)]
     x_values = varying[x] if x else [None]
     y_values = varying[y] if y else [None]
-    x_ids, y_ids = [_identity(v) for v in x_values], [_identity(v) for v in y_values]
+    x_ids, y_ids = [value_id(v) for v in x_values], [value_id(v) for v in y_values]
     x_labels = [f"{axis_title(x)}: {texts[x][i]}" for i in x_ids] if x else []
     y_labels = [f"{axis_title(y)}: {texts[y][i]}" for i in y_ids] if y else []
+    if matrix and x in MATRIX_AXES:  # A1111 draws each matrix label as its parts, absent ones struck
+        matrix_parts = PromptMatrix(matrix).parts
+        half = (len(matrix_parts) + 1) // 2
+        x_drawn = [_matrix_label(matrix_parts[:half], v) for v in x_values]
+        y_drawn = [_matrix_label(matrix_parts[half:], v) for v in y_values] if y else []
+    else:
+        x_drawn, y_drawn = x_labels, y_labels
+    filter_title = [f"{axis_title(a)}: {t}" for a, t in filters.items()]
 
     # One group per combination of the other varying axes, in the order first met.
     groups: dict[tuple[str, ...], list[dict]] = {}
     for record in records:
-        groups.setdefault(tuple(_identity(record["axes"].get(a)) for a in others), []).append(record)
+        groups.setdefault(tuple(value_id(record["axes"].get(a)) for a in others), []).append(record)
+    if z:  # Z is the outermost loop of the sheets, whatever the expansion order
+        z_order = [value_id(v) for v in varying[z]]
+        groups = dict(sorted(groups.items(), key=lambda item: z_order.index(item[0][0])))
+
+    cell_size = _cell_size(records, len(x_ids), len(y_ids), max_side, min_cell)
+    per_row, per_col = max(1, max_side // cell_size[0]), max(1, max_side // cell_size[1])
+    col_pages = [range(c, min(c + per_row, len(x_ids))) for c in range(0, len(x_ids), per_row)]
+    row_pages = [range(r, min(r + per_col, len(y_ids))) for r in range(0, len(y_ids), per_col)]
+    pages = len(col_pages) * len(row_pages)
 
     used_names: set[str] = set()
     for key, group in groups.items():
         cells: list[list[dict | None]] = [[None] * len(x_ids) for _ in y_ids]
         for record in group:
-            c = x_ids.index(_identity(record["axes"].get(x))) if x else 0
-            r = y_ids.index(_identity(record["axes"].get(y))) if y else 0
+            c = x_ids.index(value_id(record["axes"].get(x))) if x else 0
+            r = y_ids.index(value_id(record["axes"].get(y))) if y else 0
             if cells[r][c] is None:  # the first in expansion order wins a shared cell
                 cells[r][c] = record
-        fixed = {a: group[0]["axes"].get(a) for a in others}
-        name = "sheet" + "".join(f"-{a}={_safe(texts[a][i])}" for a, i in zip(others, key))
+        fixed = {**filters, **{a: group[0]["axes"].get(a) for a in others}}
+        name = "sheet" + "".join(f"-{a}={_safe(t)}" for a, t in filters.items())
+        name += "".join(f"-{a}={_safe(texts[a][i])}" for a, i in zip(others, key))
         name = name[:150]
         base, n = name, 2
         while name in used_names:  # two values may read alike once made file-safe
             name, n = f"{base}-{n}", n + 1
         used_names.add(name)
-        title = ", ".join(f"{axis_title(a)}: {texts[a][i]}" for a, i in zip(others, key))
-        image, origin, cell_size, shown = _draw_sheet(x_labels, y_labels, title, cells, load_image)
-        yield Sheet(
-            name=name, image=image, x=x, y=y, x_labels=x_labels, y_labels=y_labels, fixed=fixed,
-            x_values=list(x_values) if x else [], y_values=list(y_values) if y else [],
-            origin=origin, cell_size=cell_size,
-            cells=[[r["image"] if ok else None for r, ok in zip(row, oks)] for row, oks in zip(cells, shown)],
-        )
+        title = ", ".join(filter_title + [f"{axis_title(a)}: {texts[a][i]}" for a, i in zip(others, key)])
+        page = 0
+        for rows in row_pages:
+            for cols in col_pages:
+                page += 1
+                part = [[cells[r][c] for c in cols] for r in rows]
+                page_title = f"{title} (page {page} of {pages})".lstrip(", ") if pages > 1 else title
+                image, origin, shown = _draw_sheet(
+                    [x_drawn[c] for c in cols] if x else [], [y_drawn[r] for r in rows] if y else [],
+                    page_title, part, load_image, cell_size,
+                )
+                yield Sheet(
+                    name=f"{name}-page{page}" if pages > 1 else name, image=image, x=x, y=y,
+                    x_labels=[x_labels[c] for c in cols] if x else [],
+                    y_labels=[y_labels[r] for r in rows] if y else [], fixed=fixed,
+                    x_values=[x_values[c] for c in cols] if x else [],
+                    y_values=[y_values[r] for r in rows] if y else [],
+                    origin=origin, cell_size=cell_size,
+                    cells=[[rec["image"] if ok else None for rec, ok in zip(row, oks)] for row, oks in zip(part, shown)],
+                    page=page, pages=pages,
+                )
 
 
 def build_sheets(
-    records: list[dict], load_image: Callable[[dict], Image.Image], x: str | None = None, y: str | None = None
+    records: list[dict], load_image: Callable[[dict], Image.Image], x: str | None = None, y: str | None = None,
+    **options,
 ) -> list[Sheet]:
-    """One labelled X/Y sheet per combination of the other varying axes. `load_image(record)`
-    gives a record's image (FileNotFoundError or None: the cell stays blank gray)."""
-    return list(iter_sheets(records, load_image, x, y))
+    """One labelled X/Y sheet per combination of the other varying axes (options: z, filters,
+    matrix, max_side, min_cell as in iter_sheets). `load_image(record)` gives a record's image
+    (FileNotFoundError or None: the cell stays blank gray)."""
+    return list(iter_sheets(records, load_image, x, y, **options))
 
 
-def write_sheets(store: Store, job: str, x: str | None = None, y: str | None = None) -> list[str]:
-    """Build the job's sheets from its records and images and write them to {job}/sheets/. Sheets
-    left from an earlier choice of axes are removed: the folder always shows one consistent set."""
-    records = load_records(store, job)
-    if not records:
-        raise ValueError(f"no finished images in {store.describe(job)}: nothing to put on a sheet")
+def star_sheet(records: list[dict], load_image: Callable[[dict], Image.Image], title: str = "") -> Sheet:
+    """One sheet of chosen images (the stars of a review), in rows of about sqrt(n), each labelled
+    with its values of the axes that vary among them."""
+    records = _sorted(records)
+    varying = axis_values(records)
+    texts = {a: dict(zip(map(value_id, vs), value_texts(a, vs))) for a, vs in varying.items()}
+    labels = [
+        "\n".join(f"{axis_title(a)}: {texts[a][value_id(r['axes'].get(a))]}" for a in varying) for r in records
+    ]
+    cols = max(1, round(len(records) ** 0.5 + 0.49))
+    rows = -(-len(records) // cols)
+    cell = _cell_size(records, cols, rows, MAX_SIDE, MIN_CELL)
+    font = ImageFont.load_default(size=max(12, (cell[0] + cell[1]) // 25))
+    ascent, descent = font.getmetrics()
+    line_h, pad = ascent + descent, font.size // 2
+    wrapped = [_label_lines(label, font, cell[0] - 2 * pad) if label else [] for label in labels]
+    caption_h = max((len(lines) for lines in wrapped), default=0) * line_h + (2 * pad if varying else 0)
+    title_lines = _label_lines(title, font, cols * cell[0] - 2 * pad) if title else []
+    title_h = len(title_lines) * line_h + 2 * pad if title else 0
+    sheet = Image.new("RGB", (cols * cell[0], title_h + rows * (cell[1] + caption_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title_lines:
+        _draw_lines(draw, title_lines, font, (0, 0, sheet.width, title_h), line_h)
+    cells: list[list[str | None]] = [[None] * cols for _ in range(rows)]
+    for n, (record, lines) in enumerate(zip(records, wrapped)):
+        r, c = divmod(n, cols)
+        left, top = c * cell[0], title_h + r * (cell[1] + caption_h)
+        image = _load(load_image, record, cell)
+        if image is None:
+            draw.rectangle((left, top, left + cell[0] - 1, top + cell[1] - 1), fill=MISSING_FILL)
+        else:
+            sheet.paste(image, (left + (cell[0] - image.width) // 2, top + (cell[1] - image.height) // 2))
+            cells[r][c] = record["image"]
+        _draw_lines(draw, lines, font, (left, top + cell[1], left + cell[0], top + cell[1] + caption_h), line_h)
+    return Sheet(
+        name="stars", image=sheet, x=None, y=None, x_labels=[], y_labels=labels, fixed={},
+        origin=(0, title_h), cell_size=cell, cells=cells,
+    )
 
+
+def store_image_loader(store: Store, job: str) -> Callable[[dict], Image.Image]:
     def load_image(record: dict) -> Image.Image:
         return Image.open(io.BytesIO(store.read_bytes(f"{job}/{record['image']}")))
 
+    return load_image
+
+
+def job_matrix_prompt(store: Store, job: str) -> str | None:
+    """The job's prompt-matrix prompt, from the spec copy in the store (None if not a matrix)."""
+    try:
+        return matrix_prompt(store.read_text(job_spec_key(job)))
+    except FileNotFoundError:
+        return None
+
+
+def write_sheets(
+    store: Store, job: str, x: str | None = None, y: str | None = None, **options
+) -> list[str]:
+    """Build the job's sheets from its records and images and write them to {job}/sheets/. Sheets
+    left from an earlier choice of axes are removed: the folder always shows one consistent set.
+    Options as in iter_sheets (z, filters, max_side, min_cell)."""
+    records = load_records(store, job)
+    if not records:
+        raise ValueError(f"no finished images in {store.describe(job)}: nothing to put on a sheet")
+    options.setdefault("matrix", job_matrix_prompt(store, job))
     written = []
-    for sheet in iter_sheets(records, load_image, x, y):
+    for sheet in iter_sheets(records, store_image_loader(store, job), x, y, **options):
         key = sheet_key(job, sheet.name)
         store.write_bytes(key, sheet.png())
         written.append(key)

@@ -10,16 +10,20 @@ import json
 import pytest
 from PIL import Image
 
+from conftest import farm
 from farm.grid import (
     GRID_CHUNK,
     MISSING_FILL,
+    STRUCK_FILL,
     build_sheets,
     choose_axes,
     differing_parts,
     read_grid_info,
+    star_sheet,
     write_sheets,
 )
 from farm.infotext import png_bytes
+from farm.spec import PromptMatrix
 from farm.store import LocalStore, image_record, save_image
 from farm.task import RenderTask
 
@@ -249,3 +253,115 @@ def test_write_sheets_from_a_store_with_labels_in_the_grid_chunk(tmp_path):
 
     with pytest.raises(ValueError, match="no finished images in"):
         write_sheets(store, "empty-job")
+
+
+# ---- Z, filters, pages, the prompt matrix, the star sheet -------------------------------------
+
+
+def test_z_axis_comes_first_in_the_sheets_and_must_be_a_free_axis():
+    records = make_records(checkpoint=["a", "b"], steps=[2, 4], cfg=[5, 7, 9], seed=[1, 2])
+    sheets = build_sheets(records, solid, x="cfg", y="seed", z="steps")
+    assert [s.name for s in sheets] == [
+        "sheet-steps=2-checkpoint=a", "sheet-steps=2-checkpoint=b",
+        "sheet-steps=4-checkpoint=a", "sheet-steps=4-checkpoint=b",
+    ]
+    with pytest.raises(ValueError, match="'cfg' is already on x"):
+        build_sheets(records, solid, x="cfg", y="seed", z="cfg")
+    with pytest.raises(ValueError, match="cannot put 'sampler' on z"):
+        build_sheets(records, solid, x="cfg", y="seed", z="sampler")
+
+
+def test_filters_keep_matching_images_and_name_them_in_the_title():
+    records = make_records(checkpoint=["a", "b"], steps=[2, 4], cfg=[5, 7.5])
+    (sheet,) = build_sheets(records, solid, x="cfg", y="checkpoint", filters={"steps": "4"})
+    assert sheet.name == "sheet-steps=4" and sheet.fixed == {"steps": "4"}
+    assert sheet.x_labels == ["CFG scale: 5", "CFG scale: 7.5"]
+    (want,) = [r for r in records if r["axes"] == {"checkpoint": "b", "steps": 4, "cfg": 7.5}]
+    assert sheet.image.getpixel(cell_centre(sheet, 1, 1)) == colour(want)
+    (unfiltered,) = build_sheets([r for r in records if r["axes"]["steps"] == 4], solid, x="cfg", y="checkpoint")
+    title_h = sheet.origin[1] - unfiltered.origin[1]
+    assert title_h > 0, "the filter is written above the sheet"
+    with pytest.raises(ValueError, match=r"no image has steps=3; its values: 2, 4"):
+        build_sheets(records, solid, filters={"steps": "3"})
+    with pytest.raises(ValueError, match="cannot filter on 'sampler'"):
+        build_sheets(records, solid, filters={"sampler": "Euler"})
+
+
+def test_a_big_sweep_gets_thumbnails_then_pages_under_the_size_cap():
+    records = make_records(cfg=list(range(1, 11)), seed=[1, 2, 3])
+    (thumbs,) = build_sheets(records, solid, x="cfg", y="seed", max_side=512, min_cell=32)
+    assert thumbs.cell_size == (51, 51) and thumbs.pages == 1  # 10 x 64 px scaled into 512
+    assert thumbs.image.width == thumbs.origin[0] + 10 * 51
+    pages = build_sheets(records, solid, x="cfg", y="seed", max_side=256, min_cell=32)
+    assert [(p.name, p.page, p.pages) for p in pages] == [("sheet-page1", 1, 2), ("sheet-page2", 2, 2)]
+    assert pages[0].cell_size == (32, 32) and len(pages[0].x_labels) == 8
+    assert pages[1].x_labels == ["CFG scale: 9", "CFG scale: 10"] and len(pages[1].y_labels) == 3
+    (want,) = [r for r in records if r["axes"] == {"cfg": 10, "seed": 3}]
+    assert pages[1].image.getpixel(cell_centre(pages[1], 1, 2)) == colour(want)
+    assert pages[1].image.width - pages[1].origin[0] == 2 * 32
+
+
+def test_prompt_matrix_is_laid_out_as_a1111_half_the_parts_across():
+    matrix = "a robot|red paint|in the rain|at night"
+    prompts = list(PromptMatrix(matrix))
+    records = make_records(cfg=[5, 7], prompt=prompts)
+    sheets = build_sheets(records, solid, x="prompt", y="cfg", matrix=matrix)
+    assert [s.name for s in sheets] == ["sheet-cfg=5", "sheet-cfg=7"], "the other asked axis becomes Z"
+    sheet = sheets[1]
+    assert (sheet.x, sheet.y) == ("matrix_x", "matrix_y")
+    assert sheet.x_labels == [
+        "Prompt matrix: none", "Prompt matrix: red paint", "Prompt matrix: in the rain",
+        "Prompt matrix: red paint, in the rain",
+    ]
+    assert sheet.y_labels == ["Prompt matrix: none", "Prompt matrix: at night"]
+    for i, prompt in enumerate(prompts):  # A1111: image i sits in column i mod 4, row i div 4
+        (want,) = [r for r in records if r["axes"] == {"cfg": 7, "prompt": prompt}]
+        assert sheet.image.getpixel(cell_centre(sheet, i % 4, i // 4)) == colour(want)
+    # every label lists its parts; absent parts are gray and struck through, present ones black
+    (left, top), h = sheet.origin, sheet.cell_size[1]
+
+    def row_label_colours(row: int) -> set:
+        return {c for _, c in sheet.image.crop((0, top + row * h, left, top + (row + 1) * h)).getcolors(1 << 24)}
+
+    assert STRUCK_FILL in row_label_colours(0) and (0, 0, 0) not in row_label_colours(0)  # "at night" absent
+    assert (0, 0, 0) in row_label_colours(1)
+    default = build_sheets(records, solid, matrix=matrix)
+    assert {(s.x, s.y) for s in default} == {("matrix_x", "matrix_y")}, "the default layout too"
+
+
+def test_star_sheet_shows_each_chosen_image_with_what_differs():
+    records = make_records(cfg=[5, 7, 9], seed=[1, 2])
+    chosen = [records[0], records[3], records[5]]
+    sheet = star_sheet(chosen, solid, "Starred")
+    assert sheet.y_labels == ["CFG scale: 5\nSeed: 1", "CFG scale: 7\nSeed: 2", "CFG scale: 9\nSeed: 2"]
+    assert len(sheet.cells) == 2 and len(sheet.cells[0]) == 2
+    (w, h), top = sheet.cell_size, sheet.origin[1]
+    caption = (sheet.image.height - top) // 2 - h
+    for n, record in enumerate(chosen):
+        r, c = divmod(n, 2)
+        assert sheet.image.getpixel((c * w + w // 2, top + r * (h + caption) + h // 2)) == colour(record)
+        assert non_white(sheet.image, (c * w, top + r * (h + caption) + h, (c + 1) * w, top + (r + 1) * (h + caption)))
+
+
+def test_grid_command_on_a_store_with_z_filter_and_size_cap(tmp_path):
+    store = LocalStore(tmp_path)
+    records = make_records(checkpoint=["a", "b"], steps=[2, 4], cfg=list(range(1, 9)), seed=[1, 2])
+    for record in records:
+        save_image(store, RenderTask.from_json(record["task"]), record["seed"], png_bytes(solid(record), "x"), record)
+    result = farm("grid", "job1", "--store", str(tmp_path), "--x", "cfg", "--y", "seed", "--z", "steps",
+                  "--filter", "checkpoint=b", "--max-size", "256")
+    assert result.returncode == 0, result.stderr
+    names = [line.rsplit("/", 1)[1] for line in result.stdout.split()]
+    assert names == [f"sheet-checkpoint=b-steps={s}-page{p}.png" for s in (2, 4) for p in (1, 2)]
+    meta = read_grid_info(tmp_path / "job1" / "sheets" / names[3])
+    assert meta["fixed"] == {"checkpoint": "b", "steps": 4} and meta["cell_size"] == [64, 64]
+    assert meta["x_labels"] == [f"CFG scale: {v}" for v in (5, 6, 7, 8)] and (meta["page"], meta["pages"]) == (2, 2)
+    for args, message in [
+        (["--filter", "checkpoint"], "expected AXIS=VALUE"),
+        (["--filter", "checkpoint=c"], "no image has checkpoint=c; its values: a, b"),
+        (["--z", "cfg", "--x", "cfg"], "'cfg' is already on x"),
+    ]:
+        bad = farm("grid", "job1", "--store", str(tmp_path), *args)
+        assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
+    missing = farm("grid", "nojob", "--store", str(tmp_path))
+    assert missing.returncode == 1 and "no job nojob" in missing.stderr

@@ -1,0 +1,1 @@
+"""The review page: `farm review` serves it over a store; `farm review --export` writes it as files."""

@@ -1,0 +1,172 @@
+"""`farm review`: the review page and its small JSON API, on the standard library's HTTP server.
+
+The server reads and writes only through the Store interface, so a job in an S3 bucket is
+reviewed exactly like one in a folder; it serves the images itself (the browser needs no
+credentials). `export_page` writes the same page as static files next to a job instead.
+
+    GET  /api/jobs                         jobs with progress
+    GET  /api/jobs/JOB                     axes, images, marks (polled while the job renders)
+    GET  /api/jobs/JOB/marks               marks only (polled: other reviewers' clicks)
+    PUT  /api/jobs/JOB/marks/STEM          {"mark": "star" | "reject" | null}
+    GET  /api/jobs/JOB/stars.yaml          the starred images as a new job spec
+    GET  /api/jobs/JOB/stars.png           a sheet of the starred images
+    GET  /store/JOB/images/NAME.png        an image (also sheets/)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from urllib.parse import unquote, urlparse
+
+from farm.grid import star_sheet, store_image_loader
+from farm.review.catalog import Catalog, job_payload, list_jobs
+from farm.review.marks import image_stem, read_marks, set_mark
+from farm.review.starspec import starred_spec
+from farm.store import Store, job_record_key, load_records
+
+STATIC = ("index.html", "app.js", "style.css")
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8", ".png": "image/png", ".yaml": "application/yaml; charset=utf-8"}
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+MAX_BODY = 4096  # a mark is a few bytes
+
+
+def static_file(name: str) -> bytes:
+    return (resources.files("farm.review") / "static" / name).read_bytes()
+
+
+def starred(store: Store, job: str) -> list[dict]:
+    marks = read_marks(store, job)
+    return [r for r in load_records(store, job) if marks.get(image_stem(r)) == "star"]
+
+
+def stars_yaml(store: Store, job: str) -> bytes:
+    name = json.loads(store.read_bytes(job_record_key(job))).get("name", job)
+    text, _ = starred_spec(name, starred(store, job), f"job {job} ({store.describe(job)})")
+    return text.encode("utf-8")
+
+
+def stars_png(store: Store, job: str) -> bytes:
+    records = starred(store, job)
+    if not records:
+        raise ValueError("no starred images: star some first")
+    return star_sheet(records, store_image_loader(store, job), f"Starred in {job}").png()
+
+
+class Handler(BaseHTTPRequestHandler):
+    catalog: Catalog  # set on the subclass made by make_server
+
+    def log_request(self, code="-", size="-") -> None:  # quiet: the terminal shows only errors
+        pass
+
+    def send(self, status: int, body: bytes, kind: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_json(self, data, status: int = 200) -> None:
+        self.send(status, json.dumps(data, ensure_ascii=False).encode("utf-8"), "application/json")
+
+    def error(self, status: int, message: str) -> None:
+        self.send_json({"error": message}, status)
+
+    def do_GET(self) -> None:
+        self.route("GET")
+
+    def do_PUT(self) -> None:
+        self.route("PUT")
+
+    def route(self, method: str) -> None:
+        path = unquote(urlparse(self.path).path)
+        store = self.catalog.store
+        try:
+            if method == "GET" and path in ("/", "/index.html"):
+                return self.send(200, static_file("index.html"), TYPES[".html"])
+            if method == "GET" and path.lstrip("/") in STATIC:
+                name = path.lstrip("/")
+                return self.send(200, static_file(name), TYPES["." + name.rsplit(".", 1)[1]])
+            if method == "GET" and path == "/data.js":  # the static export's data; live: none
+                return self.send(200, b"", TYPES[".js"])
+            if method == "GET" and path == "/api/jobs":
+                return self.send_json({"store": store.describe(), "jobs": list_jobs(store)})
+            m = re.fullmatch(rf"/api/jobs/({_NAME})(?:/(marks|stars\.yaml|stars\.png))?", path)
+            if method == "GET" and m:
+                job, what = m.groups()
+                if what is None:
+                    return self.send_json(self.catalog.job(job))
+                if what == "marks":
+                    return self.send_json(read_marks(store, job))
+                suffix = what.removeprefix("stars")
+                body = stars_yaml(store, job) if suffix == ".yaml" else stars_png(store, job)
+                disposition = {"Content-Disposition": f'attachment; filename="{job}-{what}"'}
+                return self.send(200, body, TYPES[suffix], disposition)
+            m = re.fullmatch(rf"/api/jobs/({_NAME})/marks/({_NAME})", path)
+            if method == "PUT" and m:
+                return self.put_mark(*m.groups())
+            m = re.fullmatch(rf"/store/({_NAME})/(images|sheets)/({_NAME}\.png)", path)
+            if method == "GET" and m:
+                body = store.read_bytes("/".join(m.groups()))
+                return self.send(200, body, TYPES[".png"], {"Cache-Control": "max-age=3600"})
+            return self.error(HTTPStatus.NOT_FOUND, f"no such page: {path}")
+        except FileNotFoundError:
+            return self.error(HTTPStatus.NOT_FOUND, f"not in the store: {path}")
+        except ValueError as e:
+            return self.error(HTTPStatus.BAD_REQUEST, str(e))
+        except Exception as e:  # e.g. the bucket unreachable: one line for the page and the terminal
+            self.log_error("%s %s: %s: %s", method, path, type(e).__name__, e)
+            return self.error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
+
+    def put_mark(self, job: str, stem: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            return self.error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "a mark is {\"mark\": \"star\"}")
+        try:
+            mark = json.loads(self.rfile.read(length) or b"{}").get("mark")
+        except (ValueError, AttributeError):
+            return self.error(HTTPStatus.BAD_REQUEST, 'expected JSON like {"mark": "star"}')
+        # only images of the job can be marked: no client writes an arbitrary key
+        if not self.catalog.store.exists(f"{job}/records/{stem}.json"):
+            return self.error(HTTPStatus.NOT_FOUND, f"job {job} has no image {stem}")
+        set_mark(self.catalog.store, job, stem, mark)
+        return self.send_json({"id": stem, "mark": mark})
+
+
+def make_server(store: Store, host: str = "127.0.0.1", port: int = 8188) -> ThreadingHTTPServer:
+    """The review server, bound but not yet serving (serve_forever() runs it)."""
+    handler = type("ReviewHandler", (Handler,), {"catalog": Catalog(store)})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def export_page(store: Store, job: str) -> list[str]:
+    """The page as static files in {job}/review/, to browse the job without a server (from a
+    folder, or a bucket served over HTTP). Stars are as they were at export: read-only there."""
+    record = json.loads(store.read_bytes(job_record_key(job)))
+    records = load_records(store, job)
+    if not records:
+        raise ValueError(f"no finished images in {store.describe(job)}: nothing to review")
+    payload = {**job_payload(store, job, record, records, read_marks(store, job)), "static": True}
+    files = {name: static_file(name) for name in STATIC}
+    # a script, not JSON: a page opened from file:// may not fetch() files next to it
+    files["data.js"] = ("window.SEEDFARM_DATA = " + json.dumps(payload, ensure_ascii=False) + ";\n").encode()
+    if "star" in payload["marks"].values():
+        files["stars.yaml"] = stars_yaml(store, job)
+        files["stars.png"] = stars_png(store, job)
+    for stale in ("stars.yaml", "stars.png"):
+        if stale not in files:  # stars cleared since an earlier export
+            store.delete(f"{job}/review/{stale}")
+    written = []
+    for name, body in files.items():
+        store.write_bytes(f"{job}/review/{name}", body)
+        written.append(f"{job}/review/{name}")
+    return written
