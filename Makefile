@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test
+.PHONY: demo test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# Benchmarks (docs/BENCHMARKS.md): each prints one JSON line. Needs redis-server.
+bench: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/scaling.py
+	$(BIN)/python benchmarks/loads.py
+	$(BIN)/python benchmarks/enqueue.py

@@ -12,6 +12,9 @@ from celery import Celery
 from farm.config import DEFAULT_VISIBILITY_TIMEOUT
 
 RENDER_TASK = "seedfarm.render"
+# A no-op sent to a worker's own queue: it wakes the worker's blocking read at once, and the worker
+# re-reads the routes after it (worker/steering.py). Sent when new work is queued.
+REFRESH_TASK = "seedfarm.refresh"
 
 
 def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
@@ -26,6 +29,8 @@ def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_
         "unacked_restore_throttle": 1,
         # Read queues in the order the worker gives them (farm/routing.py), not round-robin.
         "queue_order_strategy": "priority",
+        # Priority lives in queue names, not in message priorities: one BRPOP key per queue.
+        "priority_steps": [0],
         "socket_timeout": 30,
         "socket_connect_timeout": 10,
         "socket_keepalive": True,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from farm.celery_app import RENDER_TASK, make_app
+from farm.celery_app import REFRESH_TASK, RENDER_TASK, make_app
 from farm.expand import expand
 from farm.jobs import finish_job, write_job_record
 from farm.ledger import Ledger, connect
-from farm.routing import Route
+from farm.routing import Route, worker_queue
 from farm.spec import JobSpec
 from farm.store import Store, record_key
 from farm.task import RenderTask
@@ -30,7 +30,7 @@ def publish(broker_url: str, tasks: Iterable[RenderTask], store_url: str, priori
     (kombu's Producer.batch); then tell the workers to look at their queues again."""
     app = make_app(broker_url)
     ledger = Ledger(connect(broker_url))
-    known: set[Route] = set()
+    known: dict[Route, Route] = {}  # one instance per route, so its queue name is computed once
     count = 0
     with app.producer_or_acquire() as producer:
         with producer.batch(max_size=PUBLISH_BATCH):
@@ -38,12 +38,23 @@ def publish(broker_url: str, tasks: Iterable[RenderTask], store_url: str, priori
                 route = route_of(task, priority, tags)
                 if route not in known:  # workers learn a route before its first task arrives
                     ledger.register_routes([route])
-                    known.add(route)
+                    known[route] = route
+                route = known[route]
+                # argsrepr: what logs and monitors show; Celery's own repr of the task dict
+                # would cost more than everything else in this loop together
                 app.send_task(RENDER_TASK, args=[task.model_dump(), store_url], producer=producer,
-                              task_id=f"{task.job}:{task.id}", queue=route.queue)
+                              task_id=f"{task.job}:{task.id}", queue=route.queue,
+                              argsrepr=f"[{task.job} #{task.index}]", kwargsrepr="{}")
                 count += 1
-    app.control.broadcast("farm_refresh", reply=False)
+    wake_workers(app, ledger)
     return count
+
+
+def wake_workers(app, ledger: Ledger) -> None:
+    """Tell every live worker to look at the routes again, through its own queue (a worker blocked
+    reading its old set of queues wakes at once)."""
+    for worker in ledger.workers():
+        app.send_task(REFRESH_TASK, queue=worker_queue(worker["name"]), expires=120)
 
 
 def submit(spec: JobSpec, store: Store, broker_url: str) -> int:

@@ -204,6 +204,16 @@ class Ledger:
         pipe.expire(key, HEARTBEAT_TTL)
         pipe.execute()
 
+    def announce(self, name: str, checkpoint: str, next_checkpoint: str, queues: list[str]) -> None:
+        """A worker's loaded checkpoint, where it goes next and the queues it reads, for the
+        others' queue order (farm/routing.py)."""
+        key = f"{PREFIX}worker:{name}"
+        pipe = self.r.pipeline()
+        pipe.hset(key, mapping={"name": name, "checkpoint": checkpoint, "next": next_checkpoint,
+                                "queues": json.dumps(queues)})
+        pipe.expire(key, HEARTBEAT_TTL)
+        pipe.execute()
+
     def forget_worker(self, name: str) -> None:
         self.r.delete(f"{PREFIX}worker:{name}")
 

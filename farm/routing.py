@@ -11,7 +11,9 @@ order it recomputes after every task:
   2. within a priority, the checkpoint it has loaded first (affinity);
   3. then the others by pending work per worker already on them, so that when its checkpoint runs
      out it moves to the checkpoint with the most pending work that is least served, and idle
-     workers spread over checkpoints instead of all switching to the same one.
+     workers spread over checkpoints instead of all switching to the same one;
+  4. a checkpoint other workers are already on is left to them when its remaining work, shared,
+     would take less time than loading it here.
 
 Redis' BRPOP takes from the first non-empty queue in that order (kombu's "priority" queue order).
 """
@@ -21,9 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 QUEUE_PREFIX = "farm."
+
+
+def worker_queue(name: str) -> str:
+    """Each worker's own queue, always read first: it receives the wake-up after new work."""
+    return f"{QUEUE_PREFIX}worker.{name}"
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class Route:
     pixels: int  # width * height * batch size: what decides the memory a render needs
     tags: tuple[str, ...] = ()
 
-    @property
+    @cached_property  # publishing asks for it once per task
     def queue(self) -> str:
         """A queue name people can read in redis-cli, unique per route."""
         digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
@@ -79,18 +87,32 @@ class Capabilities:
 
 
 def queue_order(routes: dict[str, Route], pending: dict[str, int], loaded: str | None,
-                others_on: dict[str, int]) -> list[str]:
+                others_on: dict[str, int], worker: str = "", render_seconds: float = 0.0,
+                load_seconds: float = 0.0, served: dict[str, int] | None = None) -> list[str]:
     """The queues a worker should read, best first (see the module docstring).
     `pending`: queue -> tasks waiting; `others_on`: checkpoint -> other workers loaded with it or
-    heading to it. Empty queues go last; they cost nothing to listen to."""
+    heading to it; `served`: queue -> other workers reading that very queue with its checkpoint
+    loaded (only they can take its work off this worker's hands). Empty queues go last; they cost
+    nothing to listen to. Ties are broken by a hash of the worker's name, so workers that start
+    at the same moment, all seeing the same counts, still prefer different checkpoints."""
 
     def key(queue: str):
         route = routes[queue]
         waiting = pending.get(queue, 0)
         share = waiting / (1 + others_on.get(route.checkpoint, 0))
-        return (PRIORITIES[route.priority], route.checkpoint != loaded, waiting == 0, -share, queue)
+        tiebreak = hashlib.sha1(f"{worker}/{route.checkpoint}".encode()).hexdigest()
+        return (PRIORITIES[route.priority], route.checkpoint != loaded, waiting == 0, -share, tiebreak, queue)
 
-    return sorted(routes, key=key)
+    def worth_joining(queue: str) -> bool:
+        """Not worth it: loading a checkpoint that other workers are already on, to share work
+        that takes them less time than the load itself (this worker's own averages)."""
+        route = routes[queue]
+        helpers = (served or {}).get(queue, 0)
+        if route.checkpoint == loaded or helpers == 0 or not load_seconds:
+            return True
+        return pending.get(queue, 0) / (1 + helpers) * render_seconds > load_seconds
+
+    return sorted((q for q in routes if worth_joining(q)), key=key)
 
 
 def next_checkpoint(order: list[str], routes: dict[str, Route], pending: dict[str, int],

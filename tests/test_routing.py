@@ -64,3 +64,22 @@ def test_pixel_budget_keeps_sdxl_1024_off_an_8_gb_card():
     assert pixel_budget(8, "sdxl") < 1024 * 1024
     assert pixel_budget(24, "sdxl") >= 4 * 1024 * 1024
     assert pixel_budget(8, "sd15") >= 4 * 512 * 512
+
+
+def test_a_worker_does_not_load_a_checkpoint_to_help_with_a_few_tasks_left():
+    routes = {r.queue: r for r in [route("a"), route("b")]}
+    q = {r.checkpoint: r.queue for r in routes.values()}
+    # 'b' has 6 tasks left and one worker on it; a render costs 1 s here and a load 10 s
+    costs = dict(render_seconds=1.0, load_seconds=10.0)
+    order = queue_order(routes, {q["a"]: 0, q["b"]: 6}, "a", {"b": 1}, served={q["b"]: 1}, **costs)
+    assert q["b"] not in order
+    # with 60 left, helping pays off
+    order = queue_order(routes, {q["a"]: 0, q["b"]: 60}, "a", {"b": 1}, served={q["b"]: 1}, **costs)
+    assert q["b"] in order
+    # nobody on 'b': someone must take it, whatever it costs
+    order = queue_order(routes, {q["a"]: 0, q["b"]: 1}, "a", {}, served={}, **costs)
+    assert q["b"] in order
+    # a worker loaded with 'b' that does not read this queue (it cannot render these tasks: too
+    # many pixels, say) takes nothing off this worker's hands
+    order = queue_order(routes, {q["a"]: 0, q["b"]: 6}, "a", {"b": 1}, served={}, **costs)
+    assert q["b"] in order

@@ -1,9 +1,10 @@
 """A worker choosing which queues it reads, and in what order (the policy is farm/routing.py).
 
-Runs in the worker's main thread only: after every task (Celery's task_postrun), when the
-coordinator announces new work (the `farm_refresh` remote-control command that `farm submit`
-broadcasts), and once when the consumer starts. Celery's solo pool runs all three between tasks,
-so the consumer is never changed under a running task.
+Runs in the worker's main thread only, after every task (Celery's task_postrun) and once when the
+consumer starts. New work reaches an idle worker as a no-op `seedfarm.refresh` task on its own
+queue (sent by `farm submit`, and by the worker's heartbeat to itself every few seconds while
+idle), so the re-read also happens after a task. The solo pool never changes the consumer under
+a running render.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import struct
 from pathlib import Path
 
 from celery import Celery, bootsteps, signals
-from celery.worker.control import control_command
+
+from farm.celery_app import REFRESH_TASK
 
 from farm.checkpoints import find_checkpoints, sha256_file
 from farm.ledger import Ledger
@@ -70,16 +72,26 @@ class Steering:
         caps = self.capabilities(routes)
         mine = {q: r for q, r in routes.items() if caps.why_not(r) is None}
         pending = self.ledger.queue_lengths(list(mine))
-        others: dict[str, int] = {}
+        others: dict[str, int] = {}  # checkpoint -> other workers on it or heading to it
+        served: dict[str, int] = {}  # queue -> other workers reading it with its checkpoint loaded
         for w in self.ledger.workers():
             if w.get("name") == self.ctx.name:
                 continue
             for ckpt in {w.get("checkpoint"), w.get("next")} - {None, ""}:
                 others[ckpt] = others.get(ckpt, 0) + 1
-        order = queue_order(mine, pending, self.ctx.loaded_checkpoint or None, others)
+            for queue in json.loads(w.get("queues") or "[]"):
+                if queue in routes and routes[queue].checkpoint == w.get("checkpoint"):
+                    served[queue] = served.get(queue, 0) + 1
+        ctx = self.ctx
+        render_s = ctx.render_seconds / ctx.images_done if ctx.images_done else 0.0
+        load_s = ctx.load_seconds / ctx.loads if ctx.loads else 0.0
+        order = queue_order(mine, pending, ctx.loaded_checkpoint or None, others, ctx.name, render_s, load_s,
+                            served)
         self.ctx.next_checkpoint = next_checkpoint(order, mine, pending, self.ctx.loaded_checkpoint) or ""
+        # Tell the others now, not at the next heartbeat: they are choosing at the same moment.
         if order != self.order:
             self.apply(order)
+        self.ledger.announce(ctx.name, ctx.loaded_checkpoint, ctx.next_checkpoint, self.order)
 
     def apply(self, order: list[str]) -> None:
         """Read exactly these queues in this order. kombu appends a re-added queue at the end, so
@@ -106,14 +118,6 @@ class _SteeringStep(bootsteps.StartStopStep):
             _steering.refresh()
 
 
-@control_command()
-def farm_refresh(state) -> dict:
-    """Sent by `farm submit` after it queued work: look at the queues again."""
-    if _steering is not None:
-        _steering.refresh()
-    return {"ok": True}
-
-
 def _after_task(**_kw) -> None:
     if _steering is not None:
         try:
@@ -126,4 +130,8 @@ def install(app: Celery, steering: Steering) -> None:
     global _steering
     _steering = steering
     app.steps["consumer"].add(_SteeringStep)
-    signals.task_postrun.connect(_after_task, weak=False)
+    signals.task_postrun.connect(_after_task, weak=False)  # also runs after the refresh task
+
+    @app.task(name=REFRESH_TASK)
+    def refresh() -> None:
+        pass

@@ -1,0 +1,40 @@
+"""A stand-in renderer for benchmarks of the farm itself (queueing, routing, stores), not of
+diffusion: set FARM_STANDIN="LOAD_SECONDS,RENDER_SECONDS" on a worker and every checkpoint
+"load" sleeps LOAD_SECONDS and every image "render" sleeps RENDER_SECONDS and yields a gray
+image. Everything else (Redis, the task body, the store, the ledger) is the real thing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from farm.task import RenderTask
+
+ENV = "FARM_STANDIN"
+
+
+class StandinPipeline:
+    def __init__(self, render_seconds: float):
+        self.render_seconds = render_seconds
+
+    def render(self, task: RenderTask) -> list[Image.Image]:
+        time.sleep(self.render_seconds * task.batch_size)
+        return [Image.new("RGB", (task.width, task.height), (128, 128, 128)) for _ in task.seeds]
+
+
+def standin_loader() -> "callable | None":
+    """A loader for PipelineCache when FARM_STANDIN is set, else None."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return None
+    load_seconds, render_seconds = (float(x) for x in spec.split(","))
+
+    def load(path: Path) -> StandinPipeline:
+        time.sleep(load_seconds)
+        return StandinPipeline(render_seconds)
+
+    return load
