@@ -81,6 +81,13 @@ def row_labels(page) -> list[str]:
     return [t.strip() for t in page.locator("table.grid tbody th").all_inner_texts()]
 
 
+
+def image_widths(page) -> list[int]:
+    """The grid images' natural widths, once the browser has loaded (or failed) every one."""
+    page.wait_for_function("() => [...document.querySelectorAll('.cell img')].every(i => i.complete)")
+    return page.locator(".cell img").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+
+
 def test_axes_filter_zoom_keyboard_star_and_reload(server, job, page):
     page.goto(f"{server.url}/")
     page.get_by_role("link", name="demo").click()  # the job list links the job
@@ -188,7 +195,7 @@ def test_static_export_browses_without_a_server_and_stars_are_read_only(job, pag
     page.goto((job / "review" / "index.html").as_uri())
     page.wait_for_selector(".cell")
     assert "stars are read-only" in page.inner_text("#notice")
-    sizes = page.locator(".cell img").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+    sizes = image_widths(page)
     assert sizes and all(w == 64 for w in sizes), "the images load from the job folder"
     assert page.locator(".cell.star").count() == 1
     page.locator(".cell").first.click()
@@ -210,7 +217,7 @@ def test_a_job_in_a_bucket_is_reviewed_the_same(rendered, s3_endpoint, page):
         page.goto(f"{srv.url}/")
         page.get_by_role("link", name="demo").click()
         page.wait_for_selector(".cell")
-        sizes = page.locator(".cell img").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+        sizes = image_widths(page)
         assert sizes == [64, 64, 64, 64]
         page.locator(".cell").first.focus()
         page.keyboard.press("s")
