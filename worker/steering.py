@@ -48,6 +48,7 @@ class Steering:
         self.home_queue = home_queue  # this worker's own queue; always read, never reordered
         self.consumer = None
         self.order: list[str] = []
+        self.routes_seen: dict[str, str] = {}  # queue -> its checkpoint, from the last look
 
     def capabilities(self, routes: dict[str, Route]) -> Capabilities:
         files = find_checkpoints(self.models_dir)
@@ -65,10 +66,18 @@ class Steering:
                 limits[route.checkpoint] = pixel_budget(self.vram_gb, checkpoint_family(path))
         return Capabilities(checkpoints, limits, self.tags)
 
-    def refresh(self) -> None:
+    def refresh(self, force: bool = True) -> None:
+        """Recompute the queue order. Unless forced, skipped while the first queue in the order
+        is the loaded checkpoint's and still holds work: the next task comes from it whatever the
+        rest of the order is, and one Redis call is cheaper than the dozen a full look takes (a
+        tiny render lasts tens of milliseconds)."""
         if self.consumer is None:
             return
+        if not force and self.order and self.routes_seen.get(self.order[0]) == self.ctx.loaded_checkpoint:
+            if self.ledger.queue_lengths(self.order[:1])[self.order[0]] >= 2:
+                return
         routes = self.ledger.routes()
+        self.routes_seen = {q: r.checkpoint for q, r in routes.items()}
         caps = self.capabilities(routes)
         mine = {q: r for q, r in routes.items() if caps.why_not(r) is None}
         pending = self.ledger.queue_lengths(list(mine))
@@ -118,10 +127,10 @@ class _SteeringStep(bootsteps.StartStopStep):
             _steering.refresh()
 
 
-def _after_task(**_kw) -> None:
+def _after_task(task=None, **_kw) -> None:
     if _steering is not None:
-        try:
-            _steering.refresh()
+        try:  # a wake-up (new work, or the idle poke) always looks; after a render, when needed
+            _steering.refresh(force=getattr(task, "name", "") == REFRESH_TASK)
         except Exception as e:  # Redis away for a moment: keep the old order
             log.warning("could not update queue order: %s", e)
 
