@@ -50,15 +50,16 @@ def load_spec_or_exit(path: str | Path, models_dir: Path | None):
 
 
 def need_worker_extra() -> None:
-    """`farm run` renders in this process: say how to get torch instead of an ImportError."""
-    try:
-        import diffusers  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as e:
-        raise FarmError(
-            f"rendering needs the worker extra ({e.name} is missing): pip install 'seedfarm[worker]' "
-            "(on a GPU box install the CUDA build of torch first, see README)"
-        ) from None
+    """`farm run` renders in this process: say how to get torch instead of an ImportError.
+    Looked up, not imported: the coordinator itself never loads torch."""
+    from importlib.util import find_spec
+
+    for name in ("torch", "diffusers", "transformers", "safetensors"):
+        if find_spec(name) is None:
+            raise FarmError(
+                f"rendering needs the worker extra ({name} is missing): pip install 'seedfarm[worker]' "
+                "(on a GPU box install the CUDA build of torch first, see README)"
+            )
 
 
 @click.group()

@@ -74,6 +74,9 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     profile = choose_profile(settings.vram, settings.precision, settings.attention, settings.no_half_vae)
     ledger = Ledger(connect(settings.broker_url))
     ctx = tasks.configure(models, name=name, profile=profile, allow_pickle=settings.allow_pickle)
+    import worker.pipelines  # noqa: F401  (quiets transformers' import-time notices)
+    import diffusers  # noqa: F401  (seconds to import: paid here, not by the first task)
+
     static = {"name": name, "host": socket.gethostname(), "pid": os.getpid(), **device_info(), **profile.as_info()}
     log.info("worker %s: %s, %s GB VRAM, models %s, broker %s", name, static["gpu"], static["vram_gb"],
              models, safe_url(settings.broker_url))
