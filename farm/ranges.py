@@ -27,7 +27,24 @@ class RangeError(ValueError):
     """A malformed or empty range; the message says what was expected."""
 
 
-class Progression(Sequence):
+class LazySequence(Sequence):
+    """A read-only sequence whose items are computed from their index (`item`): slices and
+    negative indexes as for a list, without building one."""
+
+    def item(self, i: int):
+        raise NotImplementedError
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.item(i)
+
+
+class Progression(LazySequence):
     """value(i) = start + i*step, optionally cast to int (A1111's `int(x) for x in np.linspace`),
     with the last value pinned to `last` (linspace ends exactly at its stop). Lazy and exact."""
 
@@ -37,13 +54,7 @@ class Progression(Sequence):
     def __len__(self) -> int:
         return self.count
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.count))]
-        if i < 0:
-            i += self.count
-        if not 0 <= i < self.count:
-            raise IndexError(i)
+    def item(self, i: int):
         x = self.last if (i == self.count - 1 and self.last is not None) else i * self.step + self.start
         # int() truncates like A1111; floats are rounded so 0.1-steps do not print 0.30000000000000004.
         return int(x) if self.as_int else round(float(x), 10)
@@ -52,7 +63,7 @@ class Progression(Sequence):
         return f"Progression({self.start!r}, {self.step!r}, {self.count}, as_int={self.as_int}, last={self.last!r})"
 
 
-class Concat(Sequence):
+class Concat(LazySequence):
     """Several sequences one after another, indexable without copying them."""
 
     def __init__(self, parts: list[Sequence]):
@@ -62,13 +73,7 @@ class Concat(Sequence):
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+    def item(self, i: int):
         k = bisect_right(self._ends, i)
         return self.parts[k][i - (self._ends[k - 1] if k else 0)]
 

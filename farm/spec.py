@@ -23,7 +23,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from farm.checkpoints import resolve_checkpoint, sha256_file
 from farm.models import Registry, file_family
-from farm.ranges import RangeError, concat, parse_list
+from farm.ranges import LazySequence, RangeError, concat, parse_list
 from farm.samplers import SCHEDULE_TYPES, display_name, parse_sampler
 from farm.task import RenderTask, filename_pattern_problem
 
@@ -70,7 +70,7 @@ class SpecError(Exception):
         super().__init__(f"{file}:{line}:{col}: {self.message}")
 
 
-class PromptMatrix(Sequence):
+class PromptMatrix(LazySequence):
     """A1111's prompt matrix for one prompt `base|a|b`: 2^n prompts; prompt i holds part n+1 when
     bit n of i is set; parts joined with ", ". Lazy, so 16 parts do not build 65536 strings."""
 
@@ -83,13 +83,7 @@ class PromptMatrix(Sequence):
     def __len__(self) -> int:
         return 1 << len(self.parts)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+    def item(self, i: int) -> str:
         picked = [p for n, p in enumerate(self.parts) if i >> n & 1]
         return ", ".join([self.base] + picked if self.base else picked)
 
