@@ -84,8 +84,8 @@ def ensure_redis_server() -> str:
 
 
 class RedisServer:
-    def __init__(self, binary: str, workdir: Path):
-        self.port = free_port()
+    def __init__(self, binary: str, workdir: Path, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",

@@ -72,7 +72,7 @@ def check_complete_job(store_url: str, job: str, expected: int = 24) -> None:
     assert sorted(f"{job}/{r['image']}" for r in records) == sorted(images)
     sheets = list(store.list_keys(f"{job}/sheets/"))
     assert sheets, "contact sheets were built"
-    assert {r["worker"] for r in records} <= {"alpha", "beta"}
+    assert {r["worker"] for r in records} <= {"alpha", "beta", "early"}
 
 
 @pytest.fixture
@@ -231,3 +231,23 @@ def test_impatient_shutdown_never_drops_the_task(signals, redis_server, tiny_mod
     alpha.proc.wait(60)
     wait_complete(ledger, job, timeout=180)
     check_complete_job(store_url, job)
+
+
+def test_a_worker_started_before_redis_waits_for_it(redis_binary, tiny_models, start_worker, tmp_path):
+    from conftest import RedisServer, free_port
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    early = start_worker(url, tiny_models, "early")
+    wait_for(lambda: "retrying in" in early.text(), 60, "the worker to say it waits for Redis")
+    assert early.proc.poll() is None, early.text()
+    server = RedisServer(redis_binary, tmp_path, port=port)
+    try:
+        early.wait_ready()
+        store_url = str(tmp_path / "renders")
+        job = submit(write_spec(tmp_path), url, store_url, tiny_models)
+        wait_complete(Ledger(server.client()), job)
+        check_complete_job(store_url, job)
+    finally:
+        early.stop()
+        server.stop()

@@ -12,11 +12,12 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 from farm.celery_app import REFRESH_TASK, make_app
 from farm.config import FarmSettings
-from farm.ledger import Ledger, connect, safe_url
+from farm.ledger import BrokerUnreachable, Ledger, connect, safe_url
 from farm.routing import worker_queue
 from worker import steering, tasks
 
@@ -56,6 +57,19 @@ def heartbeat_loop(ledger: Ledger, ctx: tasks.WorkerContext, static: dict, stop:
         stop.wait(HEARTBEAT_SECONDS)
 
 
+def wait_for_redis(url: str):
+    """A Redis client, once Redis answers: a PC may start before the box that runs Redis, so the
+    worker waits (and says so) instead of giving up. Ctrl+C stops the wait."""
+    delay = 1.0
+    while True:
+        try:
+            return connect(url)
+        except BrokerUnreachable as e:
+            log.warning("%s; retrying in %.0f s", e, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
 def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_override: str | None,
                loglevel: str = "INFO", max_pixels: int | None = None, tags: frozenset[str] = frozenset()) -> None:
     if gpu is not None:
@@ -72,7 +86,7 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
 
     # CUDA_VISIBLE_DEVICES already narrows this process to its GPU: it is device 0 here.
     profile = choose_profile(settings.vram, settings.precision, settings.attention, settings.no_half_vae)
-    ledger = Ledger(connect(settings.broker_url))
+    ledger = Ledger(wait_for_redis(settings.broker_url))
     ctx = tasks.configure(models, name=name, profile=profile, allow_pickle=settings.allow_pickle)
     import worker.pipelines  # noqa: F401  (quiets transformers' import-time notices)
     import diffusers  # noqa: F401  (seconds to import: paid here, not by the first task)
