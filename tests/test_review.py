@@ -12,7 +12,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from PIL import Image
 
 from conftest import FARM_BIN, REPO, farm, free_port, wait_for_port
 from farm.grid import read_grid_info

@@ -10,7 +10,6 @@ from urllib.request import Request, urlopen
 
 import pytest
 
-from farm.review.catalog import list_jobs
 from farm.review.marks import read_marks, set_mark
 from farm.review.server import make_server
 from farm.review.starspec import factor_groups, starred_spec
