@@ -67,20 +67,24 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> Non
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
-def ensure_redis_server() -> str:
-    """The redis-server binary; installed from Debian's packages when missing (tests run as root
-    on a fresh CI machine). Fails loudly rather than skipping."""
+def debian_binary(binary: str) -> str:
+    """A binary from Debian's packages, installed when missing (tests run as root on a fresh CI
+    machine). Fails loudly rather than skipping."""
     import shutil
 
-    path = shutil.which("redis-server")
+    path = shutil.which(binary)
     if path:
         return path
     subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, capture_output=True,
+    subprocess.run(["apt-get", "install", "-y", "-qq", binary], check=True, capture_output=True,
                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    path = shutil.which("redis-server")
-    assert path, "redis-server could not be installed"
+    path = shutil.which(binary)
+    assert path, f"{binary} could not be installed"
     return path
+
+
+def ensure_redis_server() -> str:
+    return debian_binary("redis-server")
 
 
 class RedisServer:
@@ -197,19 +201,8 @@ CHROMIUM_FLAGS = [  # the network is closed: without these chromium waits on con
 
 
 def ensure_chromium() -> str:
-    """Debian's chromium binary, installed when missing (never a Playwright browser download).
-    Fails loudly rather than skipping."""
-    import shutil
-
-    path = shutil.which("chromium")
-    if path:
-        return path
-    subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, capture_output=True,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    path = shutil.which("chromium")
-    assert path, "chromium could not be installed"
-    return path
+    """Debian's chromium (never a Playwright browser download)."""
+    return debian_binary("chromium")
 
 
 @pytest.fixture(scope="module")
