@@ -2,6 +2,11 @@
 
 Pure Python (no torch), so the coordinator can check a spec's checkpoint names before queueing.
 Hashes are cached by (path, size, mtime) so a 7 GB file is read once.
+
+A diffusers folder has no A1111 hash; its hash here is `folder_hash`: the SHA-256 of a list of the
+files that load (model_index.json, each component's configs and weights) with their sizes and own
+SHA-256s. Two copies of the same model hash alike wherever they lie, the first hash costs one read
+of the weights (cached per file like any checkpoint's), and a changed weight or config changes it.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ def find_checkpoints(models_dir: Path) -> dict[str, Path]:
 
 
 def resolve_checkpoint(name: str, models_dir: Path) -> Path:
-    """The file for a checkpoint reference (stem, short hash, sha256 or path), or ValueError with
-    a did-you-mean and where it looked."""
+    """The file (or diffusers folder) for a checkpoint reference (stem, short hash, sha256, path,
+    folder name), or ValueError with a did-you-mean and where it looked."""
     from farm.models import Registry
 
     return Registry(models_dir).resolve("checkpoint", name).path
@@ -71,8 +76,24 @@ def _sha256_from(path: Path, offset: int) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    """Whole-file SHA-256 (A1111's checkpoint, VAE and TI hash)."""
+    """Whole-file SHA-256 (A1111's checkpoint, VAE and TI hash). For a diffusers folder, its
+    folder_hash: every caller that pins a checkpoint's weights (the spec, the worker's check before
+    rendering, the worker's offer to the queues) then works for folders as for files."""
+    if Path(path).is_dir():
+        return folder_hash(path)
     return _cached(path, "sha256", lambda p: _sha256_from(p, 0))
+
+
+def folder_hash(folder: Path) -> str:
+    """seedfarm's hash of a diffusers folder (A1111 has none): SHA-256 of the lines
+    `RELATIVE_PATH SIZE SHA256` of the files that load (farm.models.folder_files), sorted."""
+    from farm.models import folder_files
+
+    folder = Path(folder)
+    lines = []
+    for f in folder_files(folder):
+        lines.append(f"{f.relative_to(folder).as_posix()} {f.stat().st_size} {sha256_file(f)}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def addnet_file_hash(path: Path) -> str:

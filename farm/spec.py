@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from farm.checkpoints import resolve_checkpoint, sha256_file
-from farm.models import Registry, file_family
+from farm.models import ModelFileError, Registry, file_family
+from farm.prompts import extract_extra_networks, lora_refs
 from farm.ranges import LazySequence, RangeError, concat, parse_list
 from farm.samplers import SCHEDULE_TYPES, display_name, parse_sampler
 from farm.task import RenderTask, filename_pattern_problem
@@ -219,6 +220,13 @@ def family_size(names: Sequence[str], files: dict[str, Path], known: dict[str, s
     a models folder or a job record the families are unknown: give `size` for SDXL jobs)."""
     families = {checkpoint_family(name, files, known) for name in names}
     return FAMILY_SIZES["SDXL"] if families == {"SDXL"} else FAMILY_SIZES["SD1.5"]
+
+
+def _tag_offset(value: Any, name: str) -> int | None:
+    """Where the tag naming a LoRA starts in a prompt value, for the error's column; None when
+    the value does not hold it as written (prompt_sr made it)."""
+    m = re.search(r"<\w+:\s*" + re.escape(name) + r"\s*[:>]", value) if isinstance(value, str) else None
+    return m.start() if m else None
 
 
 def _preview(seq: Sequence, limit: int = 4) -> str:
@@ -519,10 +527,52 @@ class _Parser:
                 try:
                     files[name] = resolve_checkpoint(name, models_dir)
                 except ValueError as e:
-                    raise self.error(item, str(e)) from None
+                    # A hub id (org/name) in no models folder is the worker's to fetch: it has no
+                    # file here to hash (its tasks carry no hash) nor to read the family from.
+                    if not Registry(models_dir).is_hub_id(name):
+                        raise self.error(item, str(e)) from None
             names.append(name)
         self.unique(names, node, "checkpoint")
         return names, files
+
+    def lora_tags(self, f: dict, models_dir: Path) -> None:
+        """Every `<lora:NAME...>` (and `<lyco:...>`) a render will apply must resolve in the models
+        folder, or the job fails here instead of task by task at render time. The tags come from
+        the prompt values (a matrix prompt's parts included) and from the prompts as prompt_sr
+        rewrites them (a replacement may be, or change, a LoRA name). Negative prompts' tags are
+        not applied (A1111), so not checked. Names are resolved as the worker does."""
+        registry = Registry(models_dir)
+        files = registry.files("lora")  # one scan; resolve() only for names not found by name
+        problems: dict[str, str | None] = {}  # name -> why it does not resolve (None: it does)
+
+        def check(text: str, node: Node, where: str = "") -> None:
+            try:
+                refs = lora_refs(extract_extra_networks(text)[1])
+            except ValueError as e:  # a weight that is no number
+                raise self.error(node, f"prompt: {e}") from None
+            for ref in refs:
+                if ref.name not in problems:
+                    problems[ref.name] = None
+                    if ref.name not in files:
+                        try:
+                            registry.resolve("lora", ref.name, label="LoRA")
+                        except ModelFileError as e:
+                            problems[ref.name] = str(e)
+                if problems[ref.name]:
+                    raise self.error(node, problems[ref.name] + where, _tag_offset(self.plain(node), ref.name))
+
+        prompts = self.texts(f["prompt"][1], "prompt", "the prompt text")
+        for text, node in prompts:
+            check(text, node)
+        if "prompt_sr" in f:
+            sr = f["prompt_sr"][1]
+            values = self.texts(sr, "prompt_sr", "text", split=not isinstance(sr, SequenceNode))
+            search = values[0][0]
+            for value, node in values[1:]:
+                for text, _ in prompts:
+                    replaced = text.replace(search, value)
+                    if replaced != text:
+                        check(replaced, node, f" (in the prompt prompt_sr makes with '{value}')")
 
     def model_names(self, node: Node, kind: str, models_dir: Path | None) -> tuple[list[str], dict[str, Path]]:
         """A vae or lora axis: file stems (or None), checked against the models folder if given."""
@@ -625,6 +675,8 @@ class _Parser:
             values["prompt_sr"] = self.prompt_sr(f["prompt_sr"][1], values["prompt"], negatives)
         values["seed"] = self.numbers(f["seed"][1], "seed", int, 0, 2**64 - 1)
         values["checkpoint"], checkpoint_files = self.checkpoints(f["checkpoint"][1], models_dir)
+        if models_dir is not None:
+            self.lora_tags(f, models_dir)
         vae_files: dict[str, Path] = {}
         if "vae" in f:
             values["vae"], vae_files = self.model_names(f["vae"][1], "vae", models_dir)

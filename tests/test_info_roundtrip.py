@@ -16,7 +16,7 @@ from farm.checkpoints import sha256_file
 from farm.cli import main
 from farm.infotext import format_infotext, parse_infotext, read_parameters, task_parameters
 from farm.recreate import RecreateError, spec_from_infotext
-from farm.spec import parse_spec
+from farm.spec import SpecError, parse_spec
 from farm.task import RenderTask
 
 A1111_TEXT = (
@@ -85,14 +85,18 @@ def test_as_spec_finds_the_model_by_hash_and_validates(tmp_path, tiny_models):
     digest = sha256_file(tiny_models / "Stable-diffusion" / "seedfarm-tiny.safetensors")
     text = A1111_TEXT.format(hash=digest[:10])
     spec_text = spec_from_infotext(text, tiny_models)
-    spec = parse_spec(spec_text, "sent.yaml", models_dir=tiny_models)
+    # the image's LoRA is not in these models: the spec says so before anything renders
+    with pytest.raises(SpecError, match="unknown LoRA 'fluffy'"):
+        parse_spec(spec_text, "sent.yaml", models_dir=tiny_models)
+    assert parse_spec(spec_text, "sent.yaml").values["prompt"] == ["a (red:1.2) fox, <lora:fluffy:0.8>"]
+    spec = parse_spec(spec_text.replace(", <lora:fluffy:0.8>", ""), "sent.yaml", models_dir=tiny_models)
     values = spec.values
     assert values["checkpoint"] == ["seedfarm-tiny"]  # the infotext's "renamed-model", found by hash
     assert values["sampler"] == ["DPM++ 2M Karras"] and values["steps"][0] == 3
     assert values["rng"] == ["nv"] and values["variation_seed"][0] == 99
     assert values["variation_strength"][0] == 0.25 and values["seed_resize_from"] == ["48x48"]
     assert values["clip_skip"][0] == 2 and values["cfg"][0] == 6.5 and values["size"] == ["64x64"]
-    assert values["prompt"] == ["a (red:1.2) fox, <lora:fluffy:0.8>"]
+    assert values["prompt"] == ["a (red:1.2) fox"]
     # unknown hash and name: the spec still validates, with a note saying so
     lost = spec_from_infotext(A1111_TEXT.format(hash="0000000000"), tiny_models)
     assert lost.startswith("# note: checkpoint 'renamed-model' (hash 0000000000) not found in")

@@ -11,6 +11,11 @@ hub (diffusers.md section 1):
 `.safetensors` loads by default; pickled `.ckpt`/`.pt` only with `allow_pickle`, and then only
 through the weights-only unpickler (worker/safe_load.py). Anything that goes wrong while loading
 becomes one `ModelLoadError` line naming the file.
+
+A diffusers folder (farm/models.py) loads with `from_pretrained(folder, local_files_only=True)`: it
+carries its own configs, so the folder is also its `seedfarm_config_dir`. A hub id (`org/name`) that
+is in no models folder is fetched into the Hugging Face cache (`hub_folder`) and then loads as a
+folder; offline, that fails with one line saying how to get the model.
 """
 
 from __future__ import annotations
@@ -25,7 +30,18 @@ from pathlib import Path
 
 import torch
 
-from farm.models import ModelFileError, checkpoint_family, read_safetensors_header
+from farm.models import (
+    FOLDER_FAMILIES,
+    ModelFileError,
+    Registry,
+    checkpoint_family,
+    folder_family,
+    folder_files,
+    folder_weights,
+    kind_dirs,
+    read_model_index,
+    read_safetensors_header,
+)
 from worker.safe_load import ModelLoadError, is_pickle, load_pickle, refuse_pickle
 
 # transformers warns at import that torchvision is absent (we do not want it); say only errors.
@@ -36,7 +52,7 @@ SD15_CONFIG = "sd15"
 SDXL_CONFIG = "sdxl"
 FAMILY_CONFIGS = {"SD1.5": SD15_CONFIG, "SDXL": SDXL_CONFIG}
 
-__all__ = ["ModelLoadError", "PipelineCache", "configs_dir", "load_pipeline", "checkpoint_keys"]
+__all__ = ["ModelLoadError", "PipelineCache", "configs_dir", "load_pipeline", "checkpoint_keys", "hub_folder"]
 
 
 def configs_dir() -> Path:
@@ -104,26 +120,16 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     allow_pickle: bool = False,
 ):
-    """A ready StableDiffusionPipeline or StableDiffusionXLPipeline for an A1111-layout checkpoint,
-    offline (device and dtype default to default_device_dtype())."""
+    """A ready StableDiffusionPipeline or StableDiffusionXLPipeline for an A1111-layout checkpoint
+    or a diffusers folder, offline (device and dtype default to default_device_dtype())."""
     path = Path(checkpoint_path)
+    if path.is_dir():
+        return load_folder(path, device, dtype, allow_pickle)
     if not path.is_file():
         raise ModelLoadError(f"{path.name}: checkpoint file not found at {path}")
     config = config_for(path, checkpoint_keys(path, allow_pickle))
-    default_device, default_dtype = default_device_dtype()
-    device = torch.device(device) if device is not None else default_device
-    dtype = dtype or default_dtype
-
-    # Imported here: `import diffusers` costs seconds and the coordinator never needs it.
-    import diffusers
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    # Our own log line says what loaded and how long it took; diffusers' bars and notices are noise.
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()  # "Loading weights" bars, e.g. for each LoRA
-    pipeline_class = getattr(diffusers, json.loads((config / "model_index.json").read_text())["_class_name"])
+    device, dtype = _device_dtype(device, dtype)
+    pipeline_class = _pipeline_class(json.loads((config / "model_index.json").read_text())["_class_name"])
     try:
         # A pickled file is read a second time here, by diffusers, also weights-only.
         pipe = pipeline_class.from_single_file(
@@ -135,7 +141,112 @@ def load_pipeline(
         )
     except Exception as e:  # diffusers raises many types; the user needs one line naming the file
         raise ModelLoadError(_load_failure(path, config, e)) from e
+    return _ready(pipe, path, config, device)
 
+
+def load_folder(folder: Path, device=None, dtype=None, allow_pickle: bool = False):
+    """A diffusers folder (save_pretrained's layout): from_pretrained, offline, safetensors only
+    unless pickles are allowed. SD1.5 and SDXL folders load; others are refused in one line."""
+    try:
+        family = folder_family(folder)
+        weights = folder_weights(folder)
+    except ModelFileError as e:
+        raise ModelLoadError(str(e)) from None
+    if family not in FAMILY_CONFIGS:
+        raise ModelLoadError(f"{folder.name}: {family} diffusers folders are not supported (SD1.5 and SDXL are)")
+    for component in ("unet", "vae", "text_encoder"):
+        if not weights.get(component):
+            raise ModelLoadError(
+                f"{folder.name}: no weights in {component}/ (expected {component}/*.safetensors); "
+                "is the folder complete?"
+            )
+    pickled = [f"{c}/{f.name}" for c, files in weights.items() for f in files if f.suffix == ".bin"]
+    if pickled and not allow_pickle:
+        raise ModelLoadError(
+            f"{folder.name}: a diffusers folder with pickled weights ({pickled[0]}); only .safetensors files "
+            "load unless the worker allows pickles (farm worker --allow-pickle, or convert it to .safetensors)"
+        )
+    device, dtype = _device_dtype(device, dtype)
+    pipeline_class = _pipeline_class(read_model_index(folder)["_class_name"])
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    if pickled:  # diffusers logs an error for each component without .safetensors, then reads its .bin
+        diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
+    try:
+        # diffusers and transformers read .bin files through torch.load(weights_only=True) too.
+        pipe = pipeline_class.from_pretrained(
+            str(folder),
+            local_files_only=True,
+            dtype=dtype,  # from_pretrained's name for it (torch_dtype warns there)
+            use_safetensors=True if not allow_pickle else None,  # None: .safetensors when there
+            **_no_safety_checker(pipeline_class),
+        )
+    except Exception as e:  # one line naming the folder
+        reason = (str(e).strip().splitlines() or [""])[0]
+        why = f"{type(e).__name__}: {reason[:300]}"
+        raise ModelLoadError(f"{folder.name}: could not load the diffusers folder ({why})") from e
+    finally:
+        diffusers_logging.set_verbosity(level)
+    return _ready(pipe, folder, folder, device)
+
+
+def hub_folder(ref: str, models_dir: Path, not_found: str) -> Path:
+    """The local copy of a hub model `org/name` that is in no models folder: the Hugging Face
+    cache's, downloaded there first when online (.safetensors only). Any other reference, or a hub
+    id that cannot be had, raises ModelLoadError (`not_found` for a reference that is no hub id)."""
+    registry = Registry(models_dir)
+    if not registry.is_hub_id(ref):
+        raise ModelLoadError(not_found)
+    import diffusers
+    from huggingface_hub import constants
+
+    _quiet()
+    try:
+        # The download diffusers' own from_pretrained does (configs, tokenizers, the weights that
+        # load); returns the snapshot folder, from the cache when the model is already there.
+        return Path(diffusers.DiffusionPipeline.download(ref, use_safetensors=True))
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        why = ("the Hugging Face hub is offline here (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE
+               else f"the Hugging Face hub cannot give it ({type(e).__name__}: {reason})")
+        # a folder searched with its subfolders, where org/name is found under that name
+        dirs = [d for d, recursive in kind_dirs(registry.roots, "checkpoint") if recursive]
+        target = f"{dirs[0] if dirs else 'MODELS/Stable-diffusion'}/{ref}"
+        # The patterns fetch what loads (configs, tokenizers, non-variant weights), not the whole repo.
+        raise ModelLoadError(
+            f"checkpoint '{ref}' is not in the models folders (looked in {registry.where('checkpoint')}) "
+            f"and {why}: download it into a models folder, e.g. `hf download {ref} --include '*.json' "
+            f"'*.txt' '*model.safetensors' --local-dir {target}`"
+        ) from None
+
+
+def _device_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
+    default_device, default_dtype = default_device_dtype()
+    return (torch.device(device) if device is not None else default_device), (dtype or default_dtype)
+
+
+def _quiet() -> None:
+    """Our own log line says what loaded and how long it took; diffusers' bars and notices are noise."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars, e.g. for each LoRA
+
+
+def _pipeline_class(class_name: str):
+    # Imported here: `import diffusers` costs seconds and the coordinator never needs it.
+    import diffusers
+
+    _quiet()
+    return getattr(diffusers, class_name)
+
+
+def _ready(pipe, path: Path, config: Path, device: torch.device):
+    """Checks on a freshly loaded pipeline, then on its device with the attributes the rest of the
+    worker reads. `config` is the diffusers config folder it was built from."""
     # A missing weight stays on the meta device and only fails later, mid-render.
     missing = [n for n, p in _named_tensors(pipe) if p.device.type == "meta"]
     if missing:
@@ -202,17 +313,13 @@ class PipelineCache:
             raise ValueError("keep must be at least 1")
         self.keep = keep
         self._loader = loader
-        self._pipes: OrderedDict[Path, tuple[tuple[int, int], object]] = OrderedDict()
+        self._pipes: OrderedDict[Path, tuple[tuple, object]] = OrderedDict()
         self.load_seconds: dict[Path, float] = {}  # seconds the last load of each file took
         self._lock = threading.Lock()
 
     def get(self, checkpoint_path: Path):
         path = Path(checkpoint_path).resolve()
-        try:
-            st = path.stat()
-            stamp = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            stamp = (-1, -1)  # the loader reports the missing file
+        stamp = _stamp(path)
         with self._lock:
             entry = self._pipes.get(path)
             if entry is not None and entry[0] == stamp:
@@ -240,6 +347,16 @@ class PipelineCache:
         with self._lock:
             self._pipes.clear()
             _free_memory()
+
+
+def _stamp(path: Path) -> tuple:
+    """(size, mtime) of a checkpoint file, or of each file of a diffusers folder that loads (the
+    folder's own mtime does not change when a file in it is replaced)."""
+    try:
+        files = folder_files(path) if path.is_dir() else [path]
+        return tuple((st.st_size, st.st_mtime_ns) for st in (f.stat() for f in files))
+    except OSError:
+        return (-1, -1)  # the loader reports the missing file
 
 
 def _free_memory() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 from pathlib import Path
 
 from celery import Celery, bootsteps, signals
@@ -20,20 +19,19 @@ from farm.celery_app import REFRESH_TASK
 
 from farm.checkpoints import find_checkpoints, sha256_file
 from farm.ledger import Ledger
+from farm.models import ModelFileError, file_family
 from farm.routing import Capabilities, Route, next_checkpoint, pixel_budget, queue_order
 
 log = logging.getLogger("seedfarm.worker")
 
 
 def checkpoint_family(path: Path) -> str:
-    """'sdxl' or 'sd15', from the safetensors header alone (SDXL has a second text encoder)."""
+    """'sdxl' or 'sd15' for the pixel budget, from the file's header or the folder's
+    model_index.json alone; 'sd15' when it does not say."""
     try:
-        with open(path, "rb") as f:
-            size = struct.unpack("<Q", f.read(8))[0]
-            keys = json.loads(f.read(min(size, 100_000_000)))
-    except (OSError, ValueError, struct.error):
+        return "sdxl" if file_family(path, "checkpoint").startswith("SDXL") else "sd15"
+    except (ModelFileError, OSError):
         return "sd15"
-    return "sdxl" if any(k.startswith("conditioner.embedders.1.") for k in keys) else "sd15"
 
 
 class Steering:

@@ -86,7 +86,12 @@ def checkpoint_path(task: RenderTask, models_dir: Path) -> Path:
     try:
         path = resolve_checkpoint(task.checkpoint, models_dir)
     except ValueError as e:
-        raise TaskError(str(e)) from None
+        from worker.pipelines import ModelLoadError, hub_folder
+
+        try:  # a hub id (org/name) in no models folder: the Hugging Face cache's copy
+            path = hub_folder(task.checkpoint, models_dir, str(e))
+        except ModelLoadError as error:
+            raise TaskError(str(error)) from None
     if task.checkpoint_hash and sha256_file(path) != task.checkpoint_hash:
         raise TaskError(
             f"checkpoint '{task.checkpoint}' at {path} has hash {sha256_file(path)[:10]}, but the job "

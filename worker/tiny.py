@@ -283,3 +283,104 @@ def make_tiny_vae(models_dir: Path, name: str, seed: int = 2) -> Path:
         torch.manual_seed(seed)
         vae = AutoencoderKL.from_config(reference.config)
     return _save(vae_to_ldm(vae.state_dict(), vae.config, prefix=""), Path(models_dir) / "VAE" / f"{name}.safetensors")
+
+
+# --- tiny LyCORIS files (LoHa, LoKr) for the tiny models ------------------------------------------
+
+def _kohya_targets(pipe, sdxl: bool, convs: bool) -> dict[str, torch.Tensor]:
+    """kohya module name -> base weight: the modules make_tiny_lora adapts (attention projections of
+    the UNet and text encoders, kohya-named the same way) and, with convs, some UNet convolutions
+    too: every resnet's 3x3 conv1, the 1x1 conv_shortcut and proj_in (a 1x1 conv in SD1.5, a
+    Linear in SDXL)."""
+    ends = (".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight")
+    if convs:
+        ends += (".conv1.weight", ".conv_shortcut.weight", ".proj_in.weight")
+    unet = {k: v for k, v in pipe.unet.state_dict().items()
+            if k.endswith(ends) and (".transformer_blocks." in k or not k.endswith(ends[:4]))}
+    if sdxl:
+        unet = {k.removeprefix("model.diffusion_model."): v for k, v in unet_to_ldm(unet, pipe.unet.config).items()}
+    targets = {"lora_unet_" + k.removesuffix(".weight").replace(".", "_"): v for k, v in unet.items()}
+    encoders = [("lora_te1_", pipe.text_encoder), ("lora_te2_", pipe.text_encoder_2)] if sdxl else [("lora_te_", pipe.text_encoder)]
+    for prefix, encoder in encoders:
+        for key, weight in encoder.state_dict().items():
+            if key.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight")):
+                module = key.removesuffix(".weight")
+                module = module if module.startswith("text_model.") else "text_model." + module
+                targets[prefix + module.replace(".", "_")] = weight
+    return targets
+
+
+def _split_dim(n: int) -> tuple[int, int]:
+    """n = a * b with a <= b as close as possible (LyCORIS factorises LoKr dimensions so)."""
+    a = max(d for d in range(1, int(n**0.5) + 1) if n % d == 0)
+    return a, n // a
+
+
+def make_tiny_loha(models_dir: Path, name: str, sdxl: bool = False, seed: int = 1, rank: int = 4,
+                   tucker: bool = True, locon_convs: bool = False) -> Path:
+    """A LyCORIS LoHa file (kohya names, as make_tiny_lora) for the tiny model under
+    models_dir/LyCORIS/: hada_w1_a (out, r), hada_w1_b (r, in*kh*kw), the same for w2, and alpha =
+    rank/2 (scale 0.5). With tucker, 3x3 convs are Tucker-decomposed instead: hada_t1/t2 (r, r, 3, 3),
+    a (r, out), b (r, in). With locon_convs the convolutions are plain LoCon modules
+    (lora_up/lora_down) instead, a file that mixes module kinds."""
+    pipe = tiny_sdxl_pipeline() if sdxl else tiny_pipeline()
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator) * 0.5
+
+    state = {}
+    for module, weight in _kohya_targets(pipe, sdxl, convs=True).items():
+        out_dim, in_dim, *kernel = weight.shape
+        taps = kernel[0] * kernel[1] if kernel else 1
+        if kernel and locon_convs:
+            state[f"{module}.lora_down.weight"] = randn(rank, in_dim, *kernel)
+            state[f"{module}.lora_up.weight"] = randn(out_dim, rank, 1, 1)
+        else:
+            for side in (1, 2):
+                if tucker and taps > 1:
+                    state[f"{module}.hada_t{side}"] = randn(rank, rank, *kernel)
+                    state[f"{module}.hada_w{side}_a"] = randn(rank, out_dim)
+                    state[f"{module}.hada_w{side}_b"] = randn(rank, in_dim)
+                else:
+                    state[f"{module}.hada_w{side}_a"] = randn(out_dim, rank)
+                    state[f"{module}.hada_w{side}_b"] = randn(rank, in_dim * taps)
+        state[f"{module}.alpha"] = torch.tensor(rank / 2)
+    return _save(state, Path(models_dir) / "LyCORIS" / f"{name}.safetensors")
+
+
+def make_tiny_lokr(models_dir: Path, name: str, sdxl: bool = False, seed: int = 1, rank: int = 2,
+                   factor_w1: bool = False, factor_w2: bool = True, tucker: bool = False) -> Path:
+    """A LyCORIS LoKr file (kohya names, as make_tiny_lora) for the tiny model under
+    models_dir/LyCORIS/. Each weight (out, in, ...) = kron(w1 (a, c), w2 (b, d, ...)) with
+    out = a*b, in = c*d. w1 is lokr_w1, or lokr_w1_a (a, r) @ lokr_w1_b (r, c) with factor_w1; w2 is
+    lokr_w2 (b, d, kh, kw) without factor_w2, else lokr_w2_a (b, r) @ lokr_w2_b (r, d*kh*kw), or
+    with tucker (3x3 convs) lokr_t2 (r, r, 3, 3), lokr_w2_a (r, b), lokr_w2_b (r, d). alpha = rank/2:
+    scale 0.5 where a side is factorised, 1 where both are full (LyCORIS/A1111)."""
+    pipe = tiny_sdxl_pipeline() if sdxl else tiny_pipeline()
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator) * 0.5
+
+    state = {}
+    for module, weight in _kohya_targets(pipe, sdxl, convs=True).items():
+        out_dim, in_dim, *kernel = weight.shape
+        taps = kernel[0] * kernel[1] if kernel else 1
+        (a, b), (c, d) = _split_dim(out_dim), _split_dim(in_dim)
+        if factor_w1:
+            state[f"{module}.lokr_w1_a"] = randn(a, rank)
+            state[f"{module}.lokr_w1_b"] = randn(rank, c)
+        else:
+            state[f"{module}.lokr_w1"] = randn(a, c)
+        if not factor_w2:
+            state[f"{module}.lokr_w2"] = randn(b, d, *kernel)
+        elif tucker and taps > 1:
+            state[f"{module}.lokr_t2"] = randn(rank, rank, *kernel)
+            state[f"{module}.lokr_w2_a"] = randn(rank, b)
+            state[f"{module}.lokr_w2_b"] = randn(rank, d)
+        else:
+            state[f"{module}.lokr_w2_a"] = randn(b, rank)
+            state[f"{module}.lokr_w2_b"] = randn(rank, d * taps)
+        state[f"{module}.alpha"] = torch.tensor(rank / 2)
+    return _save(state, Path(models_dir) / "LyCORIS" / f"{name}.safetensors")
