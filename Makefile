@@ -29,3 +29,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/scaling.py
 	$(BIN)/python benchmarks/loads.py
 	$(BIN)/python benchmarks/enqueue.py
+	$(BIN)/python benchmarks/overlap.py

@@ -65,13 +65,14 @@ class Redis:
 class Workers:
     """N real `farm worker` processes; waits until each is consuming."""
 
-    def __init__(self, n: int, broker: str, models: Path, env: dict | None = None, log_dir: Path | None = None):
+    def __init__(self, n: int, broker: str, models: Path, env: dict | None = None, log_dir: Path | None = None,
+                 args: tuple[str, ...] = ()):
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="farm-bench-workers-"))
         self.procs = []
         for i in range(n):
             log = open(self.log_dir / f"w{i}.log", "w")
             proc = subprocess.Popen([str(FARM), "worker", "--broker", broker, "--models", str(models),
-                                     "--name", f"w{i}"],
+                                     "--name", f"w{i}", *args],
                                     stdout=log, stderr=subprocess.STDOUT,
                                     env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
             self.procs.append((proc, log))

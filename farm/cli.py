@@ -138,7 +138,9 @@ def expand(spec: str, as_json: bool, models_dir: str, limit: int | None) -> None
               help="Output folder; the job gets its own subfolder.")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), default=DEFAULT_MODELS,
               show_default=True, help="A1111/ComfyUI models folder (or env FARM_MODELS).")
-def run(spec: str | None, out_dir: str, models_dir: str) -> None:
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Most images in one diffusion call (default: from memory and image size, at most 8).")
+def run(spec: str | None, out_dir: str, models_dir: str, max_batch: int | None) -> None:
     """Render a job here, in this process, with no servers.
 
     Without SPEC, renders the built-in demo sweep with the built-in tiny model (written to the
@@ -159,7 +161,7 @@ def run(spec: str | None, out_dir: str, models_dir: str) -> None:
     columns = [TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("images", total=job.image_count())
-        summary = run_local(job, store, models, on_images=lambda n: progress.advance(bar, n))
+        summary = run_local(job, store, models, on_images=lambda n: progress.advance(bar, n), max_batch=max_batch)
     for line in summary.failed:
         console.print(f"[red]failed:[/red] {line}", markup=True)
     console.print(
@@ -365,6 +367,9 @@ STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
 @click.option("--max-pixels", type=int, default=None,
               help="Most pixels (width x height x batch) one render may have here (default: from VRAM).")
 @click.option("--tags", default="", help="Comma-separated tags this worker offers, for specs' `requires:`.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Most images in one diffusion call; tasks that differ only in seed or prompt share one "
+                   "(default: from VRAM and image size, at most 8).")
 @click.option("--vram", type=click.Choice(["auto", "high", "med", "low"]), default=None,
               help="Memory profile: high = all on the GPU, med/low = offload (A1111 --medvram/--lowvram). Default auto.")
 @click.option("--precision", type=click.Choice(["auto", "fp16", "bf16", "fp32"]), default=None,
@@ -374,8 +379,8 @@ STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
 @click.option("--allow-pickle", is_flag=True, default=None,
               help="Also read pickled .ckpt/.pt files (weights only, never code). Default: .safetensors only.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(broker, models_dir, name, gpu, store_url, max_pixels, tags, vram, precision, attention, no_half_vae,
-           allow_pickle, loglevel) -> None:
+def worker(broker, models_dir, name, gpu, store_url, max_pixels, tags, max_batch, vram, precision, attention,
+           no_half_vae, allow_pickle, loglevel) -> None:
     """Render tasks from the farm's queue until stopped (Ctrl+C finishes the current task first)."""
     need_worker_extra()
     from farm.ledger import BrokerUnreachable
@@ -386,7 +391,8 @@ def worker(broker, models_dir, name, gpu, store_url, max_pixels, tags, vram, pre
         run_worker(settings(broker_url=broker, models=models_dir, vram=vram, precision=precision,
                             attention=attention, no_half_vae=no_half_vae, allow_pickle=allow_pickle),
                    name, gpu, store_url, loglevel,
-                   max_pixels=max_pixels, tags=frozenset(t.strip() for t in tags.split(",") if t.strip()))
+                   max_pixels=max_pixels, tags=frozenset(t.strip() for t in tags.split(",") if t.strip()),
+                   max_batch=max_batch)
     except (BrokerUnreachable, FileNotFoundError, ProfileError) as e:
         raise FarmError(str(e)) from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from farm.batching import group_size, group_tasks
 from farm.celery_app import REFRESH_TASK, RENDER_TASK, make_app
 from farm.expand import expand
 from farm.jobs import finish_job, write_job_record
@@ -25,29 +26,57 @@ def route_of(task: RenderTask, priority: str = "normal", tags: tuple[str, ...] =
 
 
 def publish(broker_url: str, tasks: Iterable[RenderTask], store_url: str, priority: str = "normal",
-            tags: tuple[str, ...] = ()) -> int:
-    """Queue render tasks, each on its route's queue (farm/routing.py), with pipelined publishing
-    (kombu's Producer.batch); then tell the workers to look at their queues again."""
+            tags: tuple[str, ...] = (), task_count: int = 0, group: int | None = None) -> int:
+    """Queue render tasks in groups that can share a diffusion batch (farm/batching.py; `group`
+    tasks per message at most, by default sized from task_count and the live workers), each group
+    on its route's queue (farm/routing.py), with pipelined publishing (kombu's Producer.batch);
+    then tell the workers to look at their queues again. Returns the number of tasks queued."""
     app = make_app(broker_url)
     ledger = Ledger(connect(broker_url))
+    if group is None:
+        group = group_size(task_count, len(ledger.workers()))
     known: dict[Route, Route] = {}  # one instance per route, so its queue name is computed once
     count = 0
     with app.producer_or_acquire() as producer:
         with producer.batch(max_size=PUBLISH_BATCH):
-            for task in tasks:
-                route = route_of(task, priority, tags)
+            for tasks_ in group_tasks(tasks, group):
+                first = tasks_[0]
+                route = route_of(first, priority, tags)  # equal for the whole group (batch_key)
                 if route not in known:  # workers learn a route before its first task arrives
                     ledger.register_routes([route])
                     known[route] = route
                 route = known[route]
-                # argsrepr: what logs and monitors show; Celery's own repr of the task dict
-                # would cost more than everything else in this loop together
-                app.send_task(RENDER_TASK, args=[task.model_dump(), store_url], producer=producer,
-                              task_id=f"{task.job}:{task.id}", queue=route.queue,
-                              argsrepr=f"[{task.job} #{task.index}]", kwargsrepr="{}")
-                count += 1
+                send(app, tasks_, store_url, route.queue, producer)
+                count += len(tasks_)
     wake_workers(app, ledger)
     return count
+
+
+def send(app, tasks: list[RenderTask], store_url: str, queue: str, producer=None) -> None:
+    """One message: a group of tasks. argsrepr is what logs and monitors show; Celery's own repr of
+    the payload would cost more than everything else in the publish loop together."""
+    first = tasks[0]
+    more = f"+{len(tasks) - 1}" if len(tasks) > 1 else ""
+    app.send_task(RENDER_TASK, args=[[t.model_dump() for t in tasks], store_url], producer=producer,
+                  task_id=f"{first.job}:{first.id}{more}", queue=queue,
+                  argsrepr=f"[{first.job} #{first.index}{more}]", kwargsrepr="{}")
+
+
+def requeue_orphans(app, ledger: Ledger) -> list[str]:
+    """The reaper: put back on their queues the tasks held by workers that stopped beating (switched
+    off after their message was acked, while the images were still being stored; or mid-render,
+    sooner than the broker's visibility timeout would). A duplicate is harmless: tasks are
+    idempotent. Returns "job/task" of each task re-queued."""
+    requeued = []
+    for job, task_id, held in ledger.orphans():
+        if not ledger.claim_orphan(job, task_id):
+            continue
+        task = RenderTask.from_json(held["task"])
+        queue = held["queue"] or route_of(task).queue
+        send(app, [task], held["store"], queue)
+        ledger.release_orphan(job, task_id, held["life"])
+        requeued.append(f"{job}/{task_id}")
+    return requeued
 
 
 def wake_workers(app, ledger: Ledger) -> None:
@@ -62,7 +91,7 @@ def submit(spec: JobSpec, store: Store, broker_url: str) -> int:
     ledger = Ledger(connect(broker_url))
     info = write_job_record(store, spec)
     ledger.register_job(spec.job_id, info)
-    return publish(broker_url, expand(spec), store.url, spec.priority, spec.requires)
+    return publish(broker_url, expand(spec), store.url, spec.priority, spec.requires, spec.task_count())
 
 
 def resume(spec: JobSpec, store: Store, broker_url: str) -> tuple[int, int]:
@@ -82,4 +111,5 @@ def resume(spec: JobSpec, store: Store, broker_url: str) -> tuple[int, int]:
         finish_job(store, ledger, spec.job_id)
         return len(done), 0
     missing = (t for t in expand(spec) if not in_store(t))
-    return len(done), publish(broker_url, missing, store.url, spec.priority, spec.requires)
+    return len(done), publish(broker_url, missing, store.url, spec.priority, spec.requires,
+                              spec.task_count() - len(done))

@@ -9,6 +9,8 @@ Keys, all under `farm:`:
   job:{id}:done             set of finished task ids (a duplicate delivery adds nothing)
   job:{id}:failed           hash: task id -> reason
   job:{id}:running          hash: task id -> worker name
+  job:{id}:held             hash: task id -> JSON {task, store, queue, worker, life}: the payload of a
+                            task a worker took, kept until its images are stored (for the reaper)
   job:{id}:workers          hash: "{worker}:images" / "{worker}:seconds" -> totals, for images/s
   job:{id}:sheets-claim     set once, by the worker that builds the contact sheets
   worker:{name}             hash with a short TTL, refreshed by each live worker's heartbeat
@@ -33,6 +35,7 @@ SHEETS_CLAIM_TTL = 900  # a worker that dies while building sheets frees the cla
 # the SET NX makes sure exactly one caller builds the contact sheets, without Celery chords.
 _FINISH_LUA = """
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
 if ARGV[2] == 'done' then
   redis.call('SADD', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -46,6 +49,19 @@ if total >= 0 and redis.call('SCARD', KEYS[1]) + redis.call('HLEN', KEYS[2]) >= 
 end
 return 0
 """
+
+# Forgets a held task only if the same worker life still holds it: a task the reaper re-queued may
+# already be held again by the worker that took it next.
+_RELEASE_LUA = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held and cjson.decode(held)['life'] == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+REAP_CLAIM_TTL = 60  # one reaper re-queues a task; another may try again after this
 
 
 class BrokerUnreachable(Exception):
@@ -108,6 +124,7 @@ class Ledger:
     def __init__(self, client: redis.Redis):
         self.r = client
         self._finish = client.register_script(_FINISH_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
 
     # --- jobs -------------------------------------------------------------------------------
     def register_job(self, job: str, info: dict, done: set[str] = frozenset()) -> None:
@@ -117,7 +134,7 @@ class Ledger:
         pipe.hset(job_key(job), mapping={k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()})
         pipe.hset(job_key(job), "status", "queued")
         pipe.hdel(job_key(job), "sheets", "finished_at")
-        for part in ("done", "failed", "running", "sheets-claim"):
+        for part in ("done", "failed", "running", "held", "sheets-claim"):
             pipe.delete(job_key(job, part))
         done = list(done)
         for i in range(0, len(done), 10_000):
@@ -156,13 +173,45 @@ class Ledger:
         return JobStatus(job, info, done, failed, running, workers)
 
     # --- tasks (called by workers) ------------------------------------------------------------
-    def task_started(self, job: str, task_id: str, worker: str) -> None:
+    def tasks_started(self, job: str, tasks: list, worker: str, life: str, store_url: str, queue: str) -> None:
+        """A worker took a message's tasks (farm/task.py RenderTasks): mark them running and hold
+        their payloads until their images are stored, so that they can be re-queued if this
+        worker life ends first (reap)."""
+        held = {t.id: json.dumps({"task": t.model_dump(), "store": store_url, "queue": queue,
+                                  "worker": worker, "life": life}) for t in tasks}
         pipe = self.r.pipeline()
-        pipe.hset(job_key(job, "running"), task_id, worker)
+        pipe.hset(job_key(job, "running"), mapping={t.id: worker for t in tasks})
+        pipe.hset(job_key(job, "held"), mapping=held)
         pipe.hsetnx(job_key(job), "started_at", str(time.time()))
         pipe.execute()
         if self.r.hget(job_key(job), "status") == "queued":
             self.r.hset(job_key(job), "status", "running")
+
+    def orphans(self) -> list[tuple[str, str, dict]]:
+        """(job, task id, held payload) of tasks held by a worker life that no longer beats: a PC
+        switched off or a worker killed, after or before its message was acked."""
+        lives = {w.get("name"): w.get("life") for w in self.workers()}
+        jobs = self.jobs()
+        pipe = self.r.pipeline()
+        for job in jobs:
+            pipe.hget(job_key(job), "status")
+        live_jobs = [job for job, status in zip(jobs, pipe.execute()) if status in ("queued", "running")]
+        found = []
+        for job in live_jobs:
+            for task_id, raw in self.r.hgetall(job_key(job, "held")).items():
+                held = json.loads(raw)
+                if lives.get(held["worker"]) != held["life"]:
+                    found.append((job, task_id, held))
+        return found
+
+    def claim_orphan(self, job: str, task_id: str) -> bool:
+        """True for one caller per task (per REAP_CLAIM_TTL): that one re-queues it."""
+        return bool(self.r.set(f"{job_key(job, 'reap')}:{task_id}", "1", nx=True, ex=REAP_CLAIM_TTL))
+
+    def release_orphan(self, job: str, task_id: str, life: str) -> bool:
+        """After re-queueing: forget the dead life's hold (unless another worker holds it now)."""
+        keys = [job_key(job, "held"), job_key(job, "running")]
+        return bool(self._release(keys=keys, args=[task_id, life]))
 
     def task_finished(self, job: str, task_id: str, worker: str, images: int = 0, seconds: float = 0.0,
                       failed: str | None = None, load_seconds: float = 0.0) -> bool:
@@ -177,7 +226,7 @@ class Ledger:
             pipe.hincrbyfloat(job_key(job, "workers"), f"{worker}:load_seconds", load_seconds)
         pipe.execute()
         keys = [job_key(job, "done"), job_key(job, "failed"), job_key(job, "running"), job_key(job),
-                job_key(job, "sheets-claim")]
+                job_key(job, "sheets-claim"), job_key(job, "held")]
         outcome = "failed" if failed is not None else "done"
         return bool(self._finish(keys=keys, args=[task_id, outcome, failed or "", SHEETS_CLAIM_TTL]))
 

@@ -50,6 +50,20 @@ def tiny_task(checkpoint: str = "tiny15", **overrides):
     return RenderTask(**{**fields, **overrides}).with_id()
 
 
+def run_task(task, store, ctx) -> dict:
+    """The worker's task body for one task, waiting for its images to be stored: its summary, or
+    TaskError with the reason the worker reported."""
+    from worker.tasks import TaskError, render_tasks
+
+    results = []
+    render_tasks([task], store, ctx, lambda t, summary, failure: results.append((summary, failure)))
+    ctx.writer.flush()
+    ((summary, failure),) = results
+    if failure:
+        raise TaskError(failure)
+    return summary
+
+
 def render(ctx, task, out: Path):
     """Run the task through the worker's task body into a folder store; (pixels, infotext params)."""
     import numpy as np
@@ -57,9 +71,8 @@ def render(ctx, task, out: Path):
 
     from farm.infotext import parse_infotext, read_parameters
     from farm.store import open_store
-    from worker.tasks import execute
 
-    execute(task, open_store(str(out)), ctx)
+    run_task(task, open_store(str(out)), ctx)
     (path,) = (out / task.job / "images").glob(f"*{task.id}*.png")
     _, _, params = parse_infotext(read_parameters(path))
     return np.asarray(Image.open(path), dtype=np.int16), params

@@ -167,7 +167,7 @@ def test_duplicate_delivery_of_a_finished_task_leaves_one_image(redis_server, ti
     tasks = list(expand(load_spec(spec_path, models_dir=tiny_models)))[:3]
     assert publish(redis_server.url, tasks, store.url) == 3
     alpha, beta = two_workers
-    wait_for(lambda: (alpha.text() + beta.text()).count("'skipped': True") >= 3, 60, "the duplicates to be consumed")
+    wait_for(lambda: (alpha.text() + beta.text()).count("'skipped': 1") >= 3, 60, "the duplicates to be consumed")
     check_complete_job(store_url, job)
     assert {k: os.stat(store.describe(k)).st_mtime_ns for k in store.list_keys(f"{job}/images/")} == mtimes
     assert ledger.job_info(job)["status"] == "complete"
@@ -198,7 +198,8 @@ def test_cancel_stops_remaining_tasks(redis_server, tiny_models, start_worker, t
     wait_for(lambda: ledger.status(job).done >= 1, 60, "a first image")
     result = farm("cancel", job, "--broker", redis_server.url)
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: worker.text().count("'cancelled': True") >= 10, 60, "queued tasks to be skipped")
+    # the job's 24 tasks travel in a few messages (farm/batching.py); the ones not started are dropped
+    wait_for(lambda: worker.text().count("'cancelled': True") >= 2, 60, "queued tasks to be skipped")
     assert len(list(open_store(store_url).list_keys(f"{job}/images/"))) < 24
     assert ledger.job_info(job)["status"] == "cancelled"
 
@@ -251,3 +252,59 @@ def test_a_worker_started_before_redis_waits_for_it(redis_binary, tiny_models, s
     finally:
         early.stop()
         server.stop()
+
+
+def test_the_reaper_requeues_only_tasks_held_by_worker_lives_that_ended(redis_server):
+    from farm.celery_app import make_app
+    from farm.dispatch import requeue_orphans
+    from farm.task import RenderTask
+
+    ledger = Ledger(redis_server.client())
+    fields = dict(job="reap", prompt="p", checkpoint="c", sampler="Euler", steps=2, cfg=7, width=64, height=64)
+    first, second = (RenderTask(index=i, seed=i, **fields).with_id() for i in range(2))
+    ledger.register_job("reap", {"tasks": 2, "status": "queued"})
+    ledger.tasks_started("reap", [first], "alpha", "life-a", "/store", "q.reap")
+    ledger.tasks_started("reap", [second], "beta", "life-b", "/store", "q.reap")
+    ledger.heartbeat("alpha", {"name": "alpha", "life": "life-a2"})  # alpha restarted: a new life
+    ledger.heartbeat("beta", {"name": "beta", "life": "life-b"})
+    app = make_app(redis_server.url)
+    assert requeue_orphans(app, ledger) == [f"reap/{first.id}"]
+    r = redis_server.client()
+    assert r.llen("q.reap") == 1 and first.id in r.lindex("q.reap", 0)
+    assert ledger.status("reap").running == {second.id: "beta"}
+    assert requeue_orphans(app, ledger) == []  # re-queued once, not on every sweep
+    # a dead life's hold is not dropped once another worker took the task again
+    ledger.tasks_started("reap", [second], "gamma", "life-g", "/store", "q.reap")
+    assert not ledger.release_orphan("reap", second.id, "life-b")
+    assert ledger.status("reap").running == {second.id: "gamma"}
+
+
+def test_a_worker_switched_off_after_the_ack_but_before_storing_loses_nothing(redis_server, tiny_models,
+                                                                                start_worker, tmp_path):
+    spec = tmp_path / "one.yaml"
+    spec.write_text(SPEC_24.format(steps=2).replace("cfg: [5, 7]", "cfg: 7").replace("seed: 1-12", "seed: 5")
+                    .replace("grid: {x: seed, y: cfg}\n", ""))
+    store_url = str(tmp_path / "renders")
+    result = farm("submit", str(spec), "--broker", redis_server.url, "--store", store_url, "--models", str(tiny_models))
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip()
+    # The store cannot take images for now (where the images folder goes is a file): the writer
+    # keeps retrying while the task's message is already acked.
+    blocker = tmp_path / "renders" / job / "images"
+    blocker.write_text("not a folder")
+    alpha = start_worker(redis_server.url, tiny_models, "alpha")
+    ledger = Ledger(redis_server.client())
+    r = redis_server.client()
+    wait_for(lambda: "storing an image failed" in alpha.text(), 90, "alpha to render and fail to store")
+    queues = list(ledger.routes())
+    wait_for(lambda: r.hlen("unacked") == 0 and not any(ledger.queue_lengths(queues).values()), 10, "the ack")
+    assert list(ledger.status(job).running.values()) == ["alpha"]
+    alpha.proc.send_signal(signal.SIGKILL)  # switched off: the broker has nothing to give back
+    alpha.proc.wait(10)
+    blocker.unlink()
+    r.delete("farm:worker:alpha")  # what the heartbeat's expiry does 30 s later
+    beta = start_worker(redis_server.url, tiny_models, "beta")
+    wait_complete(ledger, job, timeout=120)
+    assert "re-queued" in beta.text()
+    records = [json.loads(line) for line in open_store(store_url).read_text(f"{job}/manifest.jsonl").splitlines()]
+    assert [r["worker"] for r in records] == ["beta"]

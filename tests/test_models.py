@@ -22,9 +22,9 @@ from farm.expand import expand
 from farm.spec import parse_spec
 from farm.store import open_store
 from farm.task import RenderTask
-from model_tree import a1111_tree, comfyui_tree
+from model_tree import a1111_tree, comfyui_tree, run_task
 from worker.pipelines import ModelLoadError, load_pipeline
-from worker.tasks import TaskError, WorkerContext, execute
+from worker.tasks import TaskError, WorkerContext
 
 
 @pytest.fixture(scope="session")
@@ -191,7 +191,7 @@ def test_tiny_sdxl_checkpoint_round_trips_and_renders(tree, tmp_path):
     store = open_store(str(tmp_path / "out"))
     ctx = WorkerContext(models_dir=tree)
     task = _task("tinyxl")
-    assert execute(task, store, ctx)["images"] == 1
+    assert run_task(task, store, ctx)["images"] == 1
     assert _pixels(tmp_path / "out", task).shape == (64, 64, 3)
 
 
@@ -221,7 +221,7 @@ def test_a_pickle_that_runs_code_is_refused_and_never_executed(tree, tmp_path):
     # Through a task, the worker fails the task and carries on.
     ctx = WorkerContext(models_dir=tmp_path / "models", allow_pickle=True)
     with pytest.raises(TaskError, match="refused"):
-        execute(_task("evil"), open_store(str(tmp_path / "out")), ctx)
+        run_task(_task("evil"), open_store(str(tmp_path / "out")), ctx)
     assert not marker.exists()
 
 
@@ -264,6 +264,6 @@ def test_corrupt_and_wrong_files_fail_the_task_with_one_line(tree, tmp_path):
     store = open_store(str(tmp_path / "out"))
     for name, (_, reason) in cases.items():
         with pytest.raises(TaskError, match=f"{name}.safetensors") as info:
-            execute(_task(name), store, ctx)
+            run_task(_task(name), store, ctx)
         assert reason in str(info.value) and "\n" not in str(info.value)
-    assert execute(_task("good"), store, ctx)["images"] == 1  # the worker is still fine
+    assert run_task(_task("good"), store, ctx)["images"] == 1  # the worker is still fine

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from farm.batching import MAX_GROUP, group_tasks
 from farm.celery_app import make_app
 from farm.expand import expand
 from farm.grid import write_sheets
 from farm.jobs import write_job_record
 from farm.spec import JobSpec
-from farm.store import Store, is_done, write_manifest
+from farm.store import Store, write_manifest
 from worker import tasks
 
 
@@ -40,28 +41,39 @@ def run_local(
     store: Store,
     models_dir: Path,
     on_images: Callable[[int], None] = lambda n: None,
+    max_batch: int | None = None,
 ) -> RunSummary:
     """Render every task of the spec that is not yet in the store; then the manifest and sheets.
-    A failing task is reported and the others still render."""
-    tasks.configure(models_dir, name="local")
+    Tasks are grouped and batched as on the farm (farm/batching.py), and images are stored while
+    the next batch renders. A failing task is reported and the others still render."""
+    ctx = tasks.configure(models_dir, name="local", max_batch=max_batch)
     app = make_app()
     render = tasks.register(app)
     write_job_record(store, spec)
     summary = RunSummary(job=spec.job_id)
-    started = time.perf_counter()
-    for task in expand(spec):
-        if is_done(store, task):
+    reported: set[str] = set()
+
+    def finished(task, result: dict, failure: str | None) -> None:  # on the writer thread
+        reported.add(task.id)
+        if failure:
+            summary.failed.append(f"task {task.index} ({task.id}): {failure}")
+        elif result.get("skipped"):
             summary.skipped += task.batch_size
-            on_images(task.batch_size)
-            continue
-        result = render.apply(args=[task.model_dump(), store.url])
-        if result.failed():
-            error = result.result
-            reason = str(error) if isinstance(error, tasks.TaskError) else f"{type(error).__name__}: {error}"
-            summary.failed.append(f"task {task.index} ({task.id}): {reason}")
         else:
-            summary.images += result.result["images"]
+            summary.images += result["images"]
         on_images(task.batch_size)
+
+    ctx.on_finished = finished
+    started = time.perf_counter()
+    for group in group_tasks(expand(spec), MAX_GROUP):
+        result = render.apply(args=[[task.model_dump() for task in group], store.url])
+        if result.failed():  # not a TaskError (those are reported): every task not stored fails
+            ctx.writer.flush()
+            error = result.result
+            for task in group:
+                if task.id not in reported:
+                    finished(task, {}, f"{type(error).__name__}: {error}")
+    ctx.writer.flush()
     summary.seconds = time.perf_counter() - started
     summary.manifest_lines = write_manifest(store, spec.job_id)
     if summary.manifest_lines:

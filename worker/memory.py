@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from farm.routing import pixel_budget
+
 VRAM_MODES = ("auto", "high", "med", "low")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 ATTENTIONS = ("sdpa", "xformers")
@@ -120,3 +122,17 @@ def set_vae_tiling(pipe, profile: MemoryProfile, width: int, height: int) -> Non
         pipe.vae.enable_tiling()
     else:
         pipe.vae.disable_tiling()
+
+
+MAX_AUTO_BATCH = 8  # beyond this a batch buys little speed and delays every image in it
+CPU_BATCH_PIXELS = 2 * 1024 * 1024  # a CPU worker's RAM holds a batch of this many pixels easily
+
+
+def auto_max_batch(profile: MemoryProfile, family: str, width: int, height: int) -> int:
+    """How many images of this size one diffusion call holds on this worker (at least 1), from the
+    same per-card pixel budget that capability routing uses (farm/routing.py)."""
+    if profile.vram_gb <= 0:
+        budget = CPU_BATCH_PIXELS
+    else:
+        budget = pixel_budget(profile.vram_gb, "sdxl" if family == "SDXL" else "sd15")
+    return max(1, min(MAX_AUTO_BATCH, budget // (width * height)))

@@ -1,9 +1,9 @@
 """What a worker does with its model folders for one task: load the checkpoint under the memory
 profile, then put the task's VAE, LoRAs and embeddings on the pipeline for the render only.
 
-`TaskModels.prepared(pipe, task)` is a context manager: it yields the task as the renderer must see
-it (extra-network tags taken out of both prompts, A1111 semantics) and the infotext keys the
-additions earn (`VAE hash`, `VAE`, `Lora hashes`, `TI hashes`). On exit, whatever happened, the
+`TaskModels.prepared(pipe, tasks)` is a context manager: it yields the tasks (of one batch) as the
+renderer must see them (extra-network tags taken out of both prompts, A1111 semantics) and, per
+task, the infotext keys the additions earn (`VAE hash`, `VAE`, `Lora hashes`, `TI hashes`). On exit, whatever happened, the
 pipeline is the bare checkpoint again: LoRA layers unloaded, embedding tokens removed, the
 checkpoint's own VAE back; nothing leaks into the next task.
 """
@@ -38,11 +38,15 @@ class TaskModels:
         return apply_profile(pipe, self.profile)
 
     @contextlib.contextmanager
-    def prepared(self, pipe, task: RenderTask) -> Iterator[tuple[RenderTask, dict[str, str]]]:
-        prompt, networks = extract_extra_networks(task.prompt)
-        negative, _ = extract_extra_networks(task.negative_prompt)  # A1111 applies only the prompt's
+    def prepared(self, pipe, tasks: list[RenderTask]) -> Iterator[tuple[list[RenderTask], list[dict[str, str]]]]:
+        """For tasks with equal batch keys (farm/batching.py: one VAE, one set of LoRAs)."""
+        task = tasks[0]
+        prompts, negatives = [], []
+        for t in tasks:
+            prompts.append(extract_extra_networks(t.prompt)[0])
+            negatives.append(extract_extra_networks(t.negative_prompt)[0])  # A1111 applies only the prompt's
         try:
-            refs = lora_refs(networks)
+            refs = lora_refs(extract_extra_networks(task.prompt)[1])
         except ValueError as e:
             raise ModelLoadError(str(e)) from None
         own_vae = pipe.vae
@@ -52,15 +56,15 @@ class TaskModels:
                 extra.update(self._use_vae(pipe, task.vae, task.vae_hash))
             set_vae_tiling(pipe, self.profile, task.width, task.height)
             lora_hashes = apply_loras(pipe, refs, self.registry, self.allow_pickle)
-            embeddings = used_embeddings(self.registry, [prompt, negative])
-            load_embeddings(pipe, embeddings, self.allow_pickle)
             if lora_hashes:
                 extra["Lora hashes"] = _hash_list(lora_hashes)
-            if embeddings:
-                from farm.checkpoints import sha256_file
-
-                extra["TI hashes"] = _hash_list({n: sha256_file(p)[:12] for n, p in embeddings.items()})
-            yield task.model_copy(update={"prompt": prompt, "negative_prompt": negative}), extra
+            # each task's infotext names the embeddings its own prompts use; the batch loads them all
+            used = [used_embeddings(self.registry, [p, n]) for p, n in zip(prompts, negatives)]
+            load_embeddings(pipe, {name: path for u in used for name, path in u.items()}, self.allow_pickle)
+            params = [{**extra, **_ti_hashes(u)} for u in used]
+            stripped = [t.model_copy(update={"prompt": p, "negative_prompt": n})
+                        for t, p, n in zip(tasks, prompts, negatives)]
+            yield stripped, params
         finally:
             unload_embeddings(pipe)
             remove_loras(pipe)
@@ -84,6 +88,14 @@ class TaskModels:
         pipe.vae = vae
         place(pipe, self.profile)
         return {"VAE hash": digest[:10], "VAE": model.name}
+
+
+def _ti_hashes(embeddings: dict[str, Path]) -> dict[str, str]:
+    if not embeddings:
+        return {}
+    from farm.checkpoints import sha256_file
+
+    return {"TI hashes": _hash_list({n: sha256_file(p)[:12] for n, p in embeddings.items()})}
 
 
 def _hash_list(hashes: dict[str, str]) -> str:

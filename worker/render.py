@@ -10,6 +10,7 @@ clip skip, prompt editing) comes from worker.conditioning.
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,21 +26,37 @@ class RenderError(Exception):
     """A render produced no usable image; the message is one line."""
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One image of a task: image i of its own batch, with seed + i and variation seed subseed + i."""
+
+    task: RenderTask
+    i: int = 0
+
+    @property
+    def seed(self) -> int:
+        return self.task.seed + self.i
+
+    @property
+    def subseed(self) -> int | None:
+        return self.task.subseed + self.i if self.task.subseed is not None else None
+
+
 def _latent_shape(pipe, task: RenderTask) -> tuple[int, int, int]:
     factor = pipe.vae_scale_factor
     return (pipe.unet.config.in_channels, task.height // factor, task.width // factor)
 
 
-def initial_latents(pipe, task: RenderTask) -> torch.Tensor:
+def initial_latents(pipe, slots: list[Slot]) -> torch.Tensor:
     """One noise tensor per image from worker.rng, on the CPU in fp32 (the same numbers on every
     GPU), cast to the UNet's dtype. The pipeline moves them to its execution device itself (which
     also works with CPU offload hooks)."""
-    shape = _latent_shape(pipe, task)
-    resize = (task.seed_resize_width, task.seed_resize_height)
     noise = []
-    for i, seed in enumerate(task.seeds):
-        subseed = task.subseed + i if task.subseed is not None else None
-        noise.append(image_noise(shape, seed, task.rng, subseed, task.subseed_strength, resize))
+    for slot in slots:
+        task = slot.task
+        resize = (task.seed_resize_width, task.seed_resize_height)
+        noise.append(image_noise(_latent_shape(pipe, task), slot.seed, task.rng, slot.subseed,
+                                 task.subseed_strength, resize))
     return torch.stack(noise).to(dtype=pipe.unet.dtype)
 
 
@@ -52,39 +69,43 @@ def step_generator(seed: int, shape: tuple[int, ...]) -> torch.Generator:
     return generator
 
 
-def _batch(positive: torch.Tensor, negative: torch.Tensor, n: int, guided: bool) -> torch.Tensor:
-    """The pipeline's layout of a conditioning tensor: n negatives then n positives under CFG."""
-    pos = positive.repeat(n, *([1] * (positive.dim() - 1)))
-    if not guided:
-        return pos
-    return torch.cat([negative.repeat(n, *([1] * (negative.dim() - 1))), pos])
+def _stack(entries: list[ScheduledPair], what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) conditioning of a batch, one row per image; what: embeds or pooled."""
+    positive = torch.cat([getattr(e.positive, what) for e in entries])
+    negative = torch.cat([getattr(e.negative, what) for e in entries])
+    return positive, negative
 
 
-def _embeds(entry: ScheduledPair) -> dict:
-    kwargs = {"prompt_embeds": entry.positive.embeds, "negative_prompt_embeds": entry.negative.embeds}
-    if entry.positive.pooled is not None:  # SDXL
-        kwargs.update(pooled_prompt_embeds=entry.positive.pooled, negative_pooled_prompt_embeds=entry.negative.pooled)
+def _embeds(entries: list[ScheduledPair]) -> dict:
+    positive, negative = _stack(entries, "embeds")
+    kwargs = {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+    if entries[0].positive.pooled is not None:  # SDXL
+        positive, negative = _stack(entries, "pooled")
+        kwargs.update(pooled_prompt_embeds=positive, negative_pooled_prompt_embeds=negative)
     return kwargs
 
 
-def _switcher(schedule: list[ScheduledPair], current: list[ScheduledPair]):
+def _switcher(schedules: list[list[ScheduledPair]], current: list[ScheduledPair]):
     """A callback_on_step_end that hands the pipeline the next step's conditioning where prompt
-    editing or alternation changes it (diffusers lets the callback replace `prompt_embeds`), and
-    keeps current[0] up to date for the composable guidance."""
-    sdxl = schedule[0].positive.pooled is not None
+    editing or alternation changes it for any image (diffusers lets the callback replace
+    `prompt_embeds`), and keeps current[0] (the first image's entry) up to date for the
+    composable guidance."""
+    sdxl = schedules[0][0].positive.pooled is not None
 
     def on_step_end(pipe, i, t, kwargs):
-        entry = entry_at(schedule, i + 1)
-        if entry is entry_at(schedule, i):
+        entries = [entry_at(schedule, i + 1) for schedule in schedules]
+        if all(e is entry_at(s, i) for e, s in zip(entries, schedules)):
             return {}
-        current[0] = entry
-        embeds = kwargs["prompt_embeds"]
+        current[0] = entries[0]
         guided = pipe.do_classifier_free_guidance
-        n = embeds.shape[0] // (2 if guided else 1)
-        out = {"prompt_embeds": _batch(entry.positive.embeds, entry.negative.embeds, n, guided).to(embeds)}
+
+        def layout(what: str) -> torch.Tensor:  # the pipeline's: negatives then positives under CFG
+            positive, negative = _stack(entries, what)
+            return torch.cat([negative, positive]) if guided else positive
+
+        out = {"prompt_embeds": layout("embeds").to(kwargs["prompt_embeds"])}
         if sdxl:
-            pooled = _batch(entry.positive.pooled, entry.negative.pooled, n, guided)
-            out["add_text_embeds"] = pooled.to(kwargs["add_text_embeds"])
+            out["add_text_embeds"] = layout("pooled").to(kwargs["add_text_embeds"])
         return out
 
     inputs = ["prompt_embeds", "add_text_embeds"] if sdxl else ["prompt_embeds"]
@@ -129,30 +150,77 @@ def composable_guidance(unet, current: list[ScheduledPair], images: int):
 
 
 def render_images(pipe, task: RenderTask) -> list[Image.Image]:
-    """Render all of task.seeds in one pipeline call. Raises RenderError on NaN output."""
+    """Render all of task.seeds (one task's own batch). Raises RenderError."""
+    return render_batch(pipe, [Slot(task, i) for i in range(task.batch_size)])
+
+
+def render_batch(pipe, slots: list[Slot]) -> list[Image.Image]:
+    """Render images of tasks with equal batch keys (farm/batching.py), in as few pipeline calls as
+    their conditioning allows (plan_calls); the images come back in the order of `slots`, each as
+    it would be rendered alone. Raises RenderError on a bad prompt or NaN output."""
+    task = slots[0].task
     if task.width % 8 or task.height % 8:
         raise RenderError(f"width and height must be multiples of 8, got {task.width}x{task.height}")
-    seeds = task.seeds
-    pipe.scheduler = make_scheduler(pipe.scheduler.config, task.sampler, task.schedule, seeds=seeds)
+    schedules: dict[tuple, list[ScheduledPair]] = {}
+    for slot in slots:
+        key = _prompt_key(slot.task)
+        if key not in schedules:
+            try:
+                schedules[key] = conditioning_schedule(pipe, *key, task.steps, task.clip_skip)
+            except ConditioningError as e:
+                raise RenderError(str(e)) from None
+    per_slot = [schedules[_prompt_key(slot.task)] for slot in slots]
+    images: list[Image.Image | None] = [None] * len(slots)
+    for call in plan_calls(per_slot):
+        for k, image in zip(call, _render_call(pipe, [slots[k] for k in call], [per_slot[k] for k in call])):
+            images[k] = image
+    return images
 
-    latents = initial_latents(pipe, task)
-    generators = [step_generator(seed, _latent_shape(pipe, task)) for seed in seeds]
-    try:
-        schedule = conditioning_schedule(pipe, task.prompt, task.negative_prompt, task.steps, task.clip_skip)
-    except ConditioningError as e:
-        raise RenderError(str(e)) from None
-    kwargs = _embeds(schedule[0])
-    current = [schedule[0]]
-    if len(schedule) > 1:
-        callback, inputs = _switcher(schedule, current)
+
+def _prompt_key(task: RenderTask) -> tuple[str, str]:
+    return (task.prompt, task.negative_prompt)
+
+
+def plan_calls(schedules: list[list[ScheduledPair]]) -> list[list[int]]:
+    """Which images share a pipeline call: images of one prompt always can; images of different
+    prompts can when none is composable (`AND`, a weighted part) and all their conditioning
+    tensors have one shape (same number of 75-token chunks), because a batch's rows must stack.
+    Returns lists of indices into `schedules`."""
+    by_prompt: dict[int, list[int]] = {}
+    for k, schedule in enumerate(schedules):
+        by_prompt.setdefault(id(schedule), []).append(k)
+    calls: list[list[int]] = []
+    mixable: dict[tuple, list[int]] = {}
+    for indices in by_prompt.values():
+        schedule = schedules[indices[0]]
+        shapes = {(e.positive.embeds.shape, e.negative.embeds.shape) for e in schedule}
+        if any(e.composable for e in schedule) or len(shapes) > 1:
+            calls.append(indices)
+        else:
+            mixable.setdefault(shapes.pop(), []).extend(indices)
+    return list(mixable.values()) + calls
+
+
+def _render_call(pipe, slots: list[Slot], schedules: list[list[ScheduledPair]]) -> list[Image.Image]:
+    task = slots[0].task
+    seeds = [slot.seed for slot in slots]
+    pipe.scheduler = make_scheduler(pipe.scheduler.config, task.sampler, task.schedule, seeds=seeds)
+    latents = initial_latents(pipe, slots)
+    generators = [step_generator(slot.seed, _latent_shape(pipe, slot.task)) for slot in slots]
+    first = [schedule[0] for schedule in schedules]
+    kwargs = _embeds(first)
+    current = [first[0]]
+    if any(len(schedule) > 1 for schedule in schedules):
+        callback, inputs = _switcher(schedules, current)
         kwargs.update(callback_on_step_end=callback, callback_on_step_end_tensor_inputs=inputs)
-    composable = any(entry.composable for entry in schedule)
-    guidance = composable_guidance(pipe.unet, current, len(seeds)) if composable else nullcontext()
+    # plan_calls gives a composable prompt a call of its own: every image has the same entries
+    composable = any(entry.composable for entry in schedules[0])
+    guidance = composable_guidance(pipe.unet, current, len(slots)) if composable else nullcontext()
 
     with torch.inference_mode(), guidance:
         result = pipe(
             **kwargs,
-            num_images_per_prompt=len(seeds),
+            num_images_per_prompt=1,  # the conditioning has one row per image already
             num_inference_steps=task.steps,
             guidance_scale=task.cfg,
             width=task.width,

@@ -15,14 +15,18 @@ import threading
 import time
 from pathlib import Path
 
+from celery.signals import worker_shutting_down
+
 from farm.celery_app import REFRESH_TASK, make_app
 from farm.config import FarmSettings
+from farm.dispatch import requeue_orphans
 from farm.ledger import BrokerUnreachable, Ledger, connect, safe_url
 from farm.routing import worker_queue
 from worker import steering, tasks
 
 log = logging.getLogger("seedfarm.worker")
 HEARTBEAT_SECONDS = 5
+REAP_SECONDS = 15  # how often each worker looks for tasks held by dead workers (farm/dispatch.py)
 
 
 def device_info() -> dict:
@@ -36,7 +40,8 @@ def device_info() -> dict:
 
 
 def heartbeat_loop(ledger: Ledger, ctx: tasks.WorkerContext, static: dict, stop: threading.Event,
-                   poke=lambda: None) -> None:
+                   poke=lambda: None, reap=lambda: None) -> None:
+    next_reap = time.monotonic() + REAP_SECONDS
     while not stop.is_set():
         current = ctx.current_task
         info = {
@@ -52,6 +57,9 @@ def heartbeat_loop(ledger: Ledger, ctx: tasks.WorkerContext, static: dict, stop:
             ledger.heartbeat(ctx.name, info)
             if current is None:
                 poke()  # an idle worker re-reads the queues now and then: new work, dead peers
+            if time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + REAP_SECONDS
+                reap()
         except Exception as e:  # Redis away for a moment: Celery's own reconnect logs it too
             log.debug("heartbeat failed: %s", e)
         stop.wait(HEARTBEAT_SECONDS)
@@ -71,7 +79,8 @@ def wait_for_redis(url: str):
 
 
 def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_override: str | None,
-               loglevel: str = "INFO", max_pixels: int | None = None, tags: frozenset[str] = frozenset()) -> None:
+               loglevel: str = "INFO", max_pixels: int | None = None, tags: frozenset[str] = frozenset(),
+               max_batch: int | None = None) -> None:
     if gpu is not None:
         # Before torch is imported: this process sees only its own GPU, as device 0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -87,11 +96,13 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     # CUDA_VISIBLE_DEVICES already narrows this process to its GPU: it is device 0 here.
     profile = choose_profile(settings.vram, settings.precision, settings.attention, settings.no_half_vae)
     ledger = Ledger(wait_for_redis(settings.broker_url))
-    ctx = tasks.configure(models, name=name, profile=profile, allow_pickle=settings.allow_pickle)
+    ctx = tasks.configure(models, name=name, profile=profile, allow_pickle=settings.allow_pickle,
+                          max_batch=max_batch)
     import worker.pipelines  # noqa: F401  (quiets transformers' import-time notices)
     import diffusers  # noqa: F401  (seconds to import: paid here, not by the first task)
 
-    static = {"name": name, "host": socket.gethostname(), "pid": os.getpid(), **device_info(), **profile.as_info()}
+    static = {"name": name, "host": socket.gethostname(), "pid": os.getpid(), "life": ctx.life,
+              "max_batch": max_batch or "auto", **device_info(), **profile.as_info()}
     log.info("worker %s: %s, %s GB VRAM, models %s, broker %s", name, static["gpu"], static["vram_gb"],
              models, safe_url(settings.broker_url))
     log.info("memory profile: %s; pickled model files %s", profile.describe(),
@@ -99,6 +110,8 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
 
     app = make_app(settings.broker_url, settings.visibility_timeout, settings.restore_interval)
     tasks.register(app, ledger=ledger, store_override=store_override)
+    # First Ctrl+C: finish the diffusion batch in progress, store it, hand the group's rest back.
+    worker_shutting_down.connect(lambda **_: setattr(ctx, "stopping", True), weak=False)
     home = worker_queue(name)
     vram = float(static["vram_gb"]) if static["gpu"] != "cpu" else None
     steering.install(app, steering.Steering(ledger, ctx, models, vram, max_pixels, tags, home))
@@ -108,7 +121,12 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     poke = lambda: app.send_task(REFRESH_TASK, queue=home, expires=30)  # noqa: E731
     for logger in ("celery.worker.strategy", "celery.app.trace"):  # no log line per wake-up
         logging.getLogger(logger).addFilter(lambda record: REFRESH_TASK not in record.getMessage())
-    beat = threading.Thread(target=heartbeat_loop, args=(ledger, ctx, static, stop, poke), daemon=True)
+
+    def reap() -> None:
+        for task in requeue_orphans(app, ledger):
+            log.warning("re-queued %s: its worker stopped before storing its images", task)
+
+    beat = threading.Thread(target=heartbeat_loop, args=(ledger, ctx, static, stop, poke, reap), daemon=True)
     beat.start()
     try:
         app.worker_main(argv=[
@@ -116,6 +134,7 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
             "--loglevel", loglevel, "--without-mingle", "--without-gossip",
         ])
     finally:
+        ctx.writer.close()  # a warm shutdown stores every rendered image before the process ends
         stop.set()
         try:
             ledger.forget_worker(name)

@@ -1,7 +1,7 @@
 """A stand-in renderer for benchmarks of the farm itself (queueing, routing, stores), not of
 diffusion: set FARM_STANDIN="LOAD_SECONDS,RENDER_SECONDS" on a worker and every checkpoint
 "load" sleeps LOAD_SECONDS and every image "render" sleeps RENDER_SECONDS and yields a gray
-image. Everything else (Redis, the task body, the store, the ledger) is the real thing.
+noise image. Everything else (Redis, the task body, the store, the ledger) is the real thing.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from farm.task import RenderTask
 
 ENV = "FARM_STANDIN"
 
@@ -21,9 +20,12 @@ class StandinPipeline:
     def __init__(self, render_seconds: float):
         self.render_seconds = render_seconds
 
-    def render(self, task: RenderTask) -> list[Image.Image]:
-        time.sleep(self.render_seconds * task.batch_size)
-        return [Image.new("RGB", (task.width, task.height), (128, 128, 128)) for _ in task.seeds]
+    def render(self, slots: list) -> list[Image.Image]:
+        """slots: worker.render.Slot, one per image (of tasks of one size)."""
+        time.sleep(self.render_seconds * len(slots))
+        task = slots[0].task
+        # noise, so that PNG encoding costs at least what a real render's does
+        return [Image.effect_noise((task.width, task.height), 40).convert("RGB") for _ in slots]
 
 
 def standin_loader() -> "callable | None":

@@ -1,0 +1,56 @@
+"""Batching across tasks: which tasks may share one diffusion call, and grouping them into messages.
+
+Tasks that differ only in seed, prompt, variation seed or output name (same checkpoint, size,
+sampler, steps, CFG, clip skip, VAE and LoRAs) can render as one batch. The coordinator puts runs
+of such consecutive tasks into one queue message (a group); the worker that takes it renders the
+group's images in diffusion batches of up to its own max batch (worker/batches.py). Groups stay
+small enough that a job still spreads over every live worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+
+from farm.prompts import extract_extra_networks
+from farm.task import RenderTask
+
+MAX_GROUP = 8  # tasks per message at most
+MESSAGES_PER_WORKER = 4  # a job is cut into at least this many messages per live worker
+
+
+def batch_key(task: RenderTask) -> tuple:
+    """Tasks with equal keys can render in one diffusion call (the images stay as if rendered
+    alone: batch invariance). The prompt's extra-network tags are in the key, because LoRAs are
+    applied to the model, not to one image; the rest of the prompt is not."""
+    return (
+        task.job, task.checkpoint, task.checkpoint_hash, task.width, task.height, task.batch_size,
+        task.sampler, task.schedule, task.steps, task.cfg, task.clip_skip, task.rng,
+        task.vae, task.vae_hash, _networks(task.prompt),
+    )
+
+
+@lru_cache(maxsize=4096)  # a sweep repeats few prompts many times; keeps enqueueing fast
+def _networks(prompt: str) -> tuple:
+    return tuple((n.kind, n.args, n.named) for n in extract_extra_networks(prompt)[1])
+
+
+def group_size(task_count: int, workers: int, max_group: int = MAX_GROUP) -> int:
+    """Tasks per message for a job of task_count tasks on a farm of `workers` live workers: as
+    large as max_group while the job still makes MESSAGES_PER_WORKER messages per worker."""
+    return max(1, min(max_group, task_count // (MESSAGES_PER_WORKER * max(1, workers))))
+
+
+def group_tasks(tasks: Iterable[RenderTask], size: int) -> Iterator[list[RenderTask]]:
+    """Runs of consecutive tasks with equal batch keys, at most `size` per group (streaming)."""
+    group: list[RenderTask] = []
+    key = None
+    for task in tasks:
+        task_key = batch_key(task) if size > 1 else None
+        if group and (len(group) >= size or task_key != key):
+            yield group
+            group = []
+        group.append(task)
+        key = task_key
+    if group:
+        yield group
