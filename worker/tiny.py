@@ -316,6 +316,22 @@ def _split_dim(n: int) -> tuple[int, int]:
     return a, n // a
 
 
+def _lycoris_targets(sdxl: bool, seed: int):
+    """For the LyCORIS makers: a seeded source of small random tensors, and the tiny model's kohya
+    modules as (name, out, in, kernel (empty for linear), kernel taps)."""
+    pipe = tiny_sdxl_pipeline() if sdxl else tiny_pipeline()
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator) * 0.5
+
+    targets = []
+    for module, weight in _kohya_targets(pipe, sdxl, convs=True).items():
+        out_dim, in_dim, *kernel = weight.shape
+        targets.append((module, out_dim, in_dim, kernel, kernel[0] * kernel[1] if kernel else 1))
+    return randn, targets
+
+
 def make_tiny_loha(models_dir: Path, name: str, sdxl: bool = False, seed: int = 1, rank: int = 4,
                    tucker: bool = True, locon_convs: bool = False) -> Path:
     """A LyCORIS LoHa file (kohya names, as make_tiny_lora) for the tiny model under
@@ -323,16 +339,9 @@ def make_tiny_loha(models_dir: Path, name: str, sdxl: bool = False, seed: int = 
     rank/2 (scale 0.5). With tucker, 3x3 convs are Tucker-decomposed instead: hada_t1/t2 (r, r, 3, 3),
     a (r, out), b (r, in). With locon_convs the convolutions are plain LoCon modules
     (lora_up/lora_down) instead, a file that mixes module kinds."""
-    pipe = tiny_sdxl_pipeline() if sdxl else tiny_pipeline()
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator) * 0.5
-
+    randn, targets = _lycoris_targets(sdxl, seed)
     state = {}
-    for module, weight in _kohya_targets(pipe, sdxl, convs=True).items():
-        out_dim, in_dim, *kernel = weight.shape
-        taps = kernel[0] * kernel[1] if kernel else 1
+    for module, out_dim, in_dim, kernel, taps in targets:
         if kernel and locon_convs:
             state[f"{module}.lora_down.weight"] = randn(rank, in_dim, *kernel)
             state[f"{module}.lora_up.weight"] = randn(out_dim, rank, 1, 1)
@@ -357,16 +366,9 @@ def make_tiny_lokr(models_dir: Path, name: str, sdxl: bool = False, seed: int = 
     lokr_w2 (b, d, kh, kw) without factor_w2, else lokr_w2_a (b, r) @ lokr_w2_b (r, d*kh*kw), or
     with tucker (3x3 convs) lokr_t2 (r, r, 3, 3), lokr_w2_a (r, b), lokr_w2_b (r, d). alpha = rank/2:
     scale 0.5 where a side is factorised, 1 where both are full (LyCORIS/A1111)."""
-    pipe = tiny_sdxl_pipeline() if sdxl else tiny_pipeline()
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator) * 0.5
-
+    randn, targets = _lycoris_targets(sdxl, seed)
     state = {}
-    for module, weight in _kohya_targets(pipe, sdxl, convs=True).items():
-        out_dim, in_dim, *kernel = weight.shape
-        taps = kernel[0] * kernel[1] if kernel else 1
+    for module, out_dim, in_dim, kernel, taps in targets:
         (a, b), (c, d) = _split_dim(out_dim), _split_dim(in_dim)
         if factor_w1:
             state[f"{module}.lokr_w1_a"] = randn(a, rank)
