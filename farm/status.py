@@ -94,6 +94,8 @@ def list_workers(ledger: Ledger) -> None:
     for w in ledger.workers():
         ago = now - float(w.get("last_seen", now))
         profile = " ".join(w[k] for k in ("profile", "precision") if w.get(k))
+        if w.get("max_batch"):
+            profile += f", batch {w['max_batch']}"
         table.add_row(w.get("name", ""), w.get("host", ""), w.get("gpu", ""), w.get("vram_gb", ""), profile,
                       w.get("checkpoint", ""), w.get("images_done", "0"), w.get("loads", "0"),
                       w.get("load_seconds", "0"), w.get("task", ""), f"{ago:.0f} s ago")

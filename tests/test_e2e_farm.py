@@ -106,6 +106,7 @@ def test_job_completes_on_two_workers(backend, redis_server, tiny_models, two_wo
     wait_for(lambda: all(w.get("checkpoint") == "seedfarm-tiny" for w in ledger.workers()), 15, "heartbeats")
     live = farm("workers", "--broker", redis_server.url).stdout
     assert "alpha" in live and "beta" in live and "seedfarm-tiny" in live and "cpu" in live
+    assert "batch auto" in live
     # both PCs took part
     records = [json.loads(x) for x in open_store(store_url).read_text(f"{job}/manifest.jsonl").splitlines()]
     assert {r["worker"] for r in records} == {"alpha", "beta"}
