@@ -3,6 +3,7 @@ a folder store and an S3 endpoint (moto's server on 127.0.0.1) reached through b
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -73,6 +74,17 @@ def check_complete_job(store_url: str, job: str, expected: int = 24) -> None:
     sheets = list(store.list_keys(f"{job}/sheets/"))
     assert sheets, "contact sheets were built"
     assert {r["worker"] for r in records} <= {"alpha", "beta", "early"}
+
+
+def queued_tasks(r, ledger: Ledger) -> int:
+    """Render tasks waiting in the route queues: each kombu message's body (base64 JSON) holds
+    [args, kwargs, options], and args[0] is the message's group of tasks."""
+    count = 0
+    for queue in ledger.routes():
+        for raw in r.lrange(queue, 0, -1):
+            args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
+            count += len(args[0])
+    return count
 
 
 @pytest.fixture
@@ -188,6 +200,26 @@ def test_ctrl_c_finishes_the_current_task_before_exiting(redis_server, tiny_mode
     assert task_id in {r["task_id"] for r in records}
     assert task_id not in ledger.status(job).running
     assert ledger.status(job).done == len(records)
+
+
+def test_ctrl_c_mid_group_hands_the_rest_of_the_group_back(redis_server, tiny_models, start_worker, tmp_path):
+    store_url = str(tmp_path / "renders")
+    solo = start_worker(redis_server.url, tiny_models, "alpha", args=("--max-batch", "1"))
+    solo.wait_ready()
+    job = submit(write_spec(tmp_path, steps=12), redis_server.url, store_url, tiny_models)  # 4 groups of 6
+    ledger = Ledger(redis_server.client())
+    wait_for(lambda: ledger.status(job).done >= 1, 60, "a first image")
+    solo.proc.send_signal(signal.SIGINT)
+    assert solo.proc.wait(60) == 0
+    assert "handed" in solo.text() and "task(s) back to the queue" in solo.text()
+    status = ledger.status(job)
+    assert status.running == {} and status.done < 24
+    # every task is done or waiting in a queue again: nothing is lost, nothing is held
+    assert queued_tasks(redis_server.client(), ledger) + status.done == 24
+    beta = start_worker(redis_server.url, tiny_models, "beta")
+    wait_complete(ledger, job)
+    check_complete_job(store_url, job)
+    assert beta.proc.poll() is None
 
 
 def test_cancel_stops_remaining_tasks(redis_server, tiny_models, start_worker, tmp_path):
