@@ -1,5 +1,9 @@
 """The render task: the one body that `farm run` (in process) and `farm worker` (via Redis) execute.
 
+A message carries a group of tasks that can share diffusion batches (farm/batching.py); the worker
+renders them in batches of its max batch and hands each batch's images to the writer thread
+(worker/writer.py), which stores them while the next batch renders.
+
 A task is idempotent: its images are named by task id and seed, and a task whose records are all in
 the store is skipped, so a redelivery after a crash never renders or records an image twice.
 """

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 log = logging.getLogger("seedfarm.worker")
 RETRY_DELAYS = (2.0, 10.0, 30.0)  # seconds before each new try of a failed write
@@ -30,13 +30,12 @@ class Batch:
 
     writes: list[Callable[[], None]]  # each stores one image and its record
     done: Callable[[str | None], None]  # called with None, or the reason the writes failed
-    seconds: float = field(default=0.0, init=False)  # time spent writing, for the log and benchmarks
 
 
 class ImageWriter:
     def __init__(self, max_pending: int = 2, retry_delays: tuple[float, ...] = RETRY_DELAYS):
         self.retry_delays = retry_delays
-        self.write_seconds = 0.0  # total, for benchmarks
+        self.write_seconds = 0.0  # total time spent writing, for benchmarks/overlap.py
         self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._run, name="image-writer", daemon=True)
         self._thread.start()
@@ -71,8 +70,7 @@ class ImageWriter:
             failure = self._try(write)
             if failure:
                 break
-        batch.seconds = time.perf_counter() - started
-        self.write_seconds += batch.seconds
+        self.write_seconds += time.perf_counter() - started
         try:
             batch.done(failure)
         except Exception:  # e.g. Redis away while reporting: the reaper or `farm resume` repairs it
