@@ -15,6 +15,7 @@ Keys, all under `farm:`:
   job:{id}:sheets-claim     set once, by the worker that builds the contact sheets
   worker:{name}             hash with a short TTL, refreshed by each live worker's heartbeat
   routes                    hash: queue name -> route JSON (farm/routing.py), for workers to choose
+  routes-seen               sorted set: queue name -> when a job last queued on it (for pruning)
 """
 
 from __future__ import annotations
@@ -62,6 +63,19 @@ end
 return 0
 """
 REAP_CLAIM_TTL = 60  # one reaper re-queues a task; another may try again after this
+
+# Forgets a route only if its queue is still empty and nothing was queued on it since the cutoff
+# (a submit registers its routes before it publishes).
+_PRUNE_LUA = """
+local seen = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
+if redis.call('LLEN', KEYS[3]) == 0 and seen <= tonumber(ARGV[2]) then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+ROUTE_IDLE_SECONDS = 3600
 
 
 class BrokerUnreachable(Exception):
@@ -125,6 +139,7 @@ class Ledger:
         self.r = client
         self._finish = client.register_script(_FINISH_LUA)
         self._release = client.register_script(_RELEASE_LUA)
+        self._prune = client.register_script(_PRUNE_LUA)
 
     # --- jobs -------------------------------------------------------------------------------
     def register_job(self, job: str, info: dict, done: set[str] = frozenset()) -> None:
@@ -233,7 +248,19 @@ class Ledger:
     # --- routes ---------------------------------------------------------------------------------
     def register_routes(self, routes: list[Route]) -> None:
         if routes:
-            self.r.hset(f"{PREFIX}routes", mapping={r.queue: r.to_json() for r in routes})
+            pipe = self.r.pipeline()
+            pipe.hset(f"{PREFIX}routes", mapping={r.queue: r.to_json() for r in routes})
+            pipe.zadd(f"{PREFIX}routes-seen", {r.queue: time.time() for r in routes})
+            pipe.execute()
+
+    def prune_routes(self, idle_seconds: float = ROUTE_IDLE_SECONDS) -> list[str]:
+        """Forget routes whose queue is empty and on which nothing was queued for idle_seconds, so
+        that a long-lived farm's list of routes (every priority x checkpoint x size x tags ever
+        used) does not grow without end. Returns the queue names forgotten."""
+        stale = self.r.zrangebyscore(f"{PREFIX}routes-seen", "-inf", time.time() - idle_seconds)
+        routes = [f"{PREFIX}routes", f"{PREFIX}routes-seen"]
+        cutoff = time.time() - idle_seconds
+        return [q for q in stale if self._prune(keys=[*routes, q], args=[q, cutoff])]
 
     def routes(self) -> dict[str, Route]:
         return {q: Route.from_json(v) for q, v in self.r.hgetall(f"{PREFIX}routes").items()}

@@ -341,3 +341,19 @@ def test_a_worker_switched_off_after_the_ack_but_before_storing_loses_nothing(re
     assert "re-queued" in beta.text()
     records = [json.loads(line) for line in open_store(store_url).read_text(f"{job}/manifest.jsonl").splitlines()]
     assert [r["worker"] for r in records] == ["beta"]
+
+
+def test_routes_unused_for_an_hour_and_empty_are_forgotten(redis_server):
+    from farm.routing import Route
+
+    ledger = Ledger(redis_server.client())
+    r = redis_server.client()
+    idle, busy, recent = (Route("normal", name, None, 4096, ()) for name in ("idle", "busy", "recent"))
+    ledger.register_routes([idle, busy, recent])
+    hour_ago = time.time() - 3700
+    r.zadd("farm:routes-seen", {idle.queue: hour_ago, busy.queue: hour_ago})
+    r.rpush(busy.queue, "a message")  # tasks still wait on it
+    assert ledger.prune_routes() == [idle.queue]
+    assert set(ledger.routes()) == {busy.queue, recent.queue}
+    ledger.register_routes([idle])  # a new job on it brings it back
+    assert idle.queue in ledger.routes()

@@ -122,9 +122,10 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     for logger in ("celery.worker.strategy", "celery.app.trace"):  # no log line per wake-up
         logging.getLogger(logger).addFilter(lambda record: REFRESH_TASK not in record.getMessage())
 
-    def reap() -> None:
+    def reap() -> None:  # also the time to forget routes unused for an hour
         for task in requeue_orphans(app, ledger):
             log.warning("re-queued %s: its worker stopped before storing its images", task)
+        ledger.prune_routes()
 
     beat = threading.Thread(target=heartbeat_loop, args=(ledger, ctx, static, stop, poke, reap), daemon=True)
     beat.start()
