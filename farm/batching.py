@@ -17,6 +17,7 @@ from farm.task import RenderTask
 
 MAX_GROUP = 8  # tasks per message at most
 MESSAGES_PER_WORKER = 4  # a job is cut into at least this many messages per live worker
+WORKERS_WHEN_NONE_LIVE = 4  # a job queued before its workers start: assume a small farm
 
 
 def batch_key(task: RenderTask) -> tuple:
@@ -38,7 +39,8 @@ def _networks(prompt: str) -> tuple:
 def group_size(task_count: int, workers: int, max_group: int = MAX_GROUP) -> int:
     """Tasks per message for a job of task_count tasks on a farm of `workers` live workers: as
     large as max_group while the job still makes MESSAGES_PER_WORKER messages per worker."""
-    return max(1, min(max_group, task_count // (MESSAGES_PER_WORKER * max(1, workers))))
+    workers = workers or WORKERS_WHEN_NONE_LIVE
+    return max(1, min(max_group, task_count // (MESSAGES_PER_WORKER * workers)))
 
 
 def group_tasks(tasks: Iterable[RenderTask], size: int) -> Iterator[list[RenderTask]]:

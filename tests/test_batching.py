@@ -71,6 +71,8 @@ def test_group_size_keeps_every_live_worker_busy():
     assert group_size(24, 8) == 1
     assert group_size(10_000, 3) == MAX_GROUP
     assert group_size(0, 0) == 1
+    assert group_size(24, 0) == 1  # queued before any worker started: do not bet on one worker
+    assert group_size(256, 0) == MAX_GROUP
 
 
 # --- the worker side: one diffusion call for many tasks ------------------------------------------
