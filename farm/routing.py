@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
@@ -48,7 +49,10 @@ class Route:
     def queue(self) -> str:
         """A queue name people can read in redis-cli, unique per route."""
         digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
-        return f"{QUEUE_PREFIX}{PRIORITIES[self.priority]}.{self.checkpoint}.{self.pixels}.{digest}"
+        # a checkpoint may be `sub/name`, `org/name` or hold spaces: readable, not verbatim (the digest
+        # keeps names unique)
+        name = re.sub(r"[^\w.-]+", "_", self.checkpoint)
+        return f"{QUEUE_PREFIX}{PRIORITIES[self.priority]}.{name}.{self.pixels}.{digest}"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -14,6 +14,9 @@ def test_queue_names_are_readable_and_unique_per_route():
     assert a.queue.startswith("farm.1.dream.4096.") and a.queue != b.queue
     assert Route.from_json(a.to_json()) == a
     assert route("x", "high").queue.startswith("farm.0.") and route("x", "low").queue.startswith("farm.2.")
+    # sub/name, hub ids and spaces stay readable, and two such names never share a queue
+    assert route("SDXL/my model v2").queue.startswith("farm.1.SDXL_my_model_v2.4096.")
+    assert route("org/name").queue != route("org_name").queue
 
 
 def test_capabilities_refuse_what_a_worker_cannot_render():
