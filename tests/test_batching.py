@@ -226,3 +226,32 @@ def test_a_write_that_keeps_failing_fails_the_task_and_a_flaky_one_is_retried():
     assert outcomes[0] is None
     assert outcomes[1] == "storing the image failed: OSError: bucket gone"
 
+
+
+def test_out_of_gpu_memory_halves_the_batch_and_remembers_it(models, tmp_path, monkeypatch):
+    import torch
+
+    import worker.render
+
+    real = worker.render.render_batch
+    calls = []
+
+    def small_card(pipe, slots):  # a card where only 2 of these images fit at once
+        calls.append(len(slots))
+        if len(slots) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(pipe, slots)
+
+    monkeypatch.setattr(worker.render, "render_batch", small_card)
+    store = open_store(str(tmp_path / "out"))
+    ctx = WorkerContext(models_dir=models, max_batch=8)
+    tasks = [_task(i, seed=i) for i in range(5)]
+    counts, _ = render_tasks(tasks, store, ctx, lambda t, s, f: None)
+    ctx.writer.flush()
+    assert counts["images"] == 5 and calls == [5, 4, 2, 2, 1]
+    records = [json.loads(store.read_bytes(k)) for k in store.list_keys("batch/records/")]
+    assert sorted(r["render_batch"] for r in records) == [1, 2, 2, 2, 2]
+    more = [_task(i, seed=i) for i in range(5, 8)]
+    calls.clear()
+    render_tasks(more, store, ctx, lambda t, s, f: None)  # the next group starts at what fitted
+    assert calls == [2, 1]

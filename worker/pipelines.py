@@ -329,7 +329,7 @@ class PipelineCache:
             # Evict before loading so two big models are never in (GPU) memory at once.
             while len(self._pipes) >= self.keep:
                 self._pipes.popitem(last=False)
-                _free_memory()
+                free_memory()
             start = time.perf_counter()
             pipe = self._loader(path)
             self.load_seconds[path] = time.perf_counter() - start
@@ -346,7 +346,7 @@ class PipelineCache:
     def clear(self) -> None:
         with self._lock:
             self._pipes.clear()
-            _free_memory()
+            free_memory()
 
 
 def _stamp(path: Path) -> tuple:
@@ -359,7 +359,8 @@ def _stamp(path: Path) -> tuple:
         return (-1, -1)  # the loader reports the missing file
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
+    """Give freed tensors' memory back (after dropping a pipeline, or a render out of GPU memory)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

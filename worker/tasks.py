@@ -61,6 +61,7 @@ class WorkerContext:
     profile: object = None  # worker.memory.MemoryProfile; None: chosen from the hardware
     task_models: object = None  # worker.prepare.TaskModels, created with the cache
     max_batch: int | None = None  # images per diffusion call; None: picked from VRAM and size
+    batch_limits: dict = field(default_factory=dict)  # (checkpoint, w, h) -> max batch after running out of memory
     writer: ImageWriter = field(default_factory=ImageWriter)  # stores images while the next renders
     on_finished: Callable | None = None  # `farm run`: told of each finished task (see register)
     stopping: bool = False  # set by a warm shutdown (Ctrl+C): stop between diffusion batches
@@ -180,7 +181,9 @@ def _render_run(progress: list[_Progress], store: Store, ctx: WorkerContext, fin
                 stop: Callable[[], bool]) -> None:
     from worker.lora import pipeline_family
     from worker.memory import auto_max_batch
-    from worker.pipelines import ModelLoadError
+    from torch.cuda import OutOfMemoryError
+
+    from worker.pipelines import ModelLoadError, free_memory
     from worker.render import RenderError, Slot, render_batch
     from worker.standin import StandinPipeline
 
@@ -210,15 +213,30 @@ def _render_run(progress: list[_Progress], store: Store, ctx: WorkerContext, fin
         # The run's VAE, LoRAs and embeddings, on the pipeline for these renders only.
         with prepared as (stripped, params):  # tasks with the tags out of their prompts; infotext keys
             as_rendered = {p.task.id: (t, extra) for p, t, extra in zip(progress, stripped, params)}
-            for start in range(0, len(slots), size):
+            limit = (str(path), first.width, first.height)
+            size = min(size, ctx.batch_limits.get(limit, size))
+            start = 0
+            while start < len(slots):
                 if start and stop():  # the first batch always renders: the task the worker is on
                     break
                 chunk = slots[start : start + size]
                 started = time.perf_counter()
                 batch = [Slot(as_rendered[p.task.id][0], i) for p, i in chunk]
-                images = pipe.render(batch) if isinstance(pipe, StandinPipeline) else render_batch(pipe, batch)
+                try:
+                    images = pipe.render(batch) if isinstance(pipe, StandinPipeline) else render_batch(pipe, batch)
+                except OutOfMemoryError:
+                    if size == 1:
+                        raise
+                    # The size guessed from VRAM did not fit (another program on the card, a big
+                    # LoRA ...): half as many images per call, for this checkpoint and size from now on.
+                    size = ctx.batch_limits[limit] = size // 2
+                    log.warning("out of GPU memory with %d images of %dx%d; %d per call from now on",
+                                len(chunk), first.width, first.height, size)
+                    free_memory()
+                    continue
                 seconds = (time.perf_counter() - started) / len(chunk)
                 _store_later(chunk, images, seconds, len(chunk), as_rendered, store, ctx, finished)
+                start += len(chunk)
     except (RenderError, ModelLoadError) as e:
         raise TaskError(str(e)) from None
 
