@@ -1,11 +1,11 @@
-"""What a worker does with its model folders for one task: load the checkpoint under the memory
+"""What a worker does with its model folders for a task (or a batch of tasks): load the checkpoint under the memory
 profile, then put the task's VAE, LoRAs and embeddings on the pipeline for the render only.
 
 `TaskModels.prepared(pipe, tasks)` is a context manager: it yields the tasks (of one batch) as the
 renderer must see them (extra-network tags taken out of both prompts, A1111 semantics) and, per
-task, the infotext keys the additions earn (`VAE hash`, `VAE`, `Lora hashes`, `TI hashes`). On exit, whatever happened, the
-pipeline is the bare checkpoint again: LoRA layers unloaded, embedding tokens removed, the
-checkpoint's own VAE back; nothing leaks into the next task.
+task, the infotext keys the additions earn (`VAE hash`, `VAE`, `Lora hashes`, `TI hashes`). On
+exit, whatever happened, the pipeline is the bare checkpoint again: LoRA layers unloaded,
+embedding tokens removed, the checkpoint's own VAE back; nothing leaks into the next task.
 """
 
 from __future__ import annotations
