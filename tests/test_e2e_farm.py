@@ -186,12 +186,17 @@ def test_duplicate_delivery_of_a_finished_task_leaves_one_image(redis_server, ti
     assert ledger.job_info(job)["status"] == "complete"
 
 
-def test_ctrl_c_finishes_the_current_task_before_exiting(redis_server, tiny_models, start_worker, tmp_path):
+def slow_job_on_one_worker(redis_server, tiny_models, start_worker, tmp_path, *worker_args: str):
+    """One worker "alpha", then the 24-task job at 12 steps: (worker, job, ledger, store URL)."""
     store_url = str(tmp_path / "renders")
-    solo = start_worker(redis_server.url, tiny_models, "alpha")
-    solo.wait_ready()
+    worker = start_worker(redis_server.url, tiny_models, "alpha", args=worker_args)
+    worker.wait_ready()
     job = submit(write_spec(tmp_path, steps=12), redis_server.url, store_url, tiny_models)
-    ledger = Ledger(redis_server.client())
+    return worker, job, Ledger(redis_server.client()), store_url
+
+
+def test_ctrl_c_finishes_the_current_task_before_exiting(redis_server, tiny_models, start_worker, tmp_path):
+    solo, job, ledger, store_url = slow_job_on_one_worker(redis_server, tiny_models, start_worker, tmp_path)
     task_id = wait_for(lambda: next(iter(ledger.status(job).running), None), 60, "a task to start")
     solo.proc.send_signal(signal.SIGINT)
     assert solo.proc.wait(60) == 0
@@ -203,11 +208,9 @@ def test_ctrl_c_finishes_the_current_task_before_exiting(redis_server, tiny_mode
 
 
 def test_ctrl_c_mid_group_hands_the_rest_of_the_group_back(redis_server, tiny_models, start_worker, tmp_path):
-    store_url = str(tmp_path / "renders")
-    solo = start_worker(redis_server.url, tiny_models, "alpha", args=("--max-batch", "1"))
-    solo.wait_ready()
-    job = submit(write_spec(tmp_path, steps=12), redis_server.url, store_url, tiny_models)  # 4 groups of 6
-    ledger = Ledger(redis_server.client())
+    # 4 groups of 6 tasks, one image per call
+    solo, job, ledger, store_url = slow_job_on_one_worker(redis_server, tiny_models, start_worker, tmp_path,
+                                                          "--max-batch", "1")
     wait_for(lambda: ledger.status(job).done >= 1, 60, "a first image")
     solo.proc.send_signal(signal.SIGINT)
     assert solo.proc.wait(60) == 0
@@ -223,11 +226,7 @@ def test_ctrl_c_mid_group_hands_the_rest_of_the_group_back(redis_server, tiny_mo
 
 
 def test_cancel_stops_remaining_tasks(redis_server, tiny_models, start_worker, tmp_path):
-    store_url = str(tmp_path / "renders")
-    worker = start_worker(redis_server.url, tiny_models, "alpha")
-    worker.wait_ready()
-    job = submit(write_spec(tmp_path, steps=12), redis_server.url, store_url, tiny_models)
-    ledger = Ledger(redis_server.client())
+    worker, job, ledger, store_url = slow_job_on_one_worker(redis_server, tiny_models, start_worker, tmp_path)
     wait_for(lambda: ledger.status(job).done >= 1, 60, "a first image")
     result = farm("cancel", job, "--broker", redis_server.url)
     assert result.returncode == 0, result.stderr
