@@ -1,4 +1,5 @@
-"""The local store (atomic writes, concurrent writers) and a job's layout in it."""
+"""The store backends (the folder's atomic writes and concurrent writers; the in-memory store's
+contract) and a job's layout in a store."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from farm.store import (
     TEMP_PREFIX,
     LocalStore,
+    MemoryStore,
     image_key,
     image_record,
     is_done,
@@ -23,6 +25,7 @@ from farm.store import (
     save_image,
     write_manifest,
 )
+from farm.store import layout
 from farm.task import RenderTask
 
 # fork starts a process in milliseconds; elsewhere spawn (the workers are top-level functions).
@@ -58,8 +61,14 @@ def test_open_store_paths_and_urls(tmp_path):
         open_store("http://example.com/x")
 
 
-def test_write_read_exists_list_delete_describe(tmp_path):
-    store = LocalStore(tmp_path)
+@pytest.fixture(params=["folder", "memory"])
+def any_store(request, tmp_path):
+    """Each backend that needs no server; S3's run of the same contract is tests/test_store_s3.py."""
+    return LocalStore(tmp_path) if request.param == "folder" else MemoryStore()
+
+
+def test_write_read_exists_list_delete(any_store):
+    store = any_store
     store.write_bytes("j/images/a.png", b"A")
     store.write_bytes("j/images/b.png", b"B")
     store.write_bytes("j/imagesX/c.png", b"C")
@@ -71,18 +80,44 @@ def test_write_read_exists_list_delete_describe(tmp_path):
     assert list(store.list_keys("j/images")) == ["j/images/a.png", "j/images/b.png", "j/imagesX/c.png"]
     assert list(store.list_keys()) == ["j/images/a.png", "j/images/b.png", "j/imagesX/c.png", "j/job.json"]
     assert list(store.list_keys("nothing/here/")) == []
-    assert store.describe("j/images/a.png") == str(tmp_path / "j" / "images" / "a.png")
+    store.write_bytes("j/images/b.png", b"B2")
+    assert store.read_bytes("j/images/b.png") == b"B2", "a write replaces the object whole"
     store.delete("j/images/a.png")
     store.delete("j/images/a.png")  # already gone: no error, as on S3
-    assert not (tmp_path / "j" / "images" / "a.png").exists()
+    assert not store.exists("j/images/a.png")
     with pytest.raises(FileNotFoundError):
         store.read_bytes("j/images/a.png")
 
 
+def test_describe_says_where_an_object_lives(tmp_path):
+    assert LocalStore(tmp_path).describe("j/images/a.png") == str(tmp_path / "j" / "images" / "a.png")
+    store = MemoryStore("described")
+    assert store.describe() == store.url == "memory://described"
+    assert store.describe("j/x.png") == "memory://described/j/x.png"
+
+
+def test_a_memory_store_is_reopened_by_its_url_while_someone_holds_it():
+    store = MemoryStore()
+    store.write_bytes("j/a.png", b"A")
+    assert open_store(store.url) is store
+    again = open_store("memory://tests-fresh")
+    assert isinstance(again, MemoryStore) and list(again.list_keys()) == []
+    with pytest.raises(ValueError, match="exists already"):
+        MemoryStore("tests-fresh")
+    del again
+    assert list(open_store("memory://tests-fresh").list_keys()) == [], "gone once nobody holds it"
+    data = bytearray(b"before")
+    store.write_bytes("j/b.bin", data)
+    data[:] = b"after!"
+    assert store.read_bytes("j/b.bin") == b"before", "the store keeps its own copy"
+
+
 @pytest.mark.parametrize("key", ["", "/abs", "a//b", "../x", "a/./b", "a\\b", f"a/{TEMP_PREFIX}x"])
-def test_bad_keys_are_refused(tmp_path, key):
+def test_bad_keys_are_refused(any_store, key):
     with pytest.raises(ValueError, match="bad store key"):
-        LocalStore(tmp_path).write_bytes(key, b"x")
+        any_store.write_bytes(key, b"x")
+    with pytest.raises(ValueError, match="bad store key"):
+        any_store.read_bytes(key)
 
 
 def test_overwrite_replaces_and_leaves_no_temp_files(tmp_path):
@@ -154,9 +189,22 @@ def test_concurrent_writers_never_show_a_partial_object(tmp_path):
 
 
 def test_keys_of_the_job_layout():
+    """The keys stores written by earlier versions hold: `farm resume` and the review page read them."""
+    assert layout.job_spec_key("j") == "j/job.yaml" and layout.job_record_key("j") == "j/job.json"
     assert image_key("j", "s") == "j/images/s.png"
-    assert record_key("j", "s") == "j/records/s.json"
+    assert record_key("j", "s") == "j/records/s.json" and layout.records_prefix("j") == "j/records/"
     assert manifest_key("j") == "j/manifest.jsonl"
+    assert layout.sheet_key("j", "sheet-cfg=7") == "j/sheets/sheet-cfg=7.png"
+    assert layout.mark_key("j", "1-7.5-ab") == "j/review/marks/1-7.5-ab.json"
+    assert layout.mark_stem("j", "j/review/marks/1-7.5-ab.json") == "1-7.5-ab"
+    assert layout.review_file_key("j", "index.html") == "j/review/index.html"
+    assert layout.image_path("1-7.5-ab") == "images/1-7.5-ab.png"
+    assert layout.image_stem("images/1-7.5-ab.png") == "1-7.5-ab"
+    assert layout.job_file_key("j", "images/1-7.5-ab.png") == image_key("j", "1-7.5-ab")
+    assert layout.input_key("j", "init.png") == "j/inputs/init.png" and layout.model_key("x") == "models/x"
+    assert layout.job_of("j/records/s.json") == ("j", "records/s.json")
+    assert layout.is_record_path("records/s.json") and not layout.is_record_path("images/s.png")
+    assert layout.is_job_record_path("job.json") and not layout.is_job_record_path("job.yaml")
 
 
 def test_image_record_fields():
@@ -185,9 +233,9 @@ def test_image_record_adds_the_seed_axis_for_batches_and_seed_sweeps():
     assert image_record(make_task(checkpoint_hash=None), 100, "", 1.0, "w")["model_hash"] is None
 
 
-class RecordingStore(LocalStore):
-    def __init__(self, root):
-        super().__init__(root)
+class RecordingStore(MemoryStore):
+    def __init__(self):
+        super().__init__()
         self.order: list[str] = []
 
     def write_bytes(self, key, data):
@@ -195,8 +243,8 @@ class RecordingStore(LocalStore):
         self.order.append(key)
 
 
-def test_save_image_writes_the_png_before_its_record_and_is_done_counts_every_seed(tmp_path):
-    store = RecordingStore(tmp_path)
+def test_save_image_writes_the_png_before_its_record_and_is_done_counts_every_seed():
+    store = RecordingStore()
     task = make_task(batch_size=2)
     assert not is_done(store, task)
     save_image(store, task, 100, b"png100", image_record(task, 100, "t", 1.0, "w"))
@@ -209,8 +257,8 @@ def test_save_image_writes_the_png_before_its_record_and_is_done_counts_every_se
     assert not is_done(store, make_task(index=1))
 
 
-def test_load_records_in_expansion_order_once_per_image(tmp_path):
-    store = LocalStore(tmp_path)
+def test_load_records_in_expansion_order_once_per_image():
+    store = MemoryStore()
     tasks = [make_task(index=i, batch_size=2) for i in (2, 0, 1)]
     for task in tasks:
         for seed in reversed(task.seeds):
@@ -221,8 +269,8 @@ def test_load_records_in_expansion_order_once_per_image(tmp_path):
     assert load_records(store, "other-job") == []
 
 
-def test_corrupt_record_is_a_clear_error(tmp_path):
-    store = LocalStore(tmp_path)
+def test_corrupt_record_is_a_clear_error():
+    store = MemoryStore()
     store.write_bytes("job1/records/x.json", b"{not json")
     with pytest.raises(ValueError, match=r"records.x\.json: not a valid image record"):
         load_records(store, "job1")

@@ -1,0 +1,66 @@
+"""The store interface: a flat key -> bytes store, the same on a folder, a bucket or in memory.
+
+Keys are always '/'-separated paths relative to the store root, the same on a folder and on an
+S3 bucket (`s3://bucket/prefix`). Which key holds what is spelled in farm/store/layout.py.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+# Temp files of atomic writes start with this; listings skip them and keys may not use it.
+TEMP_PREFIX = ".seedfarm-tmp-"
+
+
+def check_key(key: str) -> str:
+    """A key is a relative '/'-separated path with no empty, '.' or '..' parts."""
+    parts = key.split("/")
+    if (
+        not key
+        or "\\" in key
+        or any(p in ("", ".", "..") for p in parts)
+        or any(p.startswith(TEMP_PREFIX) for p in parts)
+    ):
+        raise ValueError(f"bad store key {key!r}: expected a relative path like 'job/images/x.png'")
+    return key
+
+
+class Store(ABC):
+    """A flat key -> bytes store. Writes are atomic: a reader sees the old object, the new one, or
+    none, never a part."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str: ...
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """The object's bytes; FileNotFoundError when there is none."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        """Keys starting with `prefix` (a plain string prefix, as on S3), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; no error when it is already gone (as on S3)."""
+
+    @abstractmethod
+    def describe(self, key: str = "") -> str:
+        """Where the object lives, for people: a path, or a URL."""
+
+    def write_text(self, key: str, text: str) -> None:
+        self.write_bytes(key, text.encode("utf-8"))
+
+    def read_text(self, key: str) -> str:
+        return self.read_bytes(key).decode("utf-8")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

@@ -1,0 +1,130 @@
+"""Every key of a job in a store, spelled once (like rq's keys.py). Nothing else in farm/ or
+worker/ writes a store path by hand.
+
+Relative to the store root, the same on a folder and on S3:
+
+    {job}/job.yaml                  the spec as submitted
+    {job}/job.json                  the job record (farm/jobs.py)
+    {job}/images/{stem}.png         one PNG per image, infotext in its `parameters` chunk
+    {job}/records/{stem}.json       one record per finished image; its existence means "done"
+    {job}/manifest.jsonl            one line per image, built from the records
+    {job}/sheets/{name}.png         contact sheets
+    {job}/review/marks/{stem}.json  a reviewer's star or reject of one image
+    {job}/review/{file}             the static review page (`farm review --export`)
+    {job}/inputs/{name}             reserved: a job's input images (img2img, inpaint masks)
+    models/{name}                   reserved: model files shared through the store
+
+Stores written by earlier versions use exactly these keys: changing one breaks `farm resume`.
+"""
+
+from __future__ import annotations
+
+# Names inside a job's folder. A record's "image" holds the image's path relative to the job.
+JOB_SPEC = "job.yaml"
+JOB_RECORD = "job.json"
+IMAGES = "images"
+RECORDS = "records"
+MANIFEST = "manifest.jsonl"
+SHEETS = "sheets"
+REVIEW = "review"
+MARKS = f"{REVIEW}/marks"
+INPUTS = "inputs"
+MODELS = "models"  # at the store root, beside the jobs
+
+
+def job_spec_key(job: str) -> str:
+    return f"{job}/{JOB_SPEC}"
+
+
+def job_record_key(job: str) -> str:
+    return f"{job}/{JOB_RECORD}"
+
+
+def image_path(stem: str) -> str:
+    """The image's path inside its job folder, as its record's "image" holds it."""
+    return f"{IMAGES}/{stem}.png"
+
+
+def image_key(job: str, stem: str) -> str:
+    return f"{job}/{image_path(stem)}"
+
+
+def job_file_key(job: str, path: str) -> str:
+    """The key of a path relative to the job folder (a record's "image", a sheet's cells)."""
+    return f"{job}/{path}"
+
+
+def image_stem(path: str) -> str:
+    """images/1000-abc.png -> 1000-abc (a stem may hold dots: 7.5 in `[seed]-[cfg]`)."""
+    return path.rsplit("/", 1)[-1].removesuffix(".png")
+
+
+def records_prefix(job: str) -> str:
+    return f"{job}/{RECORDS}/"
+
+
+def record_key(job: str, stem: str) -> str:
+    return f"{records_prefix(job)}{stem}.json"
+
+
+def is_record_key(key: str) -> bool:
+    return key.endswith(".json")
+
+
+def manifest_key(job: str) -> str:
+    return f"{job}/{MANIFEST}"
+
+
+def sheets_prefix(job: str) -> str:
+    return f"{job}/{SHEETS}/"
+
+
+def sheet_key(job: str, name: str) -> str:
+    return f"{sheets_prefix(job)}{name}.png"
+
+
+def is_sheet_key(key: str) -> bool:
+    return key.endswith(".png")
+
+
+def marks_prefix(job: str) -> str:
+    return f"{job}/{MARKS}/"
+
+
+def mark_key(job: str, stem: str) -> str:
+    return f"{marks_prefix(job)}{stem}.json"
+
+
+def mark_stem(job: str, key: str) -> str:
+    """The image stem a mark key is about."""
+    return key.removeprefix(marks_prefix(job)).removesuffix(".json")
+
+
+def review_file_key(job: str, name: str) -> str:
+    """A file of the static review page (index.html, data.js, stars.yaml ...)."""
+    return f"{job}/{REVIEW}/{name}"
+
+
+def input_key(job: str, name: str) -> str:
+    """Reserved for the task kinds that read images (img2img, inpaint): nothing writes it yet."""
+    return f"{job}/{INPUTS}/{name}"
+
+
+def model_key(name: str) -> str:
+    """Reserved for model files shared through the store: nothing writes it yet."""
+    return f"{MODELS}/{name}"
+
+
+def job_of(key: str) -> tuple[str, str]:
+    """(job, path inside the job folder) of a key."""
+    job, _, path = key.partition("/")
+    return job, path
+
+
+def is_job_record_path(path: str) -> bool:
+    return path == JOB_RECORD
+
+
+def is_record_path(path: str) -> bool:
+    """Whether a path inside a job folder is one of its image records."""
+    return path.startswith(f"{RECORDS}/") and is_record_key(path)
