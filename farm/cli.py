@@ -199,15 +199,16 @@ def ensure_demo(models: Path) -> str:
 @click.option("--store", "store_url", default=None, help="The job's store (folder or s3://...); then JOB is a job id.")
 def grid(job, x_axis, y_axis, z_axis, filters, max_size, store_url) -> None:
     """Rebuild the contact sheets of a job: a job folder (OUT_DIR/JOB), or a job id with --store."""
-    from farm.grid import MAX_SIDE, write_sheets
-    from farm.store import write_manifest
+    from farm.jobs import write_job_outputs
+    from farm.sheets import MAX_SIDE
+    from farm.store import layout
 
     path = Path(job)
-    if store_url is None and (path / "records").is_dir():
+    if store_url is None and (path / layout.RECORDS).is_dir():
         store, job = store_or_exit(str(path.resolve().parent)), path.resolve().name
     else:
         store = store_or_exit(store_url or settings().store)
-        if not any(True for _ in store.list_keys(f"{job}/records/")):
+        if not any(True for _ in store.list_keys(layout.records_prefix(job))):
             raise FarmError(f"no job {job} with finished images in {store.describe()}: "
                             "pass OUT_DIR/JOB, or the job id with --store")
     wanted = {}
@@ -216,18 +217,14 @@ def grid(job, x_axis, y_axis, z_axis, filters, max_size, store_url) -> None:
         if not sep or not axis.strip():
             raise FarmError(f"--filter {item}: expected AXIS=VALUE, e.g. --filter sampler='Euler a'")
         wanted[axis.strip()] = value.strip()
-    if x_axis is None and y_axis is None:  # the spec's `grid:` choice, as for the job's own sheets
-        try:
-            chosen = json.loads(store.read_bytes(f"{job}/job.json")).get("grid") or {}
-        except (FileNotFoundError, ValueError):
-            chosen = {}
-        x_axis, y_axis = (a if a not in wanted else None for a in (chosen.get("x"), chosen.get("y")))
-    write_manifest(store, job)
     try:
-        keys = write_sheets(store, job, x=x_axis, y=y_axis, z=z_axis, filters=wanted, max_side=max_size or MAX_SIDE)
+        outputs = write_job_outputs(store, job, x=x_axis, y=y_axis, z=z_axis, filters=wanted,
+                                    max_side=max_size or MAX_SIDE)
     except ValueError as e:
         raise FarmError(str(e)) from None
-    for key in keys:
+    if not outputs.manifest_lines:
+        raise FarmError(f"no finished images in {store.describe(job)}: nothing to put on a sheet")
+    for key in outputs.sheets:
         click.echo(store.describe(key))
 
 
@@ -240,8 +237,9 @@ def grid(job, x_axis, y_axis, z_axis, filters, max_size, store_url) -> None:
 def review(store_url, host, port, export_job) -> None:
     """Serve the review page: jobs, live grids, zoom, shared stars, export of the stars."""
     from farm.review.server import export_page, make_server
+    from farm.store import layout
 
-    if export_job and store_url is None and (Path(export_job) / "job.json").is_file():
+    if export_job and store_url is None and (Path(export_job) / layout.JOB_RECORD).is_file():
         store_url, export_job = str(Path(export_job).resolve().parent), Path(export_job).resolve().name
     store = store_or_exit(store_url or settings().store)
     if export_job:
@@ -472,19 +470,18 @@ def cancel(job, broker) -> None:
 def resume(job, broker, store_url) -> None:
     """Re-queue every task of JOB whose output is not in the store (after a crash or a Redis loss)."""
     from farm.dispatch import resume as resume_job
-    from farm.jobs import read_job_record
+    from farm.jobs import read_job
     from farm.ledger import BrokerUnreachable
-    from farm.spec import SpecError, parse_spec
+    from farm.spec import SpecError
 
     conf = settings(broker_url=broker, store=store_url)
     store = store_or_exit(conf.store)
     try:
-        record, text = read_job_record(store, job)
+        stored = read_job(store, job)
     except FileNotFoundError:
         raise FarmError(f"no job {job} in store {store.url} (give the job's store with --store)") from None
     try:
-        # named as at submit, so a spec without `name:` gets the same job id again
-        spec = parse_spec(text, filename=f"{record['name']}.yaml", checkpoint_hashes=record.get("checkpoint_hashes"))
+        spec = stored.spec()
     except SpecError as e:
         raise SpecErrorExit(str(e)) from None
     try:

@@ -16,6 +16,7 @@ from farm.ledger import Ledger, connect
 from farm.routing import Route, worker_queue
 from farm.spec import JobSpec
 from farm.store import Store, record_key
+from farm.store.layout import records_prefix
 from farm.task import RenderTask
 
 PUBLISH_BATCH = 1000
@@ -100,7 +101,7 @@ def resume(spec: JobSpec, store: Store, broker_url: str) -> tuple[int, int]:
     The records folder is listed once, not asked once per image."""
     ledger = Ledger(connect(broker_url))
     info = write_job_record(store, spec)
-    recorded = set(store.list_keys(f"{spec.job_id}/records/"))
+    recorded = set(store.list_keys(records_prefix(spec.job_id)))
 
     def in_store(task: RenderTask) -> bool:
         return all(record_key(spec.job_id, task.image_stem(seed)) in recorded for seed in task.seeds)

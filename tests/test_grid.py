@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import farm
-from farm.grid import (
+from farm.sheets import (
     GRID_CHUNK,
     MISSING_FILL,
     STRUCK_FILL,
@@ -23,8 +23,10 @@ from farm.grid import (
     write_sheets,
 )
 from farm.infotext import png_bytes
-from farm.spec import PromptMatrix
-from farm.store import LocalStore, image_record, save_image
+from farm.jobs import read_job, write_job_outputs, write_job_record
+from farm.sheets import matrix_prompt
+from farm.spec import PromptMatrix, parse_spec
+from farm.store import LocalStore, MemoryStore, image_record, save_image
 from farm.task import RenderTask
 
 WHITE = (255, 255, 255)
@@ -220,12 +222,17 @@ def test_prompt_sheet_names_are_file_safe():
 # ---- through the store ----------------------------------------------------------------------
 
 
-def test_write_sheets_from_a_store_with_labels_in_the_grid_chunk(tmp_path):
-    store = LocalStore(tmp_path)
-    records = make_records(checkpoint=["a", "b"], steps=[2, 4], cfg=[5, 7, 9])
+def store_records(store, records: list[dict]) -> None:
+    """Each record's image (a solid colour) and the record, as a worker stores them."""
     for record in records:
         task = RenderTask.from_json(record["task"])
         save_image(store, task, record["seed"], png_bytes(solid(record), "x"), record)
+
+
+def test_write_sheets_from_a_store_with_labels_in_the_grid_chunk():
+    store = MemoryStore()
+    records = make_records(checkpoint=["a", "b"], steps=[2, 4], cfg=[5, 7, 9])
+    store_records(store, records)
     store.write_bytes("job1/sheets/stale-from-before.png", b"old")
 
     keys = write_sheets(store, "job1")
@@ -249,7 +256,7 @@ def test_write_sheets_from_a_store_with_labels_in_the_grid_chunk(tmp_path):
     keys = write_sheets(store, "job1", x="steps", y="cfg")
     assert keys == ["job1/sheets/sheet-checkpoint=a.png", "job1/sheets/sheet-checkpoint=b.png"]
     assert list(store.list_keys("job1/sheets/")) == keys
-    assert read_grid_info(store.path(keys[1]))["y_labels"] == ["CFG scale: 5", "CFG scale: 7", "CFG scale: 9"]
+    assert read_grid_info(store.read_bytes(keys[1]))["y_labels"] == ["CFG scale: 5", "CFG scale: 7", "CFG scale: 9"]
 
     with pytest.raises(ValueError, match="no finished images in"):
         write_sheets(store, "empty-job")
@@ -344,10 +351,9 @@ def test_star_sheet_shows_each_chosen_image_with_what_differs():
 
 
 def test_grid_command_on_a_store_with_z_filter_and_size_cap(tmp_path):
-    store = LocalStore(tmp_path)
+    store = LocalStore(tmp_path)  # a folder: `farm grid` runs in a process of its own
     records = make_records(checkpoint=["a", "b"], steps=[2, 4], cfg=list(range(1, 9)), seed=[1, 2])
-    for record in records:
-        save_image(store, RenderTask.from_json(record["task"]), record["seed"], png_bytes(solid(record), "x"), record)
+    store_records(store, records)
     result = farm("grid", "job1", "--store", str(tmp_path), "--x", "cfg", "--y", "seed", "--z", "steps",
                   "--filter", "checkpoint=b", "--max-size", "256")
     assert result.returncode == 0, result.stderr
@@ -365,3 +371,61 @@ def test_grid_command_on_a_store_with_z_filter_and_size_cap(tmp_path):
         assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
     missing = farm("grid", "nojob", "--store", str(tmp_path))
     assert missing.returncode == 1 and "no job nojob" in missing.stderr
+
+
+# ---- the job's own sheets: its parsed spec, never the YAML again ------------------------------
+
+MATRIX_SPEC = """\
+prompts: a robot|red paint|in the rain   # an alias of prompt
+prompt_matrix: true
+checkpoint: tiny
+seed: 1
+cfg: [5, 7]
+size: 64x64
+output: {folder: job1}
+"""
+
+
+def test_the_matrix_prompt_is_read_from_the_parsed_spec():
+    assert matrix_prompt(parse_spec(MATRIX_SPEC)) == "a robot|red paint|in the rain"
+    assert matrix_prompt(parse_spec(MATRIX_SPEC.replace("prompt_matrix: true", "prompt_matrix: false"))) is None
+    two = MATRIX_SPEC.replace("prompts: a robot|red paint|in the rain", "prompt: [a|b, c|d]")
+    assert matrix_prompt(parse_spec(two)) is None, "A1111 lays out one matrix prompt only"
+    plain = MATRIX_SPEC.replace("a robot|red paint|in the rain", "a robot")
+    assert matrix_prompt(parse_spec(plain)) is None and matrix_prompt(None) is None
+
+
+def stored_job(spec_text: str, **axes: list) -> tuple[MemoryStore, list[dict]]:
+    """A store holding a job as `farm submit` and the workers leave it: record, spec copy, images."""
+    store = MemoryStore()
+    spec = parse_spec(spec_text)
+    write_job_record(store, spec)
+    records = make_records(**axes)
+    assert {r["job"] for r in records} == {spec.job_id}
+    store_records(store, records)
+    return store, records
+
+
+def test_job_outputs_lay_a_prompt_matrix_out_from_the_stored_spec():
+    store, records = stored_job(MATRIX_SPEC, cfg=[5, 7], prompt=list(PromptMatrix("a robot|red paint|in the rain")))
+    assert read_job(store, "job1").spec().job_id == "job1"
+    outputs = write_job_outputs(store, "job1")
+    assert outputs.manifest_lines == len(records) == 8
+    assert outputs.sheets == ["job1/sheets/sheet-cfg=5.png", "job1/sheets/sheet-cfg=7.png"]
+    meta = read_grid_info(store.read_bytes(outputs.sheets[0]))
+    assert (meta["x"], meta["y"]) == ("matrix_x", "matrix_y")
+    assert meta["x_labels"] == ["Prompt matrix: none", "Prompt matrix: red paint"]
+    assert store.read_text("job1/manifest.jsonl").count("\n") == 8
+
+
+def test_job_outputs_follow_the_specs_grid_unless_told_otherwise():
+    spec_text = MATRIX_SPEC.replace("prompt_matrix: true", "grid: {x: seed, y: cfg}").replace("seed: 1", "seed: [1, 2]")
+    store, _ = stored_job(spec_text, cfg=[5, 7], seed=[1, 2], steps=[2, 3])
+    outputs = write_job_outputs(store, "job1")
+    assert {(m["x"], m["y"]) for m in map(read_grid_info, map(store.read_bytes, outputs.sheets))} == {("seed", "cfg")}
+    outputs = write_job_outputs(store, "job1", filters={"seed": "2"})  # a filtered axis leaves its place
+    assert [read_grid_info(store.read_bytes(k))["y"] for k in outputs.sheets] == ["cfg"]
+    assert read_grid_info(store.read_bytes(outputs.sheets[0]))["x"] == "steps"
+    outputs = write_job_outputs(store, "job1", x="steps", y="seed")
+    assert {read_grid_info(store.read_bytes(k))["x"] for k in outputs.sheets} == {"steps"}
+    assert list(store.list_keys("job1/sheets/")) == outputs.sheets

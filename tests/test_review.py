@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from conftest import FARM_BIN, REPO, farm, free_port, wait_for_port
-from farm.grid import read_grid_info
+from farm.sheets import read_grid_info
 from farm.store import open_store
 
 ARTIFACTS = REPO / "test-artifacts"

@@ -14,7 +14,7 @@ from farm.review.marks import read_marks, set_mark
 from farm.review.server import make_server
 from farm.review.starspec import factor_groups, starred_spec
 from farm.spec import parse_spec
-from farm.store import LocalStore, save_image
+from farm.store import MemoryStore, save_image
 from farm.task import RenderTask
 from test_grid import make_records
 
@@ -60,8 +60,8 @@ def test_prompts_with_yaml_specials_round_trip():
     assert list(spec.values["prompt"]) == prompts and count == 2
 
 
-def test_marks_are_one_object_per_image(tmp_path):
-    store = LocalStore(tmp_path)
+def test_marks_are_one_object_per_image():
+    store = MemoryStore()
     set_mark(store, "job1", "1-a", "star")
     set_mark(store, "job1", "2-b", "reject")
     assert read_marks(store, "job1") == {"1-a": "star", "2-b": "reject"}
@@ -73,8 +73,8 @@ def test_marks_are_one_object_per_image(tmp_path):
 
 
 @pytest.fixture
-def served(tmp_path):
-    store = LocalStore(tmp_path)
+def served():
+    store = MemoryStore()
     records = make_records(cfg=[5, 7])
     for record in records:
         save_image(store, RenderTask.from_json(record["task"]), record["seed"], b"png", record)
@@ -107,6 +107,8 @@ def test_jobs_list_progress_and_bad_requests_are_one_line_errors(served):
     status, body = call(f"{base}/api/jobs/job1/marks/nope", "PUT", b'{"mark": "star"}')
     assert status == 404 and body["error"] == "job job1 has no image nope"
     assert call(f"{base}/api/jobs/missing")[0] == 404
+    with urlopen(f"{base}/store/job1/images/{stem}.png", timeout=10) as response:
+        assert response.read() == b"png", "an image is served from its key in the store"
     assert call(f"{base}/store/job1/records/{stem}.json")[0] == 404, "only images and sheets are served"
     assert call(f"{base}/store/..%2Fetc/images/passwd.png")[0] == 404
     call(f"{base}/api/jobs/job1/marks/{stem}", "PUT", b'{"mark": null}')

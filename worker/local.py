@@ -14,10 +14,9 @@ from typing import Callable
 from farm.batching import MAX_GROUP, group_tasks
 from farm.celery_app import make_app
 from farm.expand import expand
-from farm.grid import write_sheets
-from farm.jobs import write_job_record
+from farm.jobs import write_job_outputs, write_job_record
 from farm.spec import JobSpec
-from farm.store import Store, write_manifest
+from farm.store import Store
 from worker import tasks
 
 
@@ -75,7 +74,6 @@ def run_local(
                     finished(task, {}, f"{type(error).__name__}: {error}")
     ctx.writer.flush()
     summary.seconds = time.perf_counter() - started
-    summary.manifest_lines = write_manifest(store, spec.job_id)
-    if summary.manifest_lines:
-        summary.sheets = write_sheets(store, spec.job_id, x=spec.grid_x, y=spec.grid_y)
+    outputs = write_job_outputs(store, spec.job_id)  # as a farm worker finishes a job, without the ledger
+    summary.manifest_lines, summary.sheets = outputs.manifest_lines, outputs.sheets
     return summary

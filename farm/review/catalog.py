@@ -9,24 +9,25 @@ from __future__ import annotations
 import json
 import threading
 
-from farm.grid import axis_title, value_id, value_texts
+from farm.jobs import read_job_record
 from farm.review.marks import image_stem, read_marks
-from farm.store import Store, job_record_key, job_spec_key
+from farm.sheets import axis_title, value_id, value_texts
+from farm.store import Store, layout, record_keys
 
 
 def list_jobs(store: Store) -> list[dict]:
     """Every job in the store with its progress: finished images against the job's total."""
     jobs: dict[str, dict] = {}
     for key in store.list_keys(""):
-        job, _, rest = key.partition("/")
-        if rest == "job.json":
+        job, path = layout.job_of(key)
+        if layout.is_job_record_path(path):
             jobs.setdefault(job, {"job": job, "done": 0})
-        elif rest.startswith("records/") and rest.endswith(".json"):
+        elif layout.is_record_path(path):
             jobs.setdefault(job, {"job": job, "done": 0})["done"] += 1
     out = []
     for job, entry in jobs.items():
         try:
-            record = json.loads(store.read_bytes(job_record_key(job)))
+            record = read_job_record(store, job)
         except (FileNotFoundError, ValueError):
             continue  # records without a job record: not a job folder
         out.append({**entry, "name": record.get("name", job), "images": record.get("images", 0),
@@ -43,7 +44,7 @@ class Catalog:
         self._lock = threading.Lock()
 
     def records(self, job: str) -> list[dict]:
-        keys = [k for k in self.store.list_keys(f"{job}/records/") if k.endswith(".json")]
+        keys = record_keys(self.store, job)
         with self._lock:
             known = self._records.setdefault(job, {})
         for key in keys:
@@ -58,7 +59,7 @@ class Catalog:
 
     def job(self, job: str) -> dict:
         """The job's axes, images and marks; FileNotFoundError when the store has no such job."""
-        record = json.loads(self.store.read_bytes(job_record_key(job)))
+        record = read_job_record(self.store, job)
         records = self.records(job)
         return job_payload(self.store, job, record, records, read_marks(self.store, job))
 
@@ -83,7 +84,7 @@ def job_payload(store: Store, job: str, record: dict, records: list[dict], marks
         for r in records
     ]
     try:
-        spec = store.read_text(job_spec_key(job))
+        spec = store.read_text(layout.job_spec_key(job))
     except FileNotFoundError:
         spec = ""
     return {

@@ -1,6 +1,6 @@
 """Stars and rejects, shared by everyone reviewing the same store.
 
-Each image's mark is an object of its own, {job}/review/marks/{stem}.json, so two reviewers marking
+Each image's mark is an object of its own (farm/store/layout.py: mark_key), so two reviewers marking
 different images never overwrite each other (no shared file is read, changed and written back). On
 one image, the last click wins. No mark means no object.
 """
@@ -11,30 +11,27 @@ import json
 from datetime import datetime, timezone
 
 from farm.store import Store
+from farm.store.layout import mark_key, mark_stem, marks_prefix
+from farm.store.layout import image_stem as stem_of_image
 
 MARKS = ("star", "reject")
 
 
 def image_stem(record: dict) -> str:
     """images/1000-abc.png -> 1000-abc: the name a mark is stored under."""
-    return record["image"].rsplit("/", 1)[-1].removesuffix(".png")
-
-
-def mark_key(job: str, stem: str) -> str:
-    return f"{job}/review/marks/{stem}.json"
+    return stem_of_image(record["image"])
 
 
 def read_marks(store: Store, job: str) -> dict[str, str]:
     """stem -> 'star' | 'reject' for every marked image of the job."""
     marks = {}
-    prefix = f"{job}/review/marks/"
-    for key in store.list_keys(prefix):
+    for key in store.list_keys(marks_prefix(job)):
         try:
             mark = json.loads(store.read_bytes(key)).get("mark")
         except (FileNotFoundError, ValueError, AttributeError):
             continue  # removed meanwhile, or not ours
         if mark in MARKS:
-            marks[key[len(prefix):].removesuffix(".json")] = mark
+            marks[mark_stem(job, key)] = mark
     return marks
 
 

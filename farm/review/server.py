@@ -22,11 +22,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import unquote, urlparse
 
-from farm.grid import star_sheet, store_image_loader
+from farm.jobs import read_job_record
 from farm.review.catalog import Catalog, job_payload, list_jobs
 from farm.review.marks import image_stem, read_marks, set_mark
 from farm.review.starspec import starred_spec
-from farm.store import Store, job_record_key, load_records
+from farm.sheets import star_sheet, store_image_loader
+from farm.store import Store, layout, load_records
 
 STATIC = ("index.html", "app.js", "style.css")
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -45,7 +46,7 @@ def starred(store: Store, job: str) -> list[dict]:
 
 
 def stars_yaml(store: Store, job: str) -> bytes:
-    name = json.loads(store.read_bytes(job_record_key(job))).get("name", job)
+    name = read_job_record(store, job).get("name", job)
     text, _ = starred_spec(name, starred(store, job), f"job {job} ({store.describe(job)})")
     return text.encode("utf-8")
 
@@ -112,9 +113,12 @@ class Handler(BaseHTTPRequestHandler):
             m = re.fullmatch(rf"/api/jobs/({_NAME})/marks/({_NAME})", path)
             if method == "PUT" and m:
                 return self.put_mark(*m.groups())
-            m = re.fullmatch(rf"/store/({_NAME})/(images|sheets)/({_NAME}\.png)", path)
+            # the page asks for /store/ + an image's or a sheet's key
+            m = re.fullmatch(rf"/store/({_NAME})/({layout.IMAGES}|{layout.SHEETS})/({_NAME})\.png", path)
             if method == "GET" and m:
-                body = store.read_bytes("/".join(m.groups()))
+                job, folder, name = m.groups()
+                key = layout.image_key(job, name) if folder == layout.IMAGES else layout.sheet_key(job, name)
+                body = store.read_bytes(key)
                 return self.send(200, body, TYPES[".png"], {"Cache-Control": "max-age=3600"})
             return self.error(HTTPStatus.NOT_FOUND, f"no such page: {path}")
         except FileNotFoundError:
@@ -134,7 +138,7 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, AttributeError):
             return self.error(HTTPStatus.BAD_REQUEST, 'expected JSON like {"mark": "star"}')
         # only images of the job can be marked: no client writes an arbitrary key
-        if not self.catalog.store.exists(f"{job}/records/{stem}.json"):
+        if not self.catalog.store.exists(layout.record_key(job, stem)):
             return self.error(HTTPStatus.NOT_FOUND, f"job {job} has no image {stem}")
         set_mark(self.catalog.store, job, stem, mark)
         return self.send_json({"id": stem, "mark": mark})
@@ -149,9 +153,9 @@ def make_server(store: Store, host: str = "127.0.0.1", port: int = 8188) -> Thre
 
 
 def export_page(store: Store, job: str) -> list[str]:
-    """The page as static files in {job}/review/, to browse the job without a server (from a
-    folder, or a bucket served over HTTP). Stars are as they were at export: read-only there."""
-    record = json.loads(store.read_bytes(job_record_key(job)))
+    """The page as static files in the job's review folder, to browse the job without a server
+    (from a folder, or a bucket served over HTTP). Stars are as they were at export: read-only there."""
+    record = read_job_record(store, job)
     records = load_records(store, job)
     if not records:
         raise ValueError(f"no finished images in {store.describe(job)}: nothing to review")
@@ -164,9 +168,9 @@ def export_page(store: Store, job: str) -> list[str]:
         files["stars.png"] = stars_png(store, job)
     for stale in ("stars.yaml", "stars.png"):
         if stale not in files:  # stars cleared since an earlier export
-            store.delete(f"{job}/review/{stale}")
+            store.delete(layout.review_file_key(job, stale))
     written = []
     for name, body in files.items():
-        store.write_bytes(f"{job}/review/{name}", body)
-        written.append(f"{job}/review/{name}")
+        store.write_bytes(layout.review_file_key(job, name), body)
+        written.append(layout.review_file_key(job, name))
     return written
