@@ -307,3 +307,21 @@ def test_concurrent_workers_then_manifest_lists_each_image_exactly_once(tmp_path
         assert png == f"{r['task_id']}-{r['seed']}".encode() * 1000
     assert temp_files(tmp_path) == []
     assert all(is_done(store, make_task(index=i, batch_size=2)) for i in range(10))
+
+
+def test_a_job_read_back_from_its_store_parses_to_the_same_job():
+    from farm.jobs import read_job, read_job_record, write_job_record
+    from farm.spec import parse_spec
+
+    store = MemoryStore()
+    text = "prompt: a cat\ncheckpoint: tiny\nseed: 1-3\nsize: 64x64\ngrid: {x: seed}\n"
+    spec = parse_spec(text, "my sweep.yaml")  # no `name:`: the job is named after the file
+    write_job_record(store, spec)
+    assert sorted(store.list_keys()) == [layout.job_record_key(spec.job_id), layout.job_spec_key(spec.job_id)]
+    stored = read_job(store, spec.job_id)
+    assert stored.record == read_job_record(store, spec.job_id) and stored.spec_text == text
+    assert stored.name == "my-sweep" and stored.grid == ("seed", None)
+    again = stored.spec()
+    assert again.job_id == spec.job_id and again.task_count() == 3
+    with pytest.raises(FileNotFoundError):
+        read_job(store, "no-such-job")
