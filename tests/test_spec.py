@@ -55,7 +55,7 @@ def test_defaults_are_a1111s():
     s = spec(BASE)
     axes = s.axes()
     optional = ("width", "height", "prompt_sr", "vae", "lora", "lora_weight",  # no default: no axis
-                "rng", "seed_resize_from", "variation_strength", "variation_seed")
+                "rng", "eta", "ensd", "seed_resize_from", "variation_strength", "variation_seed")
     assert list(axes) == [a for a in AXIS_ORDER if a not in optional]
     assert axes["sampler"] == ["DPM++ 2M"] and axes["schedule"] == ["Automatic"]
     assert axes["steps"] == [20] and axes["cfg"] == [7.0] and axes["size"] == ["512x512"]

@@ -1,0 +1,277 @@
+"""The render parameters: one row per parameter, the only list of them.
+
+A row says, for one parameter: its spec key and aliases, how the spec parser reads its value, its
+default in a spec, the RenderTask fields it decides, whether those are in the task id (fields added
+after v1 stay out of it while at their default, so the ids of older tasks do not change), whether
+it is in the batch key, how it is written to and read from A1111's infotext, its grid label, and
+how the star export writes it. The spec parser, the expansion, the batch key, the infotext, `farm
+info --as-spec`, the star export and the grid labels read this table.
+
+Adding a parameter is a row here plus its use in the worker (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from farm.samplers import ETA_INFOTEXT_KEYS, USES_ENSD, display_name, effective_eta, parse_sampler
+
+# A vae/lora axis value meaning "none": the checkpoint's own VAE, no extra LoRA.
+NO_MODEL = "None"
+# seedfarm's RNG sources by their A1111 infotext names.
+RNG_NAMES = {"cpu": "CPU", "nv": "NV"}
+
+ALWAYS = "always"  # in the task id
+UNLESS_DEFAULT = "unless default"  # added after v1: in the task id only when not at its default
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str  # the spec key, also the axis name
+    aliases: tuple[str, ...] = ()  # other spec spellings of the key
+    # (parser, value node) -> the axis values; None: the spec parser reads it itself, because it
+    # depends on other keys (prompt, prompt_sr, models, size) or is no spec key (kind)
+    read: Callable[[Any, Any], Any] | None = None
+    needs: tuple[str, str] | None = None  # (other key, error message) when it makes no sense alone
+    default: tuple | None = None  # the axis values when a spec leaves the key out (A1111's v1.10)
+    in_spec: bool = True  # False: a task field no spec sets (yet)
+    fields: tuple[str, ...] = ()  # the RenderTask fields it decides
+    id_rule: str = ALWAYS
+    in_batch_key: bool = False  # tasks may share a diffusion call only when these fields are equal
+    title: str | None = None  # grid label; None: the key, capitalised
+    # the infotext pairs of the image of `task` with `seed` (a None value is left out)
+    write_info: Callable[[Any, int], dict] | None = None
+    read_info: Callable[[dict, list], dict] | None = None  # (infotext params, notes) -> spec entries
+    info_types: tuple[tuple[str, type], ...] = ()  # infotext keys read back as numbers
+    # (task as a dict, the image's seed) -> the spec value that renders that image again
+    star: Callable[[dict, int], Any] | None = None
+
+
+def _number(value: float) -> int | float:
+    """7.0 -> 7 and 7.5 -> 7.5: what A1111 shows for a number typed in its UI."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _eta_info(task, seed: int) -> dict:
+    eta = effective_eta(task.sampler, task.eta)
+    if task.eta is None or eta == effective_eta(task.sampler, None):
+        return {}
+    return {ETA_INFOTEXT_KEYS.get(task.sampler, "Eta"): eta}
+
+
+def _ensd_info(task, seed: int) -> dict:
+    uses = task.ensd and task.sampler in USES_ENSD and effective_eta(task.sampler, task.eta) != 0
+    return {"ENSD": task.ensd} if uses else {}
+
+
+def _eta_from_info(params: dict, notes: list) -> dict:
+    for key in ("Eta", "Eta DDIM"):
+        if key in params:
+            return {"eta": params[key]}
+    return {}
+
+
+def _eta_star(task: dict, seed: int) -> float:
+    """The eta an image rendered with, so that stars of samplers with different defaults mix."""
+    eta = effective_eta(task["sampler"], task.get("eta"))
+    if eta is None:  # a sampler without eta ignores it: any value renders the same
+        eta = task.get("eta")
+    return 1.0 if eta is None else eta
+
+
+def _sampler_from_info(params: dict, notes: list) -> dict:
+    sampler, schedule = parse_sampler(str(params["Sampler"]), str(params.get("Schedule type", "Automatic")))
+    return {"sampler": display_name(sampler, schedule)}
+
+
+def _rng_from_info(params: dict, notes: list) -> dict:
+    rng = str(params.get("RNG", "GPU"))
+    if rng == "GPU":  # A1111's default: torch.randn on the GPU; NVIDIA's numbers are reproducible
+        notes.append("rendered with A1111's GPU noise: nv reproduces an NVIDIA GPU's")
+        return {"rng": "nv"}
+    sources = {name: source for source, name in RNG_NAMES.items()}
+    if rng not in sources:
+        raise ValueError(f"unknown RNG '{rng}' in the infotext; seedfarm has CPU and NV")
+    return {"rng": sources[rng]}
+
+
+def _variation_info(task, seed: int) -> dict:
+    if task.subseed is None or not task.subseed_strength:
+        return {}
+    return {"Variation seed": task.subseed + (seed - task.seed),  # image i: subseed + i
+            "Variation seed strength": _number(task.subseed_strength)}
+
+
+def _short_hash(sha256: str | None) -> str | None:
+    from farm.checkpoints import short_hash  # farm.checkpoints reads model files: not needed to import this table
+
+    return short_hash(sha256)
+
+
+# Expansion order, outermost first: the most expensive axis to change first, so a worker keeps a
+# checkpoint loaded as long as possible; seeds, free to change, innermost (as A1111's X/Y/Z).
+PARAMS: tuple[Param, ...] = (
+    Param("checkpoint", ("checkpoints",), fields=("checkpoint", "checkpoint_hash"), in_batch_key=True,
+          title="Checkpoint",
+          write_info=lambda t, s: {"Model hash": _short_hash(t.checkpoint_hash), "Model": t.checkpoint},
+          star=lambda t, s: t["checkpoint"]),
+    Param("vae", ("vaes",), fields=("vae", "vae_hash"), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+          star=lambda t, s: t.get("vae") or NO_MODEL),
+    # the lora axis becomes a tag in the prompt: the prompt's tags are in the batch key
+    Param("lora", ("loras",)),
+    Param("lora_weight", ("lora_weights",), lambda r, n: r.numbers(n, "lora_weight", float, -10, 10),
+          needs=("lora", "lora_weight: sweeps the weight of the 'lora' axis, and there is none; add lora: NAME")),
+    Param("size", fields=("width", "height"), in_batch_key=True, title="Size",
+          write_info=lambda t, s: {"Size": f"{t.width}x{t.height}"},
+          read_info=lambda p, notes: {"size": f"{p['Size-1']}x{p['Size-2']}"},
+          star=lambda t, s: f"{t['width']}x{t['height']}"),
+    Param("width", fields=("width",), in_batch_key=True),
+    Param("height", fields=("height",), in_batch_key=True),
+    Param("sampler", ("samplers",), lambda r, n: r.samplers(n), default=("DPM++ 2M",), fields=("sampler",),
+          in_batch_key=True, title="Sampler", write_info=lambda t, s: {"Sampler": t.sampler},
+          read_info=_sampler_from_info, star=lambda t, s: display_name(t["sampler"], t["schedule"])),
+    Param("schedule", (), lambda r, n: r.schedules(n), default=("Automatic",), fields=("schedule",),
+          in_batch_key=True, title="Schedule type",
+          write_info=lambda t, s: {"Schedule type": t.schedule} if t.schedule != "Automatic" else {}),
+    Param("steps", (), lambda r, n: r.numbers(n, "steps", int, 1, 10_000), default=(20,), fields=("steps",),
+          in_batch_key=True, title="Steps", write_info=lambda t, s: {"Steps": t.steps},
+          read_info=lambda p, notes: {"steps": p["Steps"]}, info_types=(("Steps", int),),
+          star=lambda t, s: t["steps"]),
+    Param("clip_skip", (), lambda r, n: r.numbers(n, "clip_skip", int, 1, 12), default=(1,), fields=("clip_skip",),
+          in_batch_key=True, title="Clip skip",
+          write_info=lambda t, s: {"Clip skip": t.clip_skip} if t.clip_skip > 1 else {},
+          read_info=lambda p, notes: {"clip_skip": p["Clip skip"]} if p.get("Clip skip", 1) != 1 else {},
+          info_types=(("Clip skip", int),), star=lambda t, s: t["clip_skip"]),
+    Param("cfg", ("cfg_scale",), lambda r, n: r.numbers(n, "cfg", float, 0, 100), default=(7.0,), fields=("cfg",),
+          in_batch_key=True, title="CFG scale", write_info=lambda t, s: {"CFG scale": _number(t.cfg)},
+          read_info=lambda p, notes: {"cfg": p.get("CFG scale", 7)}, info_types=(("CFG scale", float),),
+          star=lambda t, s: _number(t["cfg"])),
+    Param("rng", (), lambda r, n: r.rng_sources(n), fields=("rng",), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+          # always written: a reader assumes A1111's GPU source when it is missing
+          write_info=lambda t, s: {"RNG": RNG_NAMES[t.rng]}, read_info=_rng_from_info,
+          star=lambda t, s: t.get("rng", "cpu")),
+    Param("eta", (), lambda r, n: r.numbers(n, "eta", float, 0, 1), fields=("eta",), id_rule=UNLESS_DEFAULT,
+          in_batch_key=True, title="Eta", write_info=_eta_info, read_info=_eta_from_info,
+          info_types=(("Eta", float), ("Eta DDIM", float)),
+          star=_eta_star),
+    Param("ensd", (), lambda r, n: r.numbers(n, "ensd", int, 0, 2**32 - 1), fields=("ensd",),
+          id_rule=UNLESS_DEFAULT, in_batch_key=True, title="ENSD", write_info=_ensd_info,
+          read_info=lambda p, notes: {"ensd": p["ENSD"]} if p.get("ENSD") else {}, info_types=(("ENSD", int),),
+          star=lambda t, s: t.get("ensd", 0)),
+    Param("seed_resize_from", (), lambda r, n: r.sizes(n, "seed_resize_from"),
+          fields=("seed_resize_width", "seed_resize_height"), id_rule=UNLESS_DEFAULT,
+          write_info=lambda t, s: {"Seed resize from": f"{t.seed_resize_width}x{t.seed_resize_height}"}
+          if t.seed_resize_width and t.seed_resize_height else {},
+          read_info=lambda p, notes: {"seed_resize_from": f"{p['Seed resize from-1']}x{p['Seed resize from-2']}"}
+          if "Seed resize from-1" in p else {},
+          star=lambda t, s: f"{t.get('seed_resize_width', 0)}x{t.get('seed_resize_height', 0)}"),
+    Param("variation_strength", ("subseed_strength",), lambda r, n: r.numbers(n, "variation_strength", float, 0, 1),
+          needs=("variation_seed", "variation_strength: needs a variation_seed to blend towards (A1111's 'Variation seed')"),
+          fields=("subseed_strength",), id_rule=UNLESS_DEFAULT, write_info=_variation_info,
+          read_info=lambda p, notes: {"variation_seed": p["Variation seed"],
+                                      "variation_strength": p["Variation seed strength"]}
+          if p.get("Variation seed strength") else {},
+          info_types=(("Variation seed", int), ("Variation seed strength", float)),
+          star=lambda t, s: _number(t.get("subseed_strength", 0))),
+    Param("negative_prompt", ("negative", "negative_prompts"), default=("",), fields=("negative_prompt",),
+          title="Negative prompt",
+          read_info=lambda p, notes: {"negative_prompt": p["Negative prompt"]} if p.get("Negative prompt") else {},
+          star=lambda t, s: t["negative_prompt"]),
+    # the prompt's extra-network tags (LoRAs) are in the batch key: farm/batching.py
+    Param("prompt", ("prompts",), fields=("prompt",), title="Prompt",
+          read_info=lambda p, notes: {"prompt": p["Prompt"]}, star=lambda t, s: t["prompt"]),
+    Param("prompt_sr", title="Prompt S/R"),
+    # with strength 0 the variation seed changes nothing (and is left out of the task): the
+    # image's seed stands in for it in the star export
+    Param("variation_seed", ("subseed",), lambda r, n: r.numbers(n, "variation_seed", int, 0, 2**64 - 1),
+          fields=("subseed",), id_rule=UNLESS_DEFAULT,
+          star=lambda t, s: t["subseed"] + (s - t["seed"]) if t.get("subseed_strength") else s),
+    Param("seed", ("seeds",), lambda r, n: r.numbers(n, "seed", int, 0, 2**64 - 1), fields=("seed",),
+          title="Seed", write_info=lambda t, s: {"Seed": s}, read_info=lambda p, notes: {"seed": p["Seed"]},
+          info_types=(("Seed", int),), star=lambda t, s: s),
+    # not in the expansion: one value per job (batch_size is a spec key of its own)
+    Param("batch_size", in_spec=False, fields=("batch_size",), in_batch_key=True),
+    # the task kind the worker dispatches on; txt2img is the only one yet
+    Param("kind", in_spec=False, fields=("kind",), id_rule=UNLESS_DEFAULT, in_batch_key=True),
+)
+BY_KEY = {p.key: p for p in PARAMS}
+AXIS_ORDER = tuple(p.key for p in PARAMS if p.in_spec)
+ALIASES = {alias: p.key for p in PARAMS for alias in p.aliases}
+DEFAULTS: dict[str, list] = {p.key: list(p.default) for p in PARAMS if p.default is not None}
+# RenderTask fields that were added after v1 tasks were queued: left out of the id while at their
+# default, so the id of a task that does not use them is what it was before they existed.
+IN_ID_UNLESS_DEFAULT = frozenset(f for p in PARAMS if p.id_rule == UNLESS_DEFAULT for f in p.fields)
+BATCH_FIELDS = tuple(dict.fromkeys(f for p in PARAMS if p.in_batch_key for f in p.fields))
+INFOTEXT_TYPES = {key: kind for p in PARAMS for key, kind in p.info_types}
+# The star export writes these only when some starred image uses them (each is optional in a spec).
+OPTIONAL_AXES = tuple(p.key for p in PARAMS if p.in_spec and p.id_rule == UNLESS_DEFAULT)
+
+# Grid labels of axes derived from the prompt in a prompt-matrix job.
+DERIVED_TITLES = {"matrix_x": "Prompt matrix", "matrix_y": "Prompt matrix"}
+
+
+def axis_title(axis: str) -> str:
+    """The grid label of an axis: 'CFG scale' for cfg; an axis without one reads as its key."""
+    param = BY_KEY.get(axis)
+    title = param.title if param else DERIVED_TITLES.get(axis)
+    return title or axis.replace("_", " ").capitalize()
+
+
+# Filename tokens, A1111-style: token -> its text for (task, seed).
+FILENAME_TOKENS: dict[str, Callable[[Any, int], object]] = {
+    "seed": lambda t, s: s,
+    "steps": lambda t, s: t.steps,
+    "cfg": lambda t, s: f"{t.cfg:g}",
+    "width": lambda t, s: t.width,
+    "height": lambda t, s: t.height,
+    "sampler": lambda t, s: display_name(t.sampler, t.schedule),
+    "model_name": lambda t, s: t.checkpoint,
+    "model_hash": lambda t, s: (t.checkpoint_hash or "")[:10],
+    "prompt_hash": lambda t, s: hashlib.sha256(t.prompt.encode()).hexdigest()[:8],
+    "prompt_words": lambda t, s: " ".join(re.findall(r"\w+", t.prompt)[:8]),
+    "task_id": lambda t, s: t.id,
+    "clip_skip": lambda t, s: t.clip_skip,
+}
+
+
+def filename_token(name: str) -> Callable[[Any, int], object] | None:
+    """The function giving a filename token's text for (task, seed), or None for an unknown token."""
+    return FILENAME_TOKENS.get(name)
+
+
+def infotext_parameters(task, seed: int) -> dict[str, object]:
+    """Every parameter's infotext pairs for the image of `task` with `seed`, in table order."""
+    params: dict[str, object] = {}
+    for param in PARAMS:
+        if param.write_info:
+            params.update(param.write_info(task, seed))
+    return params
+
+
+def spec_entries_from_infotext(params: dict, notes: list[str]) -> dict[str, object]:
+    """Spec key -> value for every parameter the infotext `params` gives (its prompts under the
+    keys 'Prompt' and 'Negative prompt'); notes for the reader are appended to `notes`.
+    Raises ValueError for a value seedfarm cannot render."""
+    entries: dict[str, object] = {}
+    for param in PARAMS:
+        if param.read_info:
+            entries.update(param.read_info(params, notes))
+    return entries
+
+
+def star_values(task: dict, seed: int) -> dict[str, object]:
+    """Spec key -> value that renders the image with `seed` of this task (a task record) again."""
+    return {p.key: p.star(task, seed) for p in PARAMS if p.star}
+
+
+def at_default(param: Param, task: dict) -> bool:
+    """Whether a task record leaves this parameter at its default (records from before a field
+    existed lack it: that is its default too)."""
+    from farm.task import RenderTask
+
+    fields = RenderTask.model_fields
+    return all(task.get(f, fields[f].default) == fields[f].default for f in param.fields)
