@@ -42,6 +42,8 @@ class Param:
     fields: tuple[str, ...] = ()  # the RenderTask fields it decides
     id_rule: str = ALWAYS
     in_batch_key: bool = False  # tasks may share a diffusion call only when these fields are equal
+    # (the task's axis values, its JobSpec) -> RenderTask fields; None: another row sets its fields
+    to_task: Callable[[dict, Any], dict] | None = None
     title: str | None = None  # grid label; None: the key, capitalised
     # the infotext pairs of the image of `task` with `seed` (a None value is left out)
     write_info: Callable[[Any, int], dict] | None = None
@@ -106,6 +108,45 @@ def _variation_info(task, seed: int) -> dict:
             "Variation seed strength": _number(task.subseed_strength)}
 
 
+def _prompts_to_task(v: dict, spec) -> dict:
+    prompt, negative = v["prompt"], v["negative_prompt"]
+    search = spec.prompt_sr_search
+    if search is not None:  # A1111's Prompt S/R replaces in both prompts
+        prompt, negative = prompt.replace(search, v["prompt_sr"]), negative.replace(search, v["prompt_sr"])
+    if v.get("lora", NO_MODEL) != NO_MODEL:  # the lora axis is a tag, as a user would write it
+        prompt = f"{prompt} <lora:{v['lora']}:{v.get('lora_weight', 1.0):g}>"
+    return {"prompt": prompt, "negative_prompt": negative}
+
+
+def _vae_to_task(v: dict, spec) -> dict:
+    vae = "" if v.get("vae", NO_MODEL) == NO_MODEL else v["vae"]
+    return {"vae": vae, "vae_hash": spec.vae_hash(vae) if vae else None}
+
+
+def _size_to_task(v: dict, spec) -> dict:
+    if "size" in v:
+        width, height = (int(x) for x in v["size"].split("x"))
+    else:
+        width, height = v["width"], v["height"]
+    return {"width": width, "height": height}
+
+
+def _sampler_to_task(v: dict, spec) -> dict:
+    sampler, schedule = parse_sampler(v["sampler"], v["schedule"])
+    return {"sampler": sampler, "schedule": schedule}
+
+
+def _variation_to_task(v: dict, spec) -> dict:
+    strength = float(v.get("variation_strength", 0.0))
+    # strength 0: same pixels, so the same id as without a variation seed
+    return {"subseed": v.get("variation_seed") if strength else None, "subseed_strength": strength}
+
+
+def _seed_resize_to_task(v: dict, spec) -> dict:
+    width, height = (int(x) for x in v.get("seed_resize_from", "0x0").split("x"))
+    return {"seed_resize_width": width, "seed_resize_height": height}
+
+
 def _short_hash(sha256: str | None) -> str | None:
     from farm.checkpoints import short_hash  # farm.checkpoints reads model files: not needed to import this table
 
@@ -116,54 +157,56 @@ def _short_hash(sha256: str | None) -> str | None:
 # checkpoint loaded as long as possible; seeds, free to change, innermost (as A1111's X/Y/Z).
 PARAMS: tuple[Param, ...] = (
     Param("checkpoint", ("checkpoints",), fields=("checkpoint", "checkpoint_hash"), in_batch_key=True,
+          to_task=lambda v, spec: {"checkpoint": v["checkpoint"], "checkpoint_hash": spec.checkpoint_hash(v["checkpoint"])},
           title="Checkpoint",
           write_info=lambda t, s: {"Model hash": _short_hash(t.checkpoint_hash), "Model": t.checkpoint},
           star=lambda t, s: t["checkpoint"]),
-    Param("vae", ("vaes",), fields=("vae", "vae_hash"), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+    Param("vae", ("vaes",), fields=("vae", "vae_hash"), id_rule=UNLESS_DEFAULT, in_batch_key=True, to_task=_vae_to_task,
           star=lambda t, s: t.get("vae") or NO_MODEL),
     # the lora axis becomes a tag in the prompt: the prompt's tags are in the batch key
     Param("lora", ("loras",)),
     Param("lora_weight", ("lora_weights",), lambda r, n: r.numbers(n, "lora_weight", float, -10, 10),
           needs=("lora", "lora_weight: sweeps the weight of the 'lora' axis, and there is none; add lora: NAME")),
-    Param("size", fields=("width", "height"), in_batch_key=True, title="Size",
+    Param("size", fields=("width", "height"), in_batch_key=True, to_task=_size_to_task, title="Size",
           write_info=lambda t, s: {"Size": f"{t.width}x{t.height}"},
           read_info=lambda p, notes: {"size": f"{p['Size-1']}x{p['Size-2']}"},
           star=lambda t, s: f"{t['width']}x{t['height']}"),
     Param("width", fields=("width",), in_batch_key=True),
     Param("height", fields=("height",), in_batch_key=True),
     Param("sampler", ("samplers",), lambda r, n: r.samplers(n), default=("DPM++ 2M",), fields=("sampler",),
-          in_batch_key=True, title="Sampler", write_info=lambda t, s: {"Sampler": t.sampler},
+          in_batch_key=True, to_task=_sampler_to_task, title="Sampler", write_info=lambda t, s: {"Sampler": t.sampler},
           read_info=_sampler_from_info, star=lambda t, s: display_name(t["sampler"], t["schedule"])),
     Param("schedule", (), lambda r, n: r.schedules(n), default=("Automatic",), fields=("schedule",),
           in_batch_key=True, title="Schedule type",
           write_info=lambda t, s: {"Schedule type": t.schedule} if t.schedule != "Automatic" else {}),
     Param("steps", (), lambda r, n: r.numbers(n, "steps", int, 1, 10_000), default=(20,), fields=("steps",),
-          in_batch_key=True, title="Steps", write_info=lambda t, s: {"Steps": t.steps},
+          in_batch_key=True, to_task=lambda v, spec: {"steps": v["steps"]}, title="Steps", write_info=lambda t, s: {"Steps": t.steps},
           read_info=lambda p, notes: {"steps": p["Steps"]}, info_types=(("Steps", int),),
           star=lambda t, s: t["steps"]),
     Param("clip_skip", (), lambda r, n: r.numbers(n, "clip_skip", int, 1, 12), default=(1,), fields=("clip_skip",),
-          in_batch_key=True, title="Clip skip",
+          in_batch_key=True, to_task=lambda v, spec: {"clip_skip": v["clip_skip"]}, title="Clip skip",
           write_info=lambda t, s: {"Clip skip": t.clip_skip} if t.clip_skip > 1 else {},
           read_info=lambda p, notes: {"clip_skip": p["Clip skip"]} if p.get("Clip skip", 1) != 1 else {},
           info_types=(("Clip skip", int),), star=lambda t, s: t["clip_skip"]),
     Param("cfg", ("cfg_scale",), lambda r, n: r.numbers(n, "cfg", float, 0, 100), default=(7.0,), fields=("cfg",),
-          in_batch_key=True, title="CFG scale", write_info=lambda t, s: {"CFG scale": _number(t.cfg)},
+          in_batch_key=True, to_task=lambda v, spec: {"cfg": float(v["cfg"])}, title="CFG scale", write_info=lambda t, s: {"CFG scale": _number(t.cfg)},
           read_info=lambda p, notes: {"cfg": p.get("CFG scale", 7)}, info_types=(("CFG scale", float),),
           star=lambda t, s: _number(t["cfg"])),
     Param("rng", (), lambda r, n: r.rng_sources(n), fields=("rng",), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+          to_task=lambda v, spec: {"rng": v.get("rng", "cpu")},
           # always written: a reader assumes A1111's GPU source when it is missing
           write_info=lambda t, s: {"RNG": RNG_NAMES[t.rng]}, read_info=_rng_from_info,
           star=lambda t, s: t.get("rng", "cpu")),
     Param("eta", (), lambda r, n: r.numbers(n, "eta", float, 0, 1), fields=("eta",), id_rule=UNLESS_DEFAULT,
-          in_batch_key=True, title="Eta", write_info=_eta_info, read_info=_eta_from_info,
+          in_batch_key=True, to_task=lambda v, spec: {"eta": float(v["eta"]) if "eta" in v else None}, title="Eta", write_info=_eta_info, read_info=_eta_from_info,
           info_types=(("Eta", float), ("Eta DDIM", float)),
           star=_eta_star),
     Param("ensd", (), lambda r, n: r.numbers(n, "ensd", int, 0, 2**32 - 1), fields=("ensd",),
-          id_rule=UNLESS_DEFAULT, in_batch_key=True, title="ENSD", write_info=_ensd_info,
+          id_rule=UNLESS_DEFAULT, in_batch_key=True, to_task=lambda v, spec: {"ensd": v.get("ensd", 0)}, title="ENSD", write_info=_ensd_info,
           read_info=lambda p, notes: {"ensd": p["ENSD"]} if p.get("ENSD") else {}, info_types=(("ENSD", int),),
           star=lambda t, s: t.get("ensd", 0)),
     Param("seed_resize_from", (), lambda r, n: r.sizes(n, "seed_resize_from"),
-          fields=("seed_resize_width", "seed_resize_height"), id_rule=UNLESS_DEFAULT,
+          fields=("seed_resize_width", "seed_resize_height"), id_rule=UNLESS_DEFAULT, to_task=_seed_resize_to_task,
           write_info=lambda t, s: {"Seed resize from": f"{t.seed_resize_width}x{t.seed_resize_height}"}
           if t.seed_resize_width and t.seed_resize_height else {},
           read_info=lambda p, notes: {"seed_resize_from": f"{p['Seed resize from-1']}x{p['Seed resize from-2']}"}
@@ -171,7 +214,8 @@ PARAMS: tuple[Param, ...] = (
           star=lambda t, s: f"{t.get('seed_resize_width', 0)}x{t.get('seed_resize_height', 0)}"),
     Param("variation_strength", ("subseed_strength",), lambda r, n: r.numbers(n, "variation_strength", float, 0, 1),
           needs=("variation_seed", "variation_strength: needs a variation_seed to blend towards (A1111's 'Variation seed')"),
-          fields=("subseed_strength",), id_rule=UNLESS_DEFAULT, write_info=_variation_info,
+          fields=("subseed_strength",), id_rule=UNLESS_DEFAULT, to_task=_variation_to_task,
+          write_info=_variation_info,
           read_info=lambda p, notes: {"variation_seed": p["Variation seed"],
                                       "variation_strength": p["Variation seed strength"]}
           if p.get("Variation seed strength") else {},
@@ -182,7 +226,8 @@ PARAMS: tuple[Param, ...] = (
           read_info=lambda p, notes: {"negative_prompt": p["Negative prompt"]} if p.get("Negative prompt") else {},
           star=lambda t, s: t["negative_prompt"]),
     # the prompt's extra-network tags (LoRAs) are in the batch key: farm/batching.py
-    Param("prompt", ("prompts",), fields=("prompt",), title="Prompt",
+    # the prompt row writes both prompts: Prompt S/R replaces in both, the lora axis adds its tag
+    Param("prompt", ("prompts",), fields=("prompt",), to_task=_prompts_to_task, title="Prompt",
           read_info=lambda p, notes: {"prompt": p["Prompt"]}, star=lambda t, s: t["prompt"]),
     Param("prompt_sr", title="Prompt S/R"),
     # with strength 0 the variation seed changes nothing (and is left out of the task): the
@@ -191,10 +236,11 @@ PARAMS: tuple[Param, ...] = (
           fields=("subseed",), id_rule=UNLESS_DEFAULT,
           star=lambda t, s: t["subseed"] + (s - t["seed"]) if t.get("subseed_strength") else s),
     Param("seed", ("seeds",), lambda r, n: r.numbers(n, "seed", int, 0, 2**64 - 1), fields=("seed",),
-          title="Seed", write_info=lambda t, s: {"Seed": s}, read_info=lambda p, notes: {"seed": p["Seed"]},
+          to_task=lambda v, spec: {"seed": v["seed"]}, title="Seed", write_info=lambda t, s: {"Seed": s}, read_info=lambda p, notes: {"seed": p["Seed"]},
           info_types=(("Seed", int),), star=lambda t, s: s),
     # not in the expansion: one value per job (batch_size is a spec key of its own)
-    Param("batch_size", in_spec=False, fields=("batch_size",), in_batch_key=True),
+    Param("batch_size", in_spec=False, fields=("batch_size",), in_batch_key=True,
+          to_task=lambda v, spec: {"batch_size": spec.batch_size}),
     # the task kind the worker dispatches on; txt2img is the only one yet
     Param("kind", in_spec=False, fields=("kind",), id_rule=UNLESS_DEFAULT, in_batch_key=True),
 )
