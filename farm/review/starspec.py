@@ -54,6 +54,8 @@ def starred_spec(name: str, records: list[dict], source: str) -> tuple[str, int]
     axes = list(image_params(records[0]))
     # an optional parameter no star uses stays out, as in a spec without the key
     unused = {a for a in OPTIONAL_AXES if all(at_default(BY_KEY[a], r["task"]) for r in records)}
+    if "variation_strength" in unused:  # without a strength the variation seed changes nothing
+        unused.add("variation_seed")
     rows = [image_params(r) for r in records]
     rows = [dict(zip(axes, t)) for t in _distinct([tuple(r[a] for a in axes) for r in rows])]
     fixed = [a for a in axes if a not in unused and len({repr(r[a]) for r in rows}) == 1]
