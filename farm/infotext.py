@@ -1,8 +1,10 @@
 """A1111 infotext, both ways: the `parameters` text that A1111's PNG Info, civitai and others read.
 
 Written from A1111's behaviour (modules/processing.py, create_infotext; modules/infotext_utils.py,
-parse_generation_parameters; A1111 is AGPL: no code taken). The writer matches A1111 byte for byte; the reader follows A1111's rules and also reads back
-bare keys (a key written alone because its value equals it), which A1111 itself drops.
+parse_generation_parameters; A1111 is AGPL: no code taken). The writer matches A1111 byte for
+byte; the reader follows A1111's rules and also reads back bare keys (a key written alone because
+its value equals it), which A1111 itself drops. Which pairs a render parameter writes, and how
+each reads back into a spec, is its row in farm/params.py.
 """
 
 from __future__ import annotations

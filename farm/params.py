@@ -147,101 +147,159 @@ def _seed_resize_to_task(v: dict, spec) -> dict:
     return {"seed_resize_width": width, "seed_resize_height": height}
 
 
+def _seed_resize_info(task, seed: int) -> dict:
+    if not (task.seed_resize_width and task.seed_resize_height):
+        return {}
+    return {"Seed resize from": f"{task.seed_resize_width}x{task.seed_resize_height}"}
+
+
+def _seed_resize_from_info(params: dict, notes: list) -> dict:
+    if "Seed resize from-1" not in params:
+        return {}
+    return {"seed_resize_from": f"{params['Seed resize from-1']}x{params['Seed resize from-2']}"}
+
+
+def _variation_from_info(params: dict, notes: list) -> dict:
+    if not params.get("Variation seed strength"):
+        return {}
+    return {"variation_seed": params["Variation seed"], "variation_strength": params["Variation seed strength"]}
+
+
 def _short_hash(sha256: str | None) -> str | None:
-    from farm.checkpoints import short_hash  # farm.checkpoints reads model files: not needed to import this table
+    from farm.checkpoints import short_hash  # imported when used: the table stays light to import
 
     return short_hash(sha256)
 
 
 # Expansion order, outermost first: the most expensive axis to change first, so a worker keeps a
 # checkpoint loaded as long as possible; seeds, free to change, innermost (as A1111's X/Y/Z).
+# Arguments: read(parser, node); to_task(values, spec); write_info(task, seed); read_info(params,
+# notes); star(task record, seed).
 PARAMS: tuple[Param, ...] = (
-    Param("checkpoint", ("checkpoints",), fields=("checkpoint", "checkpoint_hash"), in_batch_key=True,
-          to_task=lambda v, spec: {"checkpoint": v["checkpoint"], "checkpoint_hash": spec.checkpoint_hash(v["checkpoint"])},
-          title="Checkpoint",
+    Param("checkpoint", ("checkpoints",),
+          fields=("checkpoint", "checkpoint_hash"), in_batch_key=True, title="Checkpoint",
+          to_task=lambda v, spec: {"checkpoint": v["checkpoint"],
+                                   "checkpoint_hash": spec.checkpoint_hash(v["checkpoint"])},
           write_info=lambda t, s: {"Model hash": _short_hash(t.checkpoint_hash), "Model": t.checkpoint},
           star=lambda t, s: t["checkpoint"]),
-    Param("vae", ("vaes",), fields=("vae", "vae_hash"), id_rule=UNLESS_DEFAULT, in_batch_key=True, to_task=_vae_to_task,
+    Param("vae", ("vaes",),
+          fields=("vae", "vae_hash"), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+          to_task=_vae_to_task,
           star=lambda t, s: t.get("vae") or NO_MODEL),
-    # the lora axis becomes a tag in the prompt: the prompt's tags are in the batch key
+    # the lora axis becomes a tag in the prompt (the prompt row), whose tags are in the batch key
     Param("lora", ("loras",)),
-    Param("lora_weight", ("lora_weights",), lambda r, n: r.numbers(n, "lora_weight", float, -10, 10),
+    Param("lora_weight", ("lora_weights",),
+          read=lambda r, n: r.numbers(n, "lora_weight", float, -10, 10),
           needs=("lora", "lora_weight: sweeps the weight of the 'lora' axis, and there is none; add lora: NAME")),
-    Param("size", fields=("width", "height"), in_batch_key=True, to_task=_size_to_task, title="Size",
+    Param("size",
+          fields=("width", "height"), in_batch_key=True, title="Size",
+          to_task=_size_to_task,
           write_info=lambda t, s: {"Size": f"{t.width}x{t.height}"},
           read_info=lambda p, notes: {"size": f"{p['Size-1']}x{p['Size-2']}"},
           star=lambda t, s: f"{t['width']}x{t['height']}"),
-    Param("width", fields=("width",), in_batch_key=True),
+    Param("width", fields=("width",), in_batch_key=True),  # instead of size; the size row sets both
     Param("height", fields=("height",), in_batch_key=True),
-    Param("sampler", ("samplers",), lambda r, n: r.samplers(n), default=("DPM++ 2M",), fields=("sampler",),
-          in_batch_key=True, to_task=_sampler_to_task, title="Sampler", write_info=lambda t, s: {"Sampler": t.sampler},
-          read_info=_sampler_from_info, star=lambda t, s: display_name(t["sampler"], t["schedule"])),
-    Param("schedule", (), lambda r, n: r.schedules(n), default=("Automatic",), fields=("schedule",),
-          in_batch_key=True, title="Schedule type",
+    Param("sampler", ("samplers",),
+          read=lambda r, n: r.samplers(n), default=("DPM++ 2M",),
+          fields=("sampler",), in_batch_key=True, title="Sampler",
+          to_task=_sampler_to_task,  # with the schedule: 'DPM++ 2M Karras' names both
+          write_info=lambda t, s: {"Sampler": t.sampler},
+          read_info=_sampler_from_info,
+          star=lambda t, s: display_name(t["sampler"], t["schedule"])),
+    Param("schedule",
+          read=lambda r, n: r.schedules(n), default=("Automatic",),
+          fields=("schedule",), in_batch_key=True, title="Schedule type",
           write_info=lambda t, s: {"Schedule type": t.schedule} if t.schedule != "Automatic" else {}),
-    Param("steps", (), lambda r, n: r.numbers(n, "steps", int, 1, 10_000), default=(20,), fields=("steps",),
-          in_batch_key=True, to_task=lambda v, spec: {"steps": v["steps"]}, title="Steps", write_info=lambda t, s: {"Steps": t.steps},
+    Param("steps",
+          read=lambda r, n: r.numbers(n, "steps", int, 1, 10_000), default=(20,),
+          fields=("steps",), in_batch_key=True, title="Steps",
+          to_task=lambda v, spec: {"steps": v["steps"]},
+          write_info=lambda t, s: {"Steps": t.steps},
           read_info=lambda p, notes: {"steps": p["Steps"]}, info_types=(("Steps", int),),
           star=lambda t, s: t["steps"]),
-    Param("clip_skip", (), lambda r, n: r.numbers(n, "clip_skip", int, 1, 12), default=(1,), fields=("clip_skip",),
-          in_batch_key=True, to_task=lambda v, spec: {"clip_skip": v["clip_skip"]}, title="Clip skip",
+    Param("clip_skip",
+          read=lambda r, n: r.numbers(n, "clip_skip", int, 1, 12), default=(1,),
+          fields=("clip_skip",), in_batch_key=True, title="Clip skip",
+          to_task=lambda v, spec: {"clip_skip": v["clip_skip"]},
           write_info=lambda t, s: {"Clip skip": t.clip_skip} if t.clip_skip > 1 else {},
           read_info=lambda p, notes: {"clip_skip": p["Clip skip"]} if p.get("Clip skip", 1) != 1 else {},
-          info_types=(("Clip skip", int),), star=lambda t, s: t["clip_skip"]),
-    Param("cfg", ("cfg_scale",), lambda r, n: r.numbers(n, "cfg", float, 0, 100), default=(7.0,), fields=("cfg",),
-          in_batch_key=True, to_task=lambda v, spec: {"cfg": float(v["cfg"])}, title="CFG scale", write_info=lambda t, s: {"CFG scale": _number(t.cfg)},
+          info_types=(("Clip skip", int),),
+          star=lambda t, s: t["clip_skip"]),
+    Param("cfg", ("cfg_scale",),
+          read=lambda r, n: r.numbers(n, "cfg", float, 0, 100), default=(7.0,),
+          fields=("cfg",), in_batch_key=True, title="CFG scale",
+          to_task=lambda v, spec: {"cfg": float(v["cfg"])},
+          write_info=lambda t, s: {"CFG scale": _number(t.cfg)},
           read_info=lambda p, notes: {"cfg": p.get("CFG scale", 7)}, info_types=(("CFG scale", float),),
           star=lambda t, s: _number(t["cfg"])),
-    Param("rng", (), lambda r, n: r.rng_sources(n), fields=("rng",), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+    Param("rng",
+          read=lambda r, n: r.rng_sources(n),
+          fields=("rng",), id_rule=UNLESS_DEFAULT, in_batch_key=True,
           to_task=lambda v, spec: {"rng": v.get("rng", "cpu")},
           # always written: a reader assumes A1111's GPU source when it is missing
-          write_info=lambda t, s: {"RNG": RNG_NAMES[t.rng]}, read_info=_rng_from_info,
+          write_info=lambda t, s: {"RNG": RNG_NAMES[t.rng]},
+          read_info=_rng_from_info,
           star=lambda t, s: t.get("rng", "cpu")),
-    Param("eta", (), lambda r, n: r.numbers(n, "eta", float, 0, 1), fields=("eta",), id_rule=UNLESS_DEFAULT,
-          in_batch_key=True, to_task=lambda v, spec: {"eta": float(v["eta"]) if "eta" in v else None}, title="Eta", write_info=_eta_info, read_info=_eta_from_info,
-          info_types=(("Eta", float), ("Eta DDIM", float)),
+    Param("eta",
+          read=lambda r, n: r.numbers(n, "eta", float, 0, 1),
+          fields=("eta",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Eta",
+          to_task=lambda v, spec: {"eta": float(v["eta"]) if "eta" in v else None},
+          write_info=_eta_info,
+          read_info=_eta_from_info, info_types=(("Eta", float), ("Eta DDIM", float)),
           star=_eta_star),
-    Param("ensd", (), lambda r, n: r.numbers(n, "ensd", int, 0, 2**32 - 1), fields=("ensd",),
-          id_rule=UNLESS_DEFAULT, in_batch_key=True, to_task=lambda v, spec: {"ensd": v.get("ensd", 0)}, title="ENSD", write_info=_ensd_info,
+    Param("ensd",
+          read=lambda r, n: r.numbers(n, "ensd", int, 0, 2**32 - 1),
+          fields=("ensd",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="ENSD",
+          to_task=lambda v, spec: {"ensd": v.get("ensd", 0)},
+          write_info=_ensd_info,
           read_info=lambda p, notes: {"ensd": p["ENSD"]} if p.get("ENSD") else {}, info_types=(("ENSD", int),),
           star=lambda t, s: t.get("ensd", 0)),
-    Param("seed_resize_from", (), lambda r, n: r.sizes(n, "seed_resize_from"),
-          fields=("seed_resize_width", "seed_resize_height"), id_rule=UNLESS_DEFAULT, to_task=_seed_resize_to_task,
-          write_info=lambda t, s: {"Seed resize from": f"{t.seed_resize_width}x{t.seed_resize_height}"}
-          if t.seed_resize_width and t.seed_resize_height else {},
-          read_info=lambda p, notes: {"seed_resize_from": f"{p['Seed resize from-1']}x{p['Seed resize from-2']}"}
-          if "Seed resize from-1" in p else {},
+    Param("seed_resize_from",
+          read=lambda r, n: r.sizes(n, "seed_resize_from"),
+          fields=("seed_resize_width", "seed_resize_height"), id_rule=UNLESS_DEFAULT,
+          to_task=_seed_resize_to_task,
+          write_info=_seed_resize_info,
+          read_info=_seed_resize_from_info,
           star=lambda t, s: f"{t.get('seed_resize_width', 0)}x{t.get('seed_resize_height', 0)}"),
-    Param("variation_strength", ("subseed_strength",), lambda r, n: r.numbers(n, "variation_strength", float, 0, 1),
-          needs=("variation_seed", "variation_strength: needs a variation_seed to blend towards (A1111's 'Variation seed')"),
-          fields=("subseed_strength",), id_rule=UNLESS_DEFAULT, to_task=_variation_to_task,
+    Param("variation_strength", ("subseed_strength",),
+          read=lambda r, n: r.numbers(n, "variation_strength", float, 0, 1),
+          needs=("variation_seed",
+                 "variation_strength: needs a variation_seed to blend towards (A1111's 'Variation seed')"),
+          fields=("subseed_strength",), id_rule=UNLESS_DEFAULT,
+          to_task=_variation_to_task,  # with the variation seed
           write_info=_variation_info,
-          read_info=lambda p, notes: {"variation_seed": p["Variation seed"],
-                                      "variation_strength": p["Variation seed strength"]}
-          if p.get("Variation seed strength") else {},
+          read_info=_variation_from_info,
           info_types=(("Variation seed", int), ("Variation seed strength", float)),
           star=lambda t, s: _number(t.get("subseed_strength", 0))),
-    Param("negative_prompt", ("negative", "negative_prompts"), default=("",), fields=("negative_prompt",),
-          title="Negative prompt",
+    Param("negative_prompt", ("negative", "negative_prompts"),
+          default=("",), fields=("negative_prompt",), title="Negative prompt",
           read_info=lambda p, notes: {"negative_prompt": p["Negative prompt"]} if p.get("Negative prompt") else {},
           star=lambda t, s: t["negative_prompt"]),
-    # the prompt's extra-network tags (LoRAs) are in the batch key: farm/batching.py
-    # the prompt row writes both prompts: Prompt S/R replaces in both, the lora axis adds its tag
-    Param("prompt", ("prompts",), fields=("prompt",), to_task=_prompts_to_task, title="Prompt",
-          read_info=lambda p, notes: {"prompt": p["Prompt"]}, star=lambda t, s: t["prompt"]),
+    # to_task writes both prompts: Prompt S/R replaces in both, the lora axis adds its tag. The
+    # prompt's extra-network tags (LoRAs) are in the batch key (farm/batching.py).
+    Param("prompt", ("prompts",),
+          fields=("prompt",), title="Prompt",
+          to_task=_prompts_to_task,
+          read_info=lambda p, notes: {"prompt": p["Prompt"]},
+          star=lambda t, s: t["prompt"]),
     Param("prompt_sr", title="Prompt S/R"),
     # with strength 0 the variation seed changes nothing (and is left out of the task): the
     # image's seed stands in for it in the star export
-    Param("variation_seed", ("subseed",), lambda r, n: r.numbers(n, "variation_seed", int, 0, 2**64 - 1),
+    Param("variation_seed", ("subseed",),
+          read=lambda r, n: r.numbers(n, "variation_seed", int, 0, 2**64 - 1),
           fields=("subseed",), id_rule=UNLESS_DEFAULT,
           star=lambda t, s: t["subseed"] + (s - t["seed"]) if t.get("subseed_strength") else s),
-    Param("seed", ("seeds",), lambda r, n: r.numbers(n, "seed", int, 0, 2**64 - 1), fields=("seed",),
-          to_task=lambda v, spec: {"seed": v["seed"]}, title="Seed", write_info=lambda t, s: {"Seed": s}, read_info=lambda p, notes: {"seed": p["Seed"]},
-          info_types=(("Seed", int),), star=lambda t, s: s),
-    # not in the expansion: one value per job (batch_size is a spec key of its own)
+    Param("seed", ("seeds",),
+          read=lambda r, n: r.numbers(n, "seed", int, 0, 2**64 - 1),
+          fields=("seed",), title="Seed",
+          to_task=lambda v, spec: {"seed": v["seed"]},
+          write_info=lambda t, s: {"Seed": s},
+          read_info=lambda p, notes: {"seed": p["Seed"]}, info_types=(("Seed", int),),
+          star=lambda t, s: s),
+    # not an axis: one value per job (the spec key batch_size)
     Param("batch_size", in_spec=False, fields=("batch_size",), in_batch_key=True,
           to_task=lambda v, spec: {"batch_size": spec.batch_size}),
-    # the task kind the worker dispatches on; txt2img is the only one yet
+    # the task kind the worker dispatches on; txt2img is the only one yet, so no spec key
     Param("kind", in_spec=False, fields=("kind",), id_rule=UNLESS_DEFAULT, in_batch_key=True),
 )
 BY_KEY = {p.key: p for p in PARAMS}

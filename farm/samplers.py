@@ -34,7 +34,8 @@ NOT_AVAILABLE = ("DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart")
 
 SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Beta")
 
-# A1111's "Automatic" schedule per sampler (a1111.md section 7); the rest use the scheduler default.
+# A1111's "Automatic" schedule per sampler (the default scheduler of each sampler in A1111's
+# modules/sd_samplers_kdiffusion.py); the rest use the scheduler default.
 AUTOMATIC_SCHEDULE = {
     "DPM++ 2M": "Karras",
     "DPM++ SDE": "Karras",

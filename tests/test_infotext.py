@@ -1,4 +1,5 @@
-"""A1111 infotext: exact strings per shared/reference/a1111.md section 1, the reader, PNG chunks."""
+"""A1111 infotext: exact strings as A1111 v1.10 writes them (its modules/processing.py,
+create_infotext), the reader, PNG chunks."""
 
 from __future__ import annotations
 

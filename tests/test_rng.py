@@ -9,7 +9,7 @@ from worker.rng import image_noise, randn, slerp
 
 
 def test_nv_matches_the_reference_value():
-    """a1111.md section 4: NV, seed 0, shape (3, 4): the first row of an NVIDIA GPU's torch.randn."""
+    """NV (A1111's modules/rng_philox.py), seed 0, shape (3, 4): the first row of an NVIDIA GPU's torch.randn."""
     noise = randn(0, (3, 4), "nv")
     assert noise.dtype == torch.float32 and noise.shape == (3, 4)
     np.testing.assert_allclose(noise[0].numpy(), [-0.92466259, -0.42534415, -2.6438457, 0.14518388], atol=1e-5)

@@ -1,4 +1,4 @@
-"""Job spec v1: loading, validation, errors with positions (farm/spec.py)."""
+"""Job spec v1: loading, validation, errors with positions (farm/spec/)."""
 
 from __future__ import annotations
 

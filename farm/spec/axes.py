@@ -91,7 +91,8 @@ class AxisReader(NodeReader):
         if min(ends) < lo or max(ends) > hi:
             bad = min(ends) if min(ends) < lo else max(ends)
             hint = self._BOUND_HINT.get(axis, "")
-            raise self.error(node, f"{axis}: {show_number(bad)} is out of range; expected {show_number(lo)} to {show_number(hi)}{hint}")
+            expected = f"expected {show_number(lo)} to {show_number(hi)}{hint}"
+            raise self.error(node, f"{axis}: {show_number(bad)} is out of range; {expected}")
 
     def start_count(self, node: MappingNode, axis: str) -> range:
         fields = self.keys(node, ("start", "count", "step"), f"{axis} (a mapping {{start, count, step}})")
