@@ -40,7 +40,6 @@ class PromptMatrix(LazySequence):
         return f"PromptMatrix({self.prompt!r})"
 
 
-
 class AxisReader(NodeReader):
     """Reads the value of one axis key into its sequence of values."""
 
@@ -197,7 +196,6 @@ class AxisReader(NodeReader):
             message = f"{axis}: {v} is not a multiple of 8, as Stable Diffusion needs; use {lower} or {lower + 8}"
             raise self.error(node, message)
 
-
     def size_axes(self, f: dict, values: dict) -> None:
         if "size" in f and ("width" in f or "height" in f):
             other = "width" if "width" in f else "height"
@@ -222,4 +220,3 @@ class AxisReader(NodeReader):
                     parse_sampler(sampler, schedule)
                 except ValueError as e:
                     raise self.error(f["schedule"][1] if "schedule" in f else f["sampler"][1], str(e)) from None
-

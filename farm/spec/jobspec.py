@@ -109,7 +109,6 @@ class JobSpec(BaseModel):
         return lines
 
 
-
 def _preview(seq: Sequence, limit: int = 4) -> str:
     def show(v: Any) -> str:
         if isinstance(v, str):
@@ -123,12 +122,10 @@ def _preview(seq: Sequence, limit: int = 4) -> str:
     return ", ".join(show(seq[i]) for i in range(limit - 1)) + f", ..., {show(seq[n - 1])}"
 
 
-
 def _canonical(seq: Sequence) -> Any:
     """A JSON-able stand-in for an axis in the job id: short axes by value (so `1-4` and
     [1, 2, 3, 4] are the same job), long ones by their (lazy, exact) structure."""
     return list(seq) if len(seq) <= 4096 else repr(seq)
-
 
 
 def job_id(name: str, dims: Sequence[tuple[str, ...]], values: dict, batch_size: int, filename: str) -> str:

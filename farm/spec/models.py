@@ -37,13 +37,11 @@ def family_size(names: Sequence[str], files: dict[str, Path], known: dict[str, s
     return FAMILY_SIZES["SDXL"] if families == {"SDXL"} else FAMILY_SIZES["SD1.5"]
 
 
-
 def _tag_offset(value: Any, name: str) -> int | None:
     """Where the tag naming a LoRA starts in a prompt value, for the error's column; None when
     the value does not hold it as written (prompt_sr made it)."""
     m = re.search(r"<\w+:\s*" + re.escape(name) + r"\s*[:>]", value) if isinstance(value, str) else None
     return m.start() if m else None
-
 
 
 class ModelChecks(NodeReader):
@@ -117,4 +115,3 @@ class ModelChecks(NodeReader):
             names.append(name)
         self.unique(names, node, kind)
         return names, files
-

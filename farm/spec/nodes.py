@@ -26,7 +26,6 @@ class SpecError(Exception):
         super().__init__(f"{file}:{line}:{col}: {self.message}")
 
 
-
 def show_number(v: float) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -49,7 +48,6 @@ def csv_words(text: str) -> list[str]:
     return [v.strip() for v in next(csv.reader([text], skipinitialspace=True), []) if v.strip()]
 
 
-
 class NodeReader:
     """Reads one spec text: knows the file name for errors and the YAML loader that turns nodes
     into plain values, and collects values listed twice (see check_repeats)."""
@@ -60,7 +58,6 @@ class NodeReader:
         # axis -> the error for a value listed twice; raised unless the axis is zipped with others
         # and the zipped combinations are all different (checked once `combine` is known)
         self.repeats: dict[str, SpecError] = {}
-
 
     def error(self, node: Node, message: str, offset: int | None = None) -> SpecError:
         """An error at a node; `offset` points into a one-line scalar (e.g. a combine term)."""
@@ -198,4 +195,3 @@ class NodeReader:
                                "they would render the same images again")
                     raise self.error(combine_node, message)
                 seen.add(combination)
-

@@ -148,7 +148,6 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
         # The file stem, made safe: it becomes part of the job folder's name.
         return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.file).stem).strip("-.") or "job"
 
-
     def output(self, node: Node) -> tuple[str | None, str]:
         fields = self.keys(node, ("folder", "filename"), "output")
         folder = None
