@@ -1,7 +1,8 @@
 """Batching across tasks: which tasks may share one diffusion call, and grouping them into messages.
 
 Tasks that differ only in seed, prompt, variation seed or output name (same checkpoint, size,
-sampler, steps, CFG, clip skip, VAE and LoRAs) can render as one batch. The coordinator puts runs
+sampler, steps, CFG, clip skip, VAE, LoRAs...: the fields farm/params.py marks in_batch_key) can
+render as one batch. The coordinator puts runs
 of such consecutive tasks into one queue message (a group); the worker that takes it renders the
 group's images in diffusion batches of up to its own max batch (worker/batches.py). Groups stay
 small enough that a job still spreads over every live worker.
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
+from farm.params import BATCH_FIELDS
 from farm.prompts import extract_extra_networks
 from farm.task import RenderTask
 
@@ -24,11 +26,7 @@ def batch_key(task: RenderTask) -> tuple:
     """Tasks with equal keys can render in one diffusion call (the images stay as if rendered
     alone: batch invariance). The prompt's extra-network tags are in the key, because LoRAs are
     applied to the model, not to one image; the rest of the prompt is not."""
-    return (
-        task.job, task.checkpoint, task.checkpoint_hash, task.width, task.height, task.batch_size,
-        task.sampler, task.schedule, task.steps, task.cfg, task.clip_skip, task.rng,
-        task.vae, task.vae_hash, _networks(task.prompt),
-    )
+    return (task.job, *(getattr(task, field) for field in BATCH_FIELDS), _networks(task.prompt))
 
 
 @lru_cache(maxsize=4096)  # a sweep repeats few prompts many times; keeps enqueueing fast

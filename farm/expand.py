@@ -4,14 +4,15 @@ A task index is a mixed-radix number: one digit per dimension of spec.dims (a zi
 digit), the last dimension varying fastest. Decoding an index needs only the axis lengths and
 indexing into each axis (a range or a small list), so task i is computed directly and a
 million-task sweep is never held in memory (itertools.product would materialise its inputs).
+Each parameter's row in farm/params.py turns the task's axis values into RenderTask fields.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from farm.samplers import parse_sampler
-from farm.spec import NO_MODEL, JobSpec
+from farm.params import PARAMS
+from farm.spec import JobSpec
 from farm.task import RenderTask
 
 
@@ -44,43 +45,14 @@ def _pick(spec: JobSpec, index: int) -> dict:
 
 def _task(spec: JobSpec, index: int) -> RenderTask:
     v = _pick(spec, index)
-    prompt, negative = v["prompt"], v["negative_prompt"]
-    search = spec.prompt_sr_search
-    if search is not None:  # A1111's Prompt S/R replaces in both prompts
-        prompt, negative = prompt.replace(search, v["prompt_sr"]), negative.replace(search, v["prompt_sr"])
-    if v.get("lora", NO_MODEL) != NO_MODEL:  # the lora axis is a tag, as a user would write it
-        prompt = f"{prompt} <lora:{v['lora']}:{v.get('lora_weight', 1.0):g}>"
-    vae = "" if v.get("vae", NO_MODEL) == NO_MODEL else v["vae"]
-    sampler, schedule = parse_sampler(v["sampler"], v["schedule"])
-    if "size" in v:
-        width, height = (int(x) for x in v["size"].split("x"))
-    else:
-        width, height = v["width"], v["height"]
-    strength = float(v.get("variation_strength", 0.0))
-    resize_w, resize_h = (int(x) for x in v.get("seed_resize_from", "0x0").split("x"))
+    fields: dict = {}
+    for param in PARAMS:
+        if param.to_task:
+            fields.update(param.to_task(v, spec))
     return RenderTask(
         job=spec.job_id,
         index=index,
-        prompt=prompt,
-        negative_prompt=negative,
-        seed=v["seed"],
-        batch_size=spec.batch_size,
-        checkpoint=v["checkpoint"],
-        checkpoint_hash=spec.checkpoint_hash(v["checkpoint"]),
-        vae=vae,
-        vae_hash=spec.vae_hash(vae) if vae else None,
-        sampler=sampler,
-        schedule=schedule,
-        steps=v["steps"],
-        cfg=float(v["cfg"]),
-        width=width,
-        height=height,
-        clip_skip=v["clip_skip"],
-        rng=v.get("rng", "cpu"),
-        subseed=v.get("variation_seed") if strength else None,  # strength 0: same pixels, same id
-        subseed_strength=strength,
-        seed_resize_width=resize_w,
-        seed_resize_height=resize_h,
         filename=spec.filename,
         axes={axis: v[axis] for axis in spec.swept_axes()},
+        **fields,
     ).with_id()

@@ -1,8 +1,10 @@
 """A1111 infotext, both ways: the `parameters` text that A1111's PNG Info, civitai and others read.
 
-Written from the behaviour described in shared/reference/a1111.md section 1 (A1111 is AGPL: no code
-taken). The writer matches A1111 byte for byte; the reader follows A1111's rules and also reads back
-bare keys (a key written alone because its value equals it), which A1111 itself drops.
+Written from A1111's behaviour (modules/processing.py, create_infotext; modules/infotext_utils.py,
+parse_generation_parameters; A1111 is AGPL: no code taken). The writer matches A1111 byte for
+byte; the reader follows A1111's rules and also reads back bare keys (a key written alone because
+its value equals it), which A1111 itself drops. Which pairs a render parameter writes, and how
+each reads back into a spec, is its row in farm/params.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 from PIL import Image, PngImagePlugin
 
 import farm
-from farm.checkpoints import short_hash
+from farm.params import INFOTEXT_TYPES, infotext_parameters
 from farm.task import RenderTask
 
 # A1111's key order; keys not listed keep their insertion order after these, then Version and User.
@@ -31,14 +33,12 @@ LAST_KEYS = ("Version", "User")
 NEGATIVE_PREFIX = "Negative prompt:"
 
 # Keys whose values the reader turns into numbers (only these: a model name "123" or a hash made
-# only of digits must stay text).
-INT_KEYS = {"Steps", "Seed", "Clip skip", "Variation seed", "Hires steps", "Size-1", "Size-2"}
-NUMBER_KEYS = {
-    "CFG scale", "Image CFG scale", "Denoising strength", "Variation seed strength",
-    "Conditional mask weight", "Token merging ratio", "Token merging ratio hr", "Hires upscale",
+# only of digits must stay text): the parameters' own (farm/params.py) and A1111 keys seedfarm reads.
+INT_KEYS = {k for k, kind in INFOTEXT_TYPES.items() if kind is int} | {"Hires steps", "Size-1", "Size-2"}
+NUMBER_KEYS = {k for k, kind in INFOTEXT_TYPES.items() if kind is float} | {
+    "Image CFG scale", "Denoising strength", "Conditional mask weight", "Token merging ratio",
+    "Token merging ratio hr", "Hires upscale",
 }
-# seedfarm's RNG sources by their A1111 infotext names.
-RNG_NAMES = {"cpu": "CPU", "nv": "NV"}
 # What A1111 assumes when an infotext leaves these out.
 READER_DEFAULTS = {"Clip skip": 1, "RNG": "GPU", "Schedule type": "Automatic"}
 
@@ -51,31 +51,12 @@ _BARE = re.compile(r"\s*(" + _KEY + r")\s*(?:,|$)")
 _WXH = re.compile(r"^(\d+)x(\d+)$")
 
 
-def _number_text(value: float) -> int | float:
-    """7.0 -> 7 and 7.5 -> 7.5: what A1111 shows for a CFG typed in its UI."""
-    return int(value) if float(value).is_integer() else float(value)
-
-
 def task_parameters(task: RenderTask, seed: int) -> dict[str, object]:
-    """The ordered key/value pairs A1111 would write for the image of `task` with `seed`."""
-    params: dict[str, object] = {"Steps": task.steps, "Sampler": task.sampler}
-    if task.schedule != "Automatic":
-        params["Schedule type"] = task.schedule
-    params["CFG scale"] = _number_text(task.cfg)
-    params["Seed"] = seed
-    params["Size"] = f"{task.width}x{task.height}"
-    params["Model hash"] = short_hash(task.checkpoint_hash)  # None: left out by the writer
-    params["Model"] = task.checkpoint
-    if task.subseed is not None and task.subseed_strength:
-        params["Variation seed"] = task.subseed + (seed - task.seed)  # image i: subseed + i
-        params["Variation seed strength"] = _number_text(task.subseed_strength)
-    if task.seed_resize_width and task.seed_resize_height:
-        params["Seed resize from"] = f"{task.seed_resize_width}x{task.seed_resize_height}"
-    if task.clip_skip > 1:
-        params["Clip skip"] = task.clip_skip
-    params["RNG"] = RNG_NAMES[task.rng]  # always: a reader assumes A1111's GPU source when it is missing
+    """The ordered key/value pairs A1111 would write for the image of `task` with `seed` (each
+    parameter's pairs come from its row in farm/params.py)."""
+    params = infotext_parameters(task, seed)
     params["Version"] = f"seedfarm {farm.__version__}"
-    return params
+    return dict(_ordered(params))
 
 
 def _quote(text: str) -> str:

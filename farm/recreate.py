@@ -1,19 +1,17 @@
 """An image's infotext -> a job spec that renders it again (A1111's "Send to txt2img").
 
 Works for seedfarm's images and A1111's: the checkpoint is found by its `Model hash` in the local
-models folder (so a renamed file is still found), else by its `Model` name.
+models folder (so a renamed file is still found), else by its `Model` name. Every other parameter
+is read back by its row in farm/params.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from farm.infotext import RNG_NAMES, parse_infotext
-from farm.samplers import display_name, parse_sampler
-
-_SOURCES = {name: source for source, name in RNG_NAMES.items()}
+from farm.infotext import parse_infotext
+from farm.params import spec_entries_from_infotext
+from farm.spec.write import write_spec
 
 
 class RecreateError(ValueError):
@@ -49,37 +47,11 @@ def spec_from_infotext(text: str, models_dir: Path | None = None) -> str:
     for key in ("Steps", "Sampler", "Seed", "Size-1"):
         if key not in params:
             raise RecreateError(f"the infotext has no '{key.removesuffix('-1')}', so it does not describe a render")
+    notes: list[str] = []
     try:
-        sampler, schedule = parse_sampler(str(params["Sampler"]), str(params.get("Schedule type", "Automatic")))
+        entries = spec_entries_from_infotext({**params, "Prompt": prompt, "Negative prompt": negative}, notes)
     except ValueError as e:
         raise RecreateError(str(e)) from None
     checkpoint, note = _checkpoint(params, models_dir)
-    spec: dict = {"version": 1, "prompt": prompt}
-    if negative:
-        spec["negative_prompt"] = negative
-    spec.update(
-        checkpoint=checkpoint,
-        seed=params["Seed"],
-        sampler=display_name(sampler, schedule),
-        steps=params["Steps"],
-        cfg=params.get("CFG scale", 7),
-        size=f"{params['Size-1']}x{params['Size-2']}",
-    )
-    if params.get("Clip skip", 1) != 1:
-        spec["clip_skip"] = params["Clip skip"]
-    rng = str(params.get("RNG", "GPU"))
-    notes = [note] if note else []
-    if rng == "GPU":  # A1111's default: torch.randn on the GPU; NVIDIA's numbers are reproducible
-        notes.append("rendered with A1111's GPU noise: nv reproduces an NVIDIA GPU's")
-        spec["rng"] = "nv"
-    elif rng in _SOURCES:
-        spec["rng"] = _SOURCES[rng]
-    else:
-        raise RecreateError(f"unknown RNG '{rng}' in the infotext; seedfarm has CPU and NV")
-    if params.get("Variation seed strength"):
-        spec["variation_seed"] = params["Variation seed"]
-        spec["variation_strength"] = params["Variation seed strength"]
-    if "Seed resize from-1" in params:
-        spec["seed_resize_from"] = f"{params['Seed resize from-1']}x{params['Seed resize from-2']}"
-    body = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=10**6)
-    return "".join(f"# note: {n}\n" for n in notes) + body
+    notes = ([note] if note else []) + notes
+    return write_spec({"version": 1, "checkpoint": checkpoint, **entries}, [f"note: {n}" for n in notes])

@@ -34,7 +34,8 @@ NOT_AVAILABLE = ("DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart")
 
 SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Beta")
 
-# A1111's "Automatic" schedule per sampler (a1111.md section 7); the rest use the scheduler default.
+# A1111's "Automatic" schedule per sampler (the default scheduler of each sampler in A1111's
+# modules/sd_samplers_kdiffusion.py); the rest use the scheduler default.
 AUTOMATIC_SCHEDULE = {
     "DPM++ 2M": "Karras",
     "DPM++ SDE": "Karras",
@@ -44,6 +45,38 @@ AUTOMATIC_SCHEDULE = {
     "DPM++ 2M SDE Heun": "Exponential",
     "DPM++ 3M SDE": "Exponential",
 }
+
+
+# Samplers whose A1111 function takes eta, with A1111's default eta when a render gives none: the
+# k-diffusion ones use the setting eta_ancestral (1.0), DDIM eta_ddim (0.0); A1111's infotext names
+# it "Eta" and "Eta DDIM" and writes it only when it differs from that default (A1111's
+# modules/sd_samplers_common.py, Sampler.initialize, and modules/sd_samplers_timesteps.py).
+ETA_DEFAULTS = {
+    "Euler a": 1.0, "DPM2 a": 1.0, "DPM++ SDE": 1.0, "DPM++ 2M SDE": 1.0, "DPM++ 2M SDE Heun": 1.0,
+    "DPM++ 3M SDE": 1.0, "DDIM": 0.0,
+}
+ETA_INFOTEXT_KEYS = {"DDIM": "Eta DDIM"}  # the others: "Eta"
+# Samplers whose eta seedfarm can change; diffusers fixes the others' at their default.
+ETA_SAMPLERS = ("Euler a", "DDIM")
+# Samplers whose infotext carries ENSD when it is set and eta is not 0 (A1111's "uses_ensd" option,
+# modules/sd_samplers_kdiffusion.py; used by is_sampler_using_eta_noise_seed_delta).
+USES_ENSD = ("Euler a", "DPM2 a")
+
+
+def effective_eta(sampler: str, eta: float | None) -> float | None:
+    """The eta a render uses: the given one, else the sampler's A1111 default; None for a sampler
+    that takes no eta."""
+    if sampler not in ETA_DEFAULTS:
+        return None
+    return ETA_DEFAULTS[sampler] if eta is None else float(eta)
+
+
+def eta_problem(sampler: str, eta: float) -> str | None:
+    """Why this sampler cannot render with this eta, or None (samplers without eta ignore it, as in A1111)."""
+    if sampler in ETA_DEFAULTS and sampler not in ETA_SAMPLERS and eta != ETA_DEFAULTS[sampler]:
+        return (f"eta: sampler '{sampler}' renders only with its default eta {ETA_DEFAULTS[sampler]:g} "
+                f"(diffusers fixes it); samplers that sweep eta: {', '.join(ETA_SAMPLERS)}")
+    return None
 
 
 def sampler_names() -> list[str]:

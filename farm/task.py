@@ -14,14 +14,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from farm.params import FILENAME_TOKENS, IN_ID_UNLESS_DEFAULT
+
 TASK_SCHEMA_VERSION = 1
 
-# Fields that do not change the pixels and so stay out of the id.
+# Fields that do not change the pixels and so stay out of the id. Which of the others are in the
+# id only when not at their default (fields added after v1): farm/params.py.
 _NOT_IN_ID = {"id", "job", "index", "axes"}
-# Fields added after v1 tasks were queued: left out of the id while at their default, so the id of
-# a task that does not use them is what it was before they existed.
-_IN_ID_UNLESS_DEFAULT = {"rng", "subseed", "subseed_strength", "seed_resize_width", "seed_resize_height",
-                         "vae", "vae_hash"}
 
 
 class RenderTask(BaseModel):
@@ -51,13 +50,16 @@ class RenderTask(BaseModel):
     seed_resize_height: int = Field(default=0, ge=0, description="A1111 'Seed resize from' height, 0 = off")
     vae: str = Field(default="", description="VAE file (stem, hash or path); '' = the checkpoint's own")
     vae_hash: str | None = Field(default=None, description="sha256 of the VAE file, when known")
+    eta: float | None = Field(default=None, ge=0, le=1, description="A1111 eta; None = the sampler's default")
+    ensd: int = Field(default=0, ge=0, description="A1111 'Eta noise seed delta': step noise from seed + ensd")
+    kind: str = Field(default="txt2img", description="the task kind the worker dispatches on")
     filename: str = Field(default="[seed]-[task_id]", description="output filename pattern")
     axes: dict[str, Any] = Field(default_factory=dict, description="swept axis -> value, for labels")
 
     def content_id(self) -> str:
         """The hash of everything that decides the pixels and where they go."""
         content = self.model_dump(exclude=_NOT_IN_ID)
-        for name in _IN_ID_UNLESS_DEFAULT:
+        for name in IN_ID_UNLESS_DEFAULT:
             if content[name] == type(self).model_fields[name].default:
                 del content[name]
         blob = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -87,10 +89,6 @@ class RenderTask(BaseModel):
 
 _TOKEN = re.compile(r"\[([a-z_]+)\]")
 _UNSAFE = re.compile(r'[\x00-\x1f<>:"/\\|?*]+')
-FILENAME_TOKENS = (
-    "seed", "steps", "cfg", "width", "height", "sampler", "model_name", "model_hash",
-    "prompt_hash", "prompt_words", "task_id", "clip_skip",
-)
 
 
 def filename_pattern_problem(pattern: str) -> str | None:
@@ -110,20 +108,11 @@ def render_filename(pattern: str, task: RenderTask, seed: int) -> str:
         pattern += "-[task_id]"
     if "[seed]" not in pattern and task.batch_size > 1:
         pattern += "-[seed]"
-    values = {
-        "seed": seed,
-        "steps": task.steps,
-        "cfg": f"{task.cfg:g}",
-        "width": task.width,
-        "height": task.height,
-        "sampler": task.sampler if task.schedule == "Automatic" else f"{task.sampler} {task.schedule}",
-        "model_name": task.checkpoint,
-        "model_hash": (task.checkpoint_hash or "")[:10],
-        "prompt_hash": hashlib.sha256(task.prompt.encode()).hexdigest()[:8],
-        "prompt_words": " ".join(re.findall(r"\w+", task.prompt)[:8]),
-        "task_id": task.id,
-        "clip_skip": task.clip_skip,
-    }
-    text = _TOKEN.sub(lambda m: str(values.get(m.group(1), m.group(0))), pattern)
+
+    def token(m: re.Match) -> str:
+        value = FILENAME_TOKENS.get(m.group(1))
+        return m.group(0) if value is None else str(value(task, seed))
+
+    text = _TOKEN.sub(token, pattern)
     text = _UNSAFE.sub("_", text).strip(" .")
     return text[:180] or task.id

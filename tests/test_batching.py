@@ -38,7 +38,8 @@ def test_tasks_differing_in_seed_prompt_or_variation_share_a_batch_key():
     assert batch_key(_task(1, seed=5, prompt="a blue robot", negative_prompt="ugly")) == base
     assert batch_key(_task(2, subseed=9, subseed_strength=0.3, filename="[seed]")) == base
     for change in ({"cfg": 5.0}, {"steps": 3}, {"width": 128}, {"sampler": "Euler"}, {"checkpoint": "other"},
-                   {"vae": "v"}, {"clip_skip": 2}, {"batch_size": 2}, {"job": "other"}, {"rng": "nv"}):
+                   {"vae": "v"}, {"clip_skip": 2}, {"batch_size": 2}, {"job": "other"}, {"rng": "nv"},
+                   {"eta": 0.5}, {"ensd": 31337}, {"kind": "img2img"}):
         assert batch_key(_task(**change)) != base, change
     # LoRAs change the model for the whole batch: their tags (and weights) are in the key
     lora = batch_key(_task(prompt="a robot <lora:style:0.8>"))

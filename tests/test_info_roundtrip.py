@@ -130,3 +130,29 @@ def test_rendered_image_re_renders_identically_from_its_infotext(tmp_path, tiny_
     (second,) = (tmp_path / "two").rglob("images/*.png")
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
     assert read_parameters(second) == text
+
+
+@pytest.mark.parametrize("sampler, key", [("Euler a", "Eta"), ("DDIM", "Eta DDIM")])
+def test_eta_and_ensd_round_trip_through_as_spec(sampler, key):
+    """An image with eta and ENSD -> `farm info --as-spec` -> the same task again (same id)."""
+    from farm.expand import expand
+
+    original = task(sampler=sampler, eta=0.25, ensd=31337, seed=77).with_id()
+    text = format_infotext(original.prompt, "", task_parameters(original, 77))
+    assert f"{key}: 0.25" in text and ("ENSD: 31337" in text) == (sampler == "Euler a")
+    spec_text = spec_from_infotext(text)
+    assert "eta: 0.25" in spec_text
+    (again,) = expand(parse_spec(spec_text, "again.yaml"))
+    assert again.eta == 0.25 and again.sampler == sampler
+    if sampler == "Euler a":  # A1111 writes ENSD only for the samplers it uses it with
+        assert "ensd: 31337" in spec_text and again.ensd == 31337
+        assert again.id == original.id
+
+
+def test_a1111_eta_and_ensd_become_spec_keys():
+    text = A1111_TEXT.replace("RNG: NV", "ENSD: 31337, RNG: NV, Eta: 0.67").replace("DPM++ 2M", "Euler a").replace(
+        "Schedule type: Karras, ", "")
+    values = parse_spec(spec_from_infotext(text), "sent.yaml").values
+    assert list(values["eta"]) == [0.67] and list(values["ensd"]) == [31337]
+    plain = parse_spec(spec_from_infotext(A1111_TEXT.replace("Schedule type: Karras, ", "")), "p.yaml").values
+    assert "eta" not in plain and "ensd" not in plain

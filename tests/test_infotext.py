@@ -1,4 +1,5 @@
-"""A1111 infotext: exact strings per shared/reference/a1111.md section 1, the reader, PNG chunks."""
+"""A1111 infotext: exact strings as A1111 v1.10 writes them (its modules/processing.py,
+create_infotext), the reader, PNG chunks."""
 
 from __future__ import annotations
 
@@ -255,3 +256,30 @@ def test_png_without_parameters_reads_none():
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG")
     assert read_parameters(buffer.getvalue()) is None
+
+
+# ---- eta and ENSD ---------------------------------------------------------------------------------
+
+
+def test_eta_is_written_only_when_it_differs_from_the_samplers_a1111_default():
+    assert "Eta" not in task_parameters(make_task(), 1) and "Eta" not in task_parameters(make_task(eta=1.0), 1)
+    text = format_infotext("a cat", "", task_parameters(make_task(eta=0.5, clip_skip=2), 1000))
+    assert text.endswith(f"Clip skip: 2, RNG: CPU, Eta: 0.5, Version: {VERSION}")  # an extra key: after RNG
+    assert task_parameters(make_task(eta=0.0), 1)["Eta"] == 0.0  # written as A1111 does: "Eta: 0.0"
+    # DDIM's default is 0 and its key "Eta DDIM" (A1111's eta_ddim setting)
+    assert "Eta DDIM" not in task_parameters(make_task(sampler="DDIM", eta=0.0), 1)
+    assert task_parameters(make_task(sampler="DDIM", eta=0.3), 1)["Eta DDIM"] == 0.3
+    assert not {"Eta", "Eta DDIM"} & set(task_parameters(make_task(sampler="Euler", eta=0.5), 1))  # no eta there
+
+
+def test_ensd_is_written_for_the_samplers_a1111_writes_it_for_after_clip_skip():
+    text = format_infotext("a cat", "", task_parameters(make_task(ensd=31337, clip_skip=2), 1000))
+    assert "Clip skip: 2, ENSD: 31337, RNG: CPU" in text
+    assert "ENSD" not in task_parameters(make_task(), 1)
+    assert "ENSD" not in task_parameters(make_task(ensd=31337, sampler="Euler"), 1)  # A1111: uses_ensd only
+    assert "ENSD" not in task_parameters(make_task(ensd=31337, eta=0.0), 1)  # eta 0 adds no noise
+
+
+def test_eta_and_ensd_read_back_as_numbers():
+    _, _, params = parse_infotext("a cat\nSteps: 20, Sampler: Euler a, Seed: 1, ENSD: 31337, Eta: 0.5, Eta DDIM: 0")
+    assert params["ENSD"] == 31337 and params["Eta"] == 0.5 and params["Eta DDIM"] == 0

@@ -123,3 +123,13 @@ def test_vae_rng_and_variation_seeds_of_the_stars_are_kept():
     assert spec.values["rng"] == ["nv"] and list(spec.values["vae"]) == ["kl-f8", "None"]
     assert list(spec.values["variation_strength"]) == [0.3, 0.0] and list(spec.values["variation_seed"]) == [77, 2]
     assert count == 2 and "seed_resize_from" not in text
+
+
+def test_eta_and_ensd_of_the_stars_are_kept_and_left_out_when_unused():
+    records = make_records(seed=[1, 2])
+    text, count, spec = spec_of(records)
+    assert "eta" not in spec.values and "ensd" not in spec.values
+    records[0]["task"].update(sampler="Euler a", eta=0.5, ensd=31337)
+    records[1]["task"].update(sampler="Euler a")  # eta left out: Euler a's default, 1
+    text, count, spec = spec_of(records)
+    assert list(spec.values["eta"]) == [0.5, 1.0] and list(spec.values["ensd"]) == [31337, 0] and count == 2

@@ -1,4 +1,5 @@
-"""worker/rng.py: A1111's RNG sources, variation seeds and seed resize."""
+"""worker/rng.py: A1111's RNG sources, variation seeds, seed resize and per-step noise (ENSD); eta and
+ENSD on rendered pixels."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from worker.rng import image_noise, randn, slerp
 
 
 def test_nv_matches_the_reference_value():
-    """a1111.md section 4: NV, seed 0, shape (3, 4): the first row of an NVIDIA GPU's torch.randn."""
+    """NV (A1111's modules/rng_philox.py), seed 0, shape (3, 4): the first row of an NVIDIA GPU's torch.randn."""
     noise = randn(0, (3, 4), "nv")
     assert noise.dtype == torch.float32 and noise.shape == (3, 4)
     np.testing.assert_allclose(noise[0].numpy(), [-0.92466259, -0.42534415, -2.6438457, 0.14518388], atol=1e-5)
@@ -58,3 +59,68 @@ def test_seed_resize_pastes_the_old_size_noise_centred():
     larger = image_noise((4, 8, 8), 5, "cpu", resize_from=(96, 80))  # latent 10 high, 12 wide
     assert torch.equal(larger, randn(5, (4, 10, 12))[:, 1:9, 2:10])
     assert torch.equal(image_noise((4, 8, 8), 5, "cpu", resize_from=(0, 0)), randn(5, (4, 8, 8)))
+
+
+# ---- per-step noise: eta and ENSD --------------------------------------------------------------
+
+def test_step_generator_without_ensd_skips_the_starting_noise_and_with_ensd_starts_at_seed_plus_ensd():
+    from worker.rng import step_generator
+
+    shape = (4, 8, 8)
+    plain = torch.Generator("cpu").manual_seed(7)
+    torch.randn((1, *shape), generator=plain)
+    assert torch.equal(torch.randn(3, generator=step_generator(7, shape)), torch.randn(3, generator=plain))
+    # A1111's modules/rng.py: after the starting noise, a fresh generator from seed + ENSD
+    fresh = torch.Generator("cpu").manual_seed(7 + 31337)
+    assert torch.equal(torch.randn(3, generator=step_generator(7, shape, 31337)), torch.randn(3, generator=fresh))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from worker.tiny import tiny_pipeline
+
+    return tiny_pipeline()
+
+
+def _render(pipe, **overrides) -> np.ndarray:
+    """64x64, 3 steps: with 2 the tiny model's last step all but erases the one step's noise
+    (pixels differ by at most 1), so neither eta nor ENSD would show."""
+    from farm.task import RenderTask
+    from worker.render import render_images
+
+    fields = dict(job="t", index=0, prompt="a lighthouse at dusk", negative_prompt="blurry", seed=300,
+                  checkpoint="tiny", sampler="Euler a", steps=3, cfg=7.0, width=64, height=64)
+    (image,) = render_images(pipe, RenderTask(**{**fields, **overrides}))
+    return np.asarray(image).astype(np.int16)
+
+
+def _differ(a: np.ndarray, b: np.ndarray) -> bool:
+    return int(np.abs(a - b).max()) > 1
+
+
+def test_eta_changes_an_ancestral_samplers_pixels_and_its_default_changes_nothing(pipe):
+    default = _render(pipe)
+    assert np.array_equal(_render(pipe, eta=1.0), default)  # Euler a's default eta: diffusers' own step
+    assert _differ(_render(pipe, eta=0.5), default)
+    assert _differ(_render(pipe, eta=0.0), _render(pipe, eta=0.5))
+
+
+def test_eta_changes_ddim_and_an_eta_less_sampler_ignores_it(pipe):
+    assert _differ(_render(pipe, sampler="DDIM", eta=0.8), _render(pipe, sampler="DDIM"))
+    assert np.array_equal(_render(pipe, sampler="Euler", eta=0.5), _render(pipe, sampler="Euler"))
+
+
+def test_ensd_changes_an_ancestral_samplers_pixels_but_not_a_deterministic_ones(pipe):
+    assert _differ(_render(pipe, ensd=31337), _render(pipe))
+    assert np.array_equal(_render(pipe, sampler="Euler", ensd=31337), _render(pipe, sampler="Euler"))
+
+
+def test_a_sampler_with_a_fixed_eta_refuses_another():
+    import diffusers
+
+    from worker.samplers import make_scheduler
+
+    base = diffusers.EulerAncestralDiscreteScheduler().config
+    with pytest.raises(ValueError, match="sampler 'DPM\\+\\+ 2M SDE' renders only with its default eta 1"):
+        make_scheduler(base, "DPM++ 2M SDE", "Automatic", eta=0.5)
+    assert type(make_scheduler(base, "DPM++ 2M SDE", "Automatic", eta=1.0)).__name__ == "DPMSolverMultistepScheduler"

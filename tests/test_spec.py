@@ -1,4 +1,4 @@
-"""Job spec v1: loading, validation, errors with positions (farm/spec.py)."""
+"""Job spec v1: loading, validation, errors with positions (farm/spec/)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_defaults_are_a1111s():
     s = spec(BASE)
     axes = s.axes()
     optional = ("width", "height", "prompt_sr", "vae", "lora", "lora_weight",  # no default: no axis
-                "rng", "seed_resize_from", "variation_strength", "variation_seed")
+                "rng", "eta", "ensd", "seed_resize_from", "variation_strength", "variation_seed")
     assert list(axes) == [a for a in AXIS_ORDER if a not in optional]
     assert axes["sampler"] == ["DPM++ 2M"] and axes["schedule"] == ["Automatic"]
     assert axes["steps"] == [20] and axes["cfg"] == [7.0] and axes["size"] == ["512x512"]
@@ -322,3 +322,41 @@ def test_values_may_repeat_inside_a_zip_group_but_combinations_may_not():
         parse_spec("prompt: a\nseed: [1, 1, 2]\ncfg: [5, 5, 6]\ncheckpoint: x\ncombine: (seed, cfg)\n")
     with pytest.raises(SpecError, match=r":2:7: seed: the value 1 comes twice"):
         parse_spec("prompt: a\nseed: [1, 1, 2]\ncheckpoint: x\n")
+
+
+# ---- eta and ENSD ---------------------------------------------------------------------------------
+
+
+def test_eta_and_ensd_are_sweepable_axes_that_reach_the_tasks():
+    from farm.expand import expand
+
+    s = spec(BASE + "sampler: Euler a\neta: 0-1 [3]\nensd: [0, 31337]\n")
+    assert list(s.values["eta"]) == [0.0, 0.5, 1.0] and list(s.values["ensd"]) == [0, 31337]
+    assert s.combine_expression() == "eta * ensd"
+    tasks = list(expand(s))
+    assert [(t.eta, t.ensd) for t in tasks] == [(e, d) for e in (0.0, 0.5, 1.0) for d in (0, 31337)]
+    plain = list(expand(spec(BASE + "sampler: Euler a\n")))[0]
+    assert plain.eta is None and plain.ensd == 0
+    # left out, both keep the task id of a spec written before they existed (test_task_ids_pinned)
+    assert tasks[0].model_copy(update={"eta": None, "ensd": 0}).with_id().id == plain.id
+
+
+@pytest.mark.parametrize(
+    "extra, where, message",
+    [
+        ("eta: 1.5\n", "4:6", "eta: 1.5 is out of range; expected 0 to 1"),
+        ("eta: lots\n", "4:6", "eta: 'lots' is neither a number nor a range like 5-7"),
+        ("ensd: -1\n", "4:7", "ensd: -1 is out of range; expected 0 to 4294967295"),
+        ("ensd: 0.5\n", "4:7", "ensd: expected a whole number"),
+        ("sampler: DPM++ 2M SDE\neta: 0.5\n", "5:6",
+         "eta: sampler 'DPM++ 2M SDE' renders only with its default eta 1 (diffusers fixes it); "
+         "samplers that sweep eta: Euler a, DDIM"),
+    ],
+)
+def test_eta_and_ensd_errors_are_located(extra, where, message):
+    e = error_of(BASE + extra)
+    assert str(e).startswith(f"jobs/x.yaml:{where}: {message}"), str(e)
+
+
+def test_eta_with_a_sampler_without_eta_is_ignored_as_in_a1111():
+    assert list(spec(BASE + "sampler: [Euler, DPM++ 2M SDE]\neta: 1\n").values["eta"]) == [1.0]

@@ -1,5 +1,5 @@
 """`<lora:NAME...>` tags in a spec's prompts are checked against the models folder before anything
-is queued or rendered: an unknown name is a spec error at the tag's position (farm/spec.py)."""
+is queued or rendered: an unknown name is a spec error at the tag's position (farm/spec/models.py)."""
 
 from __future__ import annotations
 

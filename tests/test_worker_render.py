@@ -120,7 +120,7 @@ def test_nan_output_is_a_render_error(pipe, monkeypatch):
     make_scheduler sets sigma_min); the render must say so rather than save black images."""
     from diffusers import UniPCMultistepScheduler
 
-    def unipc_zero(base, sampler, schedule, seeds=None):
+    def unipc_zero(base, sampler, schedule, seeds=None, eta=None):
         ours = make_scheduler(base, "UniPC", "Uniform")  # a clean base, whatever ran before
         return UniPCMultistepScheduler.from_config(ours.config, final_sigmas_type="zero")
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from farm.task import RenderTask
 from worker.conditioning import Conditioning, ConditioningError, ScheduledPair, conditioning_schedule, entry_at
-from worker.rng import image_noise
+from worker.rng import image_noise, step_generator
 from worker.samplers import make_scheduler
 
 
@@ -58,15 +58,6 @@ def initial_latents(pipe, slots: list[Slot]) -> torch.Tensor:
         noise.append(image_noise(_latent_shape(pipe, task), slot.seed, task.rng, slot.subseed,
                                  task.subseed_strength, resize))
     return torch.stack(noise).to(dtype=pipe.unet.dtype)
-
-
-def step_generator(seed: int, shape: tuple[int, ...]) -> torch.Generator:
-    """An image's generator for per-step noise: seeded with its seed and moved past one draw of
-    the starting noise's size, so the step noise never replays the "cpu" starting noise (and
-    images rendered before RNG sources existed stay the same)."""
-    generator = torch.Generator("cpu").manual_seed(seed)
-    torch.randn((1, *shape), generator=generator)
-    return generator
 
 
 def _stack(entries: list[ScheduledPair], what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,9 +195,9 @@ def plan_calls(schedules: list[list[ScheduledPair]]) -> list[list[int]]:
 def _render_call(pipe, slots: list[Slot], schedules: list[list[ScheduledPair]]) -> list[Image.Image]:
     task = slots[0].task
     seeds = [slot.seed for slot in slots]
-    pipe.scheduler = make_scheduler(pipe.scheduler.config, task.sampler, task.schedule, seeds=seeds)
+    pipe.scheduler = make_scheduler(pipe.scheduler.config, task.sampler, task.schedule, seeds=seeds, eta=task.eta)
     latents = initial_latents(pipe, slots)
-    generators = [step_generator(slot.seed, _latent_shape(pipe, slot.task)) for slot in slots]
+    generators = [step_generator(slot.seed, _latent_shape(pipe, slot.task), slot.task.ensd) for slot in slots]
     first = [schedule[0] for schedule in schedules]
     kwargs = _embeds(first)
     current = [first[0]]

@@ -1,4 +1,5 @@
-"""Starting noise the way A1111 makes it: RNG sources, variation seeds, seed resize (a1111.md section 4).
+"""Noise the way A1111 makes it: RNG sources, variation seeds, seed resize, and the per-step
+noise generators (with A1111's ENSD).
 
 Sources:
 - "cpu": torch's CPU generator seeded with the seed (A1111's "CPU": the same noise on any hardware);
@@ -100,3 +101,18 @@ def image_noise(
     dst_y, dst_x = (shape[1] - h) // 2, (shape[2] - w) // 2
     out[:, dst_y:dst_y + h, dst_x:dst_x + w] = noise[:, src_y:src_y + h, src_x:src_x + w]
     return out
+
+
+def step_generator(seed: int, shape: tuple[int, ...], ensd: int = 0) -> torch.Generator:
+    """An image's generator for the per-step noise of ancestral/SDE samplers (and DDIM with eta).
+
+    Without ENSD, A1111 keeps drawing from the generator that made the starting noise; seedfarm's
+    is seeded with the seed and moved past one draw of the starting noise's size, so the step noise
+    never replays the "cpu" starting noise (and images rendered before RNG sources existed stay
+    the same). With A1111's "Eta noise seed delta" the generator is made afresh from seed + ENSD
+    once the starting noise is drawn (A1111's modules/rng.py, ImageRNG.first)."""
+    if ensd:
+        return torch.Generator("cpu").manual_seed((seed + ensd) % 2**64)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    torch.randn((1, *shape), generator=generator)
+    return generator

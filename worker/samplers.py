@@ -1,4 +1,4 @@
-"""A1111 sampler + schedule type -> a diffusers scheduler (diffusers.md section 4).
+"""A1111 sampler + schedule type (+ eta) -> a diffusers scheduler.
 
 Names come from farm.samplers (the contract); this module only knows how to build each one.
 Numerical parity with A1111 is not expected (different sigma discretisation and noise), but the
@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from farm.samplers import AUTOMATIC_SCHEDULE, SAMPLERS
+from farm.samplers import AUTOMATIC_SCHEDULE, ETA_DEFAULTS, ETA_SAMPLERS, SAMPLERS, effective_eta, eta_problem
 
 # sampler -> (diffusers class name, fixed kwargs). Classes are looked up lazily (import cost).
 _SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -95,13 +95,22 @@ def scheduler_kwargs(sampler: str, schedule: str, base_config: Mapping[str, Any]
 
 
 def make_scheduler(
-    base_config: Mapping[str, Any], sampler: str, schedule: str = "Automatic", seeds: list[int] | None = None
+    base_config: Mapping[str, Any],
+    sampler: str,
+    schedule: str = "Automatic",
+    seeds: list[int] | None = None,
+    eta: float | None = None,
 ):
     """A fresh diffusers scheduler for this A1111 sampler/schedule, keeping the model's training
     config (betas, prediction type, steps offset) from `base_config` (e.g. pipe.scheduler.config).
     `seeds` (one per image) seed the Brownian tree of DPM++ SDE, one tree per image as A1111 does,
-    so reruns are identical and an image does not depend on its batch."""
+    so reruns are identical and an image does not depend on its batch. `eta` (None: the sampler's
+    A1111 default) scales the noise ancestral samplers and DDIM add at each step."""
     import diffusers
+
+    eta = effective_eta(sampler, eta)
+    if eta is not None and eta != ETA_DEFAULTS[sampler] and sampler not in ETA_SAMPLERS:
+        raise ValueError(eta_problem(sampler, eta))
 
     class_name, kwargs = scheduler_kwargs(sampler, schedule, base_config)
     if class_name == "DPMSolverSDEScheduler":
@@ -122,4 +131,61 @@ def make_scheduler(
         raise ValueError(f"{class_name} has no {', '.join(sorted(unsupported))} (sampler '{sampler}', schedule '{schedule}')")
     # Only the keys this class takes: from_config warns about every foreign key (PNDM's skip_prk_steps...).
     base = {k: v for k, v in dict(base_config).items() if k in accepted and k not in _CONTROLLED}
-    return cls.from_config({**base, **kwargs})
+    if eta is None or eta == ETA_DEFAULTS[sampler]:
+        return cls.from_config({**base, **kwargs})
+    scheduler = _with_eta(cls).from_config({**base, **kwargs})
+    scheduler.eta = eta
+    return scheduler
+
+
+_ETA_CLASSES: dict[type, type] = {}
+
+
+def _with_eta(cls: type) -> type:
+    """The scheduler class that renders with its instance's `eta` (set after construction: eta is
+    a sampling setting, not part of the model's scheduler config). Built only for an eta other
+    than the default, so default renders use diffusers' own classes, unchanged."""
+    if cls not in _ETA_CLASSES:
+        step = _ddim_step_with_eta if cls.__name__ == "DDIMScheduler" else _euler_ancestral_step_with_eta
+        _ETA_CLASSES[cls] = type(f"{cls.__name__}WithEta", (cls,), {"eta": 1.0, "step": step})
+    return _ETA_CLASSES[cls]
+
+
+def _ddim_step_with_eta(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = False,
+                        generator=None, variance_noise=None, return_dict: bool = True):
+    """DDIM's step with this scheduler's eta in place of the pipeline's (which passes 0.0). The
+    signature names `generator`: the pipeline passes the per-image generators only to a step that does."""
+    import diffusers
+
+    return diffusers.DDIMScheduler.step(self, model_output, timestep, sample, self.eta, use_clipped_model_output,
+                                        generator, variance_noise, return_dict)
+
+
+def _euler_ancestral_step_with_eta(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
+    """Euler a's step with k-diffusion's ancestral step for eta (sample_euler_ancestral and
+    get_ancestral_step): the noise added is eta times the full ancestral amount, capped at the next
+    sigma, and the deterministic step goes down to what is left. eta 1 is diffusers' own step."""
+    import torch
+    from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
+    from diffusers.utils.torch_utils import randn_tensor
+
+    if self.step_index is None:
+        self._init_step_index(timestep)
+    sigma_from, sigma_to = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
+    sample = sample.to(torch.float32)  # as diffusers: avoids precision issues
+    if self.config.prediction_type == "epsilon":
+        denoised = sample - sigma_from * model_output
+    elif self.config.prediction_type == "v_prediction":
+        denoised = model_output * (-sigma_from / (sigma_from**2 + 1) ** 0.5) + (sample / (sigma_from**2 + 1))
+    else:
+        raise ValueError(f"Euler a with eta has no prediction type '{self.config.prediction_type}'")
+    sigma_up = torch.minimum(sigma_to, self.eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    derivative = (sample - denoised) / sigma_from
+    prev_sample = sample + derivative * (sigma_down - sigma_from)
+    noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device, generator=generator)
+    prev_sample = (prev_sample + noise * sigma_up).to(model_output.dtype)
+    self._step_index += 1
+    if not return_dict:
+        return (prev_sample, denoised)
+    return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)

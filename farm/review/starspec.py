@@ -2,53 +2,23 @@
 
 The axes split into independent groups (the stars are the product of the groups); a group of
 several axes becomes a zip group in `combine`. Values may repeat inside a zip group as long as
-no combination does (farm/spec.py), and the starred combinations are distinct, so the spec renders
-the stars and nothing else.
+no combination does (farm/spec/nodes.py, check_repeats), and the starred combinations are
+distinct, so the spec renders the stars and nothing else.
 """
 
 from __future__ import annotations
 
 from itertools import combinations
-import yaml
 
-from farm.samplers import display_name
-
-# Spec keys in expansion order (outermost first), as farm/spec.py reads them.
-AXES = (
-    "checkpoint", "vae", "size", "sampler", "steps", "clip_skip", "cfg", "rng", "seed_resize_from",
-    "variation_strength", "negative_prompt", "prompt", "variation_seed", "seed",
-)
-# Written only when some star uses them; each value here means "off", as in a spec without the key.
-OPTIONAL = {"vae": "None", "rng": "cpu", "seed_resize_from": "0x0", "variation_strength": 0}
-
-
-def _number(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value
+from farm.params import BY_KEY, OPTIONAL_AXES, at_default, star_values
+from farm.spec.write import write_spec
 
 
 def image_params(record: dict) -> dict:
     """What renders this image again, in spec terms (the prompts after any Prompt S/R and with
-    their LoRA tags; a batch image's own seed and variation seed)."""
-    task = record["task"]
-    offset = record["seed"] - task["seed"]  # image i of a batch: seed + i, variation seed + i
-    strength = task.get("subseed_strength", 0)
-    return {
-        "checkpoint": task["checkpoint"],
-        "size": f"{task['width']}x{task['height']}",
-        "sampler": display_name(task["sampler"], task["schedule"]),
-        "steps": task["steps"],
-        "clip_skip": task["clip_skip"],
-        "cfg": _number(task["cfg"]),
-        "negative_prompt": task["negative_prompt"],
-        "prompt": task["prompt"],
-        "seed": record["seed"],
-        "vae": task.get("vae") or OPTIONAL["vae"],
-        "rng": task.get("rng", OPTIONAL["rng"]),
-        "seed_resize_from": f"{task.get('seed_resize_width', 0)}x{task.get('seed_resize_height', 0)}",
-        "variation_strength": _number(strength),
-        # with strength 0 the variation seed changes nothing; the image's seed stands in for it
-        "variation_seed": task["subseed"] + offset if strength else record["seed"],
-    }
+    their LoRA tags; a batch image's own seed and variation seed): each parameter's row in
+    farm/params.py says how."""
+    return star_values(record["task"], record["seed"])
 
 
 def _distinct(rows: list[tuple]) -> list[tuple]:
@@ -81,13 +51,15 @@ def starred_spec(name: str, records: list[dict], source: str) -> tuple[str, int]
     """(spec YAML, how many images it renders) for the starred records of a job."""
     if not records:
         raise ValueError("no starred images: star some first")
-    rows = [image_params(r) for r in records]
-    rows = [dict(zip(AXES, t)) for t in _distinct([tuple(r[a] for a in AXES) for r in rows])]
-    unused = {a for a, off in OPTIONAL.items() if all(r[a] == off for r in rows)}
-    if "variation_strength" in unused:
+    axes = list(image_params(records[0]))
+    # an optional parameter no star uses stays out, as in a spec without the key
+    unused = {a for a in OPTIONAL_AXES if all(at_default(BY_KEY[a], r["task"]) for r in records)}
+    if "variation_strength" in unused:  # without a strength the variation seed changes nothing
         unused.add("variation_seed")
-    fixed = [a for a in AXES if a not in unused and len({repr(r[a]) for r in rows}) == 1]
-    swept = [a for a in AXES if a not in unused and a not in fixed]
+    rows = [image_params(r) for r in records]
+    rows = [dict(zip(axes, t)) for t in _distinct([tuple(r[a] for a in axes) for r in rows])]
+    fixed = [a for a in axes if a not in unused and len({repr(r[a]) for r in rows}) == 1]
+    swept = [a for a in axes if a not in unused and a not in fixed]
     spec: dict = {"version": 1, "name": f"{name}-stars"}
     spec.update({a: rows[0][a] for a in fixed})
     terms, count = [], 1
@@ -99,6 +71,6 @@ def starred_spec(name: str, records: list[dict], source: str) -> tuple[str, int]
         count *= len(combos)
     if terms:
         spec["combine"] = " * ".join(terms)
-    header = f"# {len(rows)} starred image(s) of {source}, exported by `farm review`.\n"
-    return header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=10_000), count
+    header = f"{len(rows)} starred image(s) of {source}, exported by `farm review`."
+    return write_spec(spec, [header]), count
 

@@ -1,0 +1,381 @@
+"""The render parameters: one row per parameter, the only list of them.
+
+A row says, for one parameter: its spec key and aliases, how the spec parser reads its value, its
+default in a spec, the RenderTask fields it decides, whether those are in the task id (fields added
+after v1 stay out of it while at their default, so the ids of older tasks do not change), whether
+it is in the batch key, how it is written to and read from A1111's infotext, its grid label, and
+how the star export writes it. The spec parser, the expansion, the batch key, the infotext, `farm
+info --as-spec`, the star export and the grid labels read this table.
+
+Adding a parameter is a row here plus its use in the worker (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from farm.samplers import ETA_INFOTEXT_KEYS, USES_ENSD, display_name, effective_eta, parse_sampler
+
+# A vae/lora axis value meaning "none": the checkpoint's own VAE, no extra LoRA.
+NO_MODEL = "None"
+# seedfarm's RNG sources by their A1111 infotext names.
+RNG_NAMES = {"cpu": "CPU", "nv": "NV"}
+
+ALWAYS = "always"  # in the task id
+UNLESS_DEFAULT = "unless default"  # added after v1: in the task id only when not at its default
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str  # the spec key, also the axis name
+    aliases: tuple[str, ...] = ()  # other spec spellings of the key
+    # (parser, value node) -> the axis values; None: the spec parser reads it itself, because it
+    # depends on other keys (prompt, prompt_sr, models, size) or is no spec key (kind)
+    read: Callable[[Any, Any], Any] | None = None
+    needs: tuple[str, str] | None = None  # (other key, error message) when it makes no sense alone
+    default: tuple | None = None  # the axis values when a spec leaves the key out (A1111's v1.10)
+    in_spec: bool = True  # False: a task field no spec sets (yet)
+    fields: tuple[str, ...] = ()  # the RenderTask fields it decides
+    id_rule: str = ALWAYS
+    in_batch_key: bool = False  # tasks may share a diffusion call only when these fields are equal
+    # (the task's axis values, its JobSpec) -> RenderTask fields; None: another row sets its fields
+    to_task: Callable[[dict, Any], dict] | None = None
+    title: str | None = None  # grid label; None: the key, capitalised
+    # the infotext pairs of the image of `task` with `seed` (a None value is left out)
+    write_info: Callable[[Any, int], dict] | None = None
+    read_info: Callable[[dict, list], dict] | None = None  # (infotext params, notes) -> spec entries
+    info_types: tuple[tuple[str, type], ...] = ()  # infotext keys read back as numbers
+    # (task as a dict, the image's seed) -> the spec value that renders that image again
+    star: Callable[[dict, int], Any] | None = None
+
+
+def _number(value: float) -> int | float:
+    """7.0 -> 7 and 7.5 -> 7.5: what A1111 shows for a number typed in its UI."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _eta_info(task, seed: int) -> dict:
+    eta = effective_eta(task.sampler, task.eta)
+    if task.eta is None or eta == effective_eta(task.sampler, None):
+        return {}
+    return {ETA_INFOTEXT_KEYS.get(task.sampler, "Eta"): eta}
+
+
+def _ensd_info(task, seed: int) -> dict:
+    uses = task.ensd and task.sampler in USES_ENSD and effective_eta(task.sampler, task.eta) != 0
+    return {"ENSD": task.ensd} if uses else {}
+
+
+def _eta_from_info(params: dict, notes: list) -> dict:
+    for key in ("Eta", "Eta DDIM"):
+        if key in params:
+            return {"eta": params[key]}
+    return {}
+
+
+def _eta_star(task: dict, seed: int) -> float:
+    """The eta an image rendered with, so that stars of samplers with different defaults mix."""
+    eta = effective_eta(task["sampler"], task.get("eta"))
+    if eta is None:  # a sampler without eta ignores it: any value renders the same
+        eta = task.get("eta")
+    return 1.0 if eta is None else eta
+
+
+def _sampler_from_info(params: dict, notes: list) -> dict:
+    sampler, schedule = parse_sampler(str(params["Sampler"]), str(params.get("Schedule type", "Automatic")))
+    return {"sampler": display_name(sampler, schedule)}
+
+
+def _rng_from_info(params: dict, notes: list) -> dict:
+    rng = str(params.get("RNG", "GPU"))
+    if rng == "GPU":  # A1111's default: torch.randn on the GPU; NVIDIA's numbers are reproducible
+        notes.append("rendered with A1111's GPU noise: nv reproduces an NVIDIA GPU's")
+        return {"rng": "nv"}
+    sources = {name: source for source, name in RNG_NAMES.items()}
+    if rng not in sources:
+        raise ValueError(f"unknown RNG '{rng}' in the infotext; seedfarm has CPU and NV")
+    return {"rng": sources[rng]}
+
+
+def _variation_info(task, seed: int) -> dict:
+    if task.subseed is None or not task.subseed_strength:
+        return {}
+    return {"Variation seed": task.subseed + (seed - task.seed),  # image i: subseed + i
+            "Variation seed strength": _number(task.subseed_strength)}
+
+
+def _prompts_to_task(v: dict, spec) -> dict:
+    prompt, negative = v["prompt"], v["negative_prompt"]
+    search = spec.prompt_sr_search
+    if search is not None:  # A1111's Prompt S/R replaces in both prompts
+        prompt, negative = prompt.replace(search, v["prompt_sr"]), negative.replace(search, v["prompt_sr"])
+    if v.get("lora", NO_MODEL) != NO_MODEL:  # the lora axis is a tag, as a user would write it
+        prompt = f"{prompt} <lora:{v['lora']}:{v.get('lora_weight', 1.0):g}>"
+    return {"prompt": prompt, "negative_prompt": negative}
+
+
+def _vae_to_task(v: dict, spec) -> dict:
+    vae = "" if v.get("vae", NO_MODEL) == NO_MODEL else v["vae"]
+    return {"vae": vae, "vae_hash": spec.vae_hash(vae) if vae else None}
+
+
+def _size_to_task(v: dict, spec) -> dict:
+    if "size" in v:
+        width, height = (int(x) for x in v["size"].split("x"))
+    else:
+        width, height = v["width"], v["height"]
+    return {"width": width, "height": height}
+
+
+def _sampler_to_task(v: dict, spec) -> dict:
+    sampler, schedule = parse_sampler(v["sampler"], v["schedule"])
+    return {"sampler": sampler, "schedule": schedule}
+
+
+def _variation_to_task(v: dict, spec) -> dict:
+    strength = float(v.get("variation_strength", 0.0))
+    # strength 0: same pixels, so the same id as without a variation seed
+    return {"subseed": v.get("variation_seed") if strength else None, "subseed_strength": strength}
+
+
+def _seed_resize_to_task(v: dict, spec) -> dict:
+    width, height = (int(x) for x in v.get("seed_resize_from", "0x0").split("x"))
+    return {"seed_resize_width": width, "seed_resize_height": height}
+
+
+def _seed_resize_info(task, seed: int) -> dict:
+    if not (task.seed_resize_width and task.seed_resize_height):
+        return {}
+    return {"Seed resize from": f"{task.seed_resize_width}x{task.seed_resize_height}"}
+
+
+def _seed_resize_from_info(params: dict, notes: list) -> dict:
+    if "Seed resize from-1" not in params:
+        return {}
+    return {"seed_resize_from": f"{params['Seed resize from-1']}x{params['Seed resize from-2']}"}
+
+
+def _variation_from_info(params: dict, notes: list) -> dict:
+    if not params.get("Variation seed strength"):
+        return {}
+    return {"variation_seed": params["Variation seed"], "variation_strength": params["Variation seed strength"]}
+
+
+def _short_hash(sha256: str | None) -> str | None:
+    from farm.checkpoints import short_hash  # imported when used: the table stays light to import
+
+    return short_hash(sha256)
+
+
+# Expansion order, outermost first: the most expensive axis to change first, so a worker keeps a
+# checkpoint loaded as long as possible; seeds, free to change, innermost (as A1111's X/Y/Z).
+# Arguments: read(parser, node); to_task(values, spec); write_info(task, seed); read_info(params,
+# notes); star(task record, seed).
+PARAMS: tuple[Param, ...] = (
+    Param("checkpoint", ("checkpoints",),
+          fields=("checkpoint", "checkpoint_hash"), in_batch_key=True, title="Checkpoint",
+          to_task=lambda v, spec: {"checkpoint": v["checkpoint"],
+                                   "checkpoint_hash": spec.checkpoint_hash(v["checkpoint"])},
+          write_info=lambda t, s: {"Model hash": _short_hash(t.checkpoint_hash), "Model": t.checkpoint},
+          star=lambda t, s: t["checkpoint"]),
+    Param("vae", ("vaes",),
+          fields=("vae", "vae_hash"), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+          to_task=_vae_to_task,
+          star=lambda t, s: t.get("vae") or NO_MODEL),
+    # the lora axis becomes a tag in the prompt (the prompt row), whose tags are in the batch key
+    Param("lora", ("loras",)),
+    Param("lora_weight", ("lora_weights",),
+          read=lambda r, n: r.numbers(n, "lora_weight", float, -10, 10),
+          needs=("lora", "lora_weight: sweeps the weight of the 'lora' axis, and there is none; add lora: NAME")),
+    Param("size",
+          fields=("width", "height"), in_batch_key=True, title="Size",
+          to_task=_size_to_task,
+          write_info=lambda t, s: {"Size": f"{t.width}x{t.height}"},
+          read_info=lambda p, notes: {"size": f"{p['Size-1']}x{p['Size-2']}"},
+          star=lambda t, s: f"{t['width']}x{t['height']}"),
+    Param("width", fields=("width",), in_batch_key=True),  # instead of size; the size row sets both
+    Param("height", fields=("height",), in_batch_key=True),
+    Param("sampler", ("samplers",),
+          read=lambda r, n: r.samplers(n), default=("DPM++ 2M",),
+          fields=("sampler",), in_batch_key=True, title="Sampler",
+          to_task=_sampler_to_task,  # with the schedule: 'DPM++ 2M Karras' names both
+          write_info=lambda t, s: {"Sampler": t.sampler},
+          read_info=_sampler_from_info,
+          star=lambda t, s: display_name(t["sampler"], t["schedule"])),
+    Param("schedule",
+          read=lambda r, n: r.schedules(n), default=("Automatic",),
+          fields=("schedule",), in_batch_key=True, title="Schedule type",
+          write_info=lambda t, s: {"Schedule type": t.schedule} if t.schedule != "Automatic" else {}),
+    Param("steps",
+          read=lambda r, n: r.numbers(n, "steps", int, 1, 10_000), default=(20,),
+          fields=("steps",), in_batch_key=True, title="Steps",
+          to_task=lambda v, spec: {"steps": v["steps"]},
+          write_info=lambda t, s: {"Steps": t.steps},
+          read_info=lambda p, notes: {"steps": p["Steps"]}, info_types=(("Steps", int),),
+          star=lambda t, s: t["steps"]),
+    Param("clip_skip",
+          read=lambda r, n: r.numbers(n, "clip_skip", int, 1, 12), default=(1,),
+          fields=("clip_skip",), in_batch_key=True, title="Clip skip",
+          to_task=lambda v, spec: {"clip_skip": v["clip_skip"]},
+          write_info=lambda t, s: {"Clip skip": t.clip_skip} if t.clip_skip > 1 else {},
+          read_info=lambda p, notes: {"clip_skip": p["Clip skip"]} if p.get("Clip skip", 1) != 1 else {},
+          info_types=(("Clip skip", int),),
+          star=lambda t, s: t["clip_skip"]),
+    Param("cfg", ("cfg_scale",),
+          read=lambda r, n: r.numbers(n, "cfg", float, 0, 100), default=(7.0,),
+          fields=("cfg",), in_batch_key=True, title="CFG scale",
+          to_task=lambda v, spec: {"cfg": float(v["cfg"])},
+          write_info=lambda t, s: {"CFG scale": _number(t.cfg)},
+          read_info=lambda p, notes: {"cfg": p.get("CFG scale", 7)}, info_types=(("CFG scale", float),),
+          star=lambda t, s: _number(t["cfg"])),
+    Param("rng",
+          read=lambda r, n: r.rng_sources(n),
+          fields=("rng",), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+          to_task=lambda v, spec: {"rng": v.get("rng", "cpu")},
+          # always written: a reader assumes A1111's GPU source when it is missing
+          write_info=lambda t, s: {"RNG": RNG_NAMES[t.rng]},
+          read_info=_rng_from_info,
+          star=lambda t, s: t.get("rng", "cpu")),
+    Param("eta",
+          read=lambda r, n: r.numbers(n, "eta", float, 0, 1),
+          fields=("eta",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Eta",
+          to_task=lambda v, spec: {"eta": float(v["eta"]) if "eta" in v else None},
+          write_info=_eta_info,
+          read_info=_eta_from_info, info_types=(("Eta", float), ("Eta DDIM", float)),
+          star=_eta_star),
+    Param("ensd",
+          read=lambda r, n: r.numbers(n, "ensd", int, 0, 2**32 - 1),
+          fields=("ensd",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="ENSD",
+          to_task=lambda v, spec: {"ensd": v.get("ensd", 0)},
+          write_info=_ensd_info,
+          read_info=lambda p, notes: {"ensd": p["ENSD"]} if p.get("ENSD") else {}, info_types=(("ENSD", int),),
+          star=lambda t, s: t.get("ensd", 0)),
+    Param("seed_resize_from",
+          read=lambda r, n: r.sizes(n, "seed_resize_from"),
+          fields=("seed_resize_width", "seed_resize_height"), id_rule=UNLESS_DEFAULT,
+          to_task=_seed_resize_to_task,
+          write_info=_seed_resize_info,
+          read_info=_seed_resize_from_info,
+          star=lambda t, s: f"{t.get('seed_resize_width', 0)}x{t.get('seed_resize_height', 0)}"),
+    Param("variation_strength", ("subseed_strength",),
+          read=lambda r, n: r.numbers(n, "variation_strength", float, 0, 1),
+          needs=("variation_seed",
+                 "variation_strength: needs a variation_seed to blend towards (A1111's 'Variation seed')"),
+          fields=("subseed_strength",), id_rule=UNLESS_DEFAULT,
+          to_task=_variation_to_task,  # with the variation seed
+          write_info=_variation_info,
+          read_info=_variation_from_info,
+          info_types=(("Variation seed", int), ("Variation seed strength", float)),
+          star=lambda t, s: _number(t.get("subseed_strength", 0))),
+    Param("negative_prompt", ("negative", "negative_prompts"),
+          default=("",), fields=("negative_prompt",), title="Negative prompt",
+          read_info=lambda p, notes: {"negative_prompt": p["Negative prompt"]} if p.get("Negative prompt") else {},
+          star=lambda t, s: t["negative_prompt"]),
+    # to_task writes both prompts: Prompt S/R replaces in both, the lora axis adds its tag. The
+    # prompt's extra-network tags (LoRAs) are in the batch key (farm/batching.py).
+    Param("prompt", ("prompts",),
+          fields=("prompt",), title="Prompt",
+          to_task=_prompts_to_task,
+          read_info=lambda p, notes: {"prompt": p["Prompt"]},
+          star=lambda t, s: t["prompt"]),
+    Param("prompt_sr", title="Prompt S/R"),
+    # with strength 0 the variation seed changes nothing (and is left out of the task): the
+    # image's seed stands in for it in the star export
+    Param("variation_seed", ("subseed",),
+          read=lambda r, n: r.numbers(n, "variation_seed", int, 0, 2**64 - 1),
+          fields=("subseed",), id_rule=UNLESS_DEFAULT,
+          star=lambda t, s: t["subseed"] + (s - t["seed"]) if t.get("subseed_strength") else s),
+    Param("seed", ("seeds",),
+          read=lambda r, n: r.numbers(n, "seed", int, 0, 2**64 - 1),
+          fields=("seed",), title="Seed",
+          to_task=lambda v, spec: {"seed": v["seed"]},
+          write_info=lambda t, s: {"Seed": s},
+          read_info=lambda p, notes: {"seed": p["Seed"]}, info_types=(("Seed", int),),
+          star=lambda t, s: s),
+    # not an axis: one value per job (the spec key batch_size)
+    Param("batch_size", in_spec=False, fields=("batch_size",), in_batch_key=True,
+          to_task=lambda v, spec: {"batch_size": spec.batch_size}),
+    # the task kind the worker dispatches on; txt2img is the only one yet, so no spec key
+    Param("kind", in_spec=False, fields=("kind",), id_rule=UNLESS_DEFAULT, in_batch_key=True),
+)
+BY_KEY = {p.key: p for p in PARAMS}
+AXIS_ORDER = tuple(p.key for p in PARAMS if p.in_spec)
+ALIASES = {alias: p.key for p in PARAMS for alias in p.aliases}
+DEFAULTS: dict[str, list] = {p.key: list(p.default) for p in PARAMS if p.default is not None}
+# RenderTask fields that were added after v1 tasks were queued: left out of the id while at their
+# default, so the id of a task that does not use them is what it was before they existed.
+IN_ID_UNLESS_DEFAULT = frozenset(f for p in PARAMS if p.id_rule == UNLESS_DEFAULT for f in p.fields)
+BATCH_FIELDS = tuple(dict.fromkeys(f for p in PARAMS if p.in_batch_key for f in p.fields))
+INFOTEXT_TYPES = {key: kind for p in PARAMS for key, kind in p.info_types}
+# The star export writes these only when some starred image uses them (each is optional in a spec).
+OPTIONAL_AXES = tuple(p.key for p in PARAMS if p.in_spec and p.id_rule == UNLESS_DEFAULT)
+
+# Grid labels of axes derived from the prompt in a prompt-matrix job.
+DERIVED_TITLES = {"matrix_x": "Prompt matrix", "matrix_y": "Prompt matrix"}
+
+
+def axis_title(axis: str) -> str:
+    """The grid label of an axis: 'CFG scale' for cfg; an axis without one reads as its key."""
+    param = BY_KEY.get(axis)
+    title = param.title if param else DERIVED_TITLES.get(axis)
+    return title or axis.replace("_", " ").capitalize()
+
+
+# Filename tokens, A1111-style: token -> its text for (task, seed).
+FILENAME_TOKENS: dict[str, Callable[[Any, int], object]] = {
+    "seed": lambda t, s: s,
+    "steps": lambda t, s: t.steps,
+    "cfg": lambda t, s: f"{t.cfg:g}",
+    "width": lambda t, s: t.width,
+    "height": lambda t, s: t.height,
+    "sampler": lambda t, s: display_name(t.sampler, t.schedule),
+    "model_name": lambda t, s: t.checkpoint,
+    "model_hash": lambda t, s: (t.checkpoint_hash or "")[:10],
+    "prompt_hash": lambda t, s: hashlib.sha256(t.prompt.encode()).hexdigest()[:8],
+    "prompt_words": lambda t, s: " ".join(re.findall(r"\w+", t.prompt)[:8]),
+    "task_id": lambda t, s: t.id,
+    "clip_skip": lambda t, s: t.clip_skip,
+}
+
+
+def filename_token(name: str) -> Callable[[Any, int], object] | None:
+    """The function giving a filename token's text for (task, seed), or None for an unknown token."""
+    return FILENAME_TOKENS.get(name)
+
+
+def infotext_parameters(task, seed: int) -> dict[str, object]:
+    """Every parameter's infotext pairs for the image of `task` with `seed`, in table order."""
+    params: dict[str, object] = {}
+    for param in PARAMS:
+        if param.write_info:
+            params.update(param.write_info(task, seed))
+    return params
+
+
+def spec_entries_from_infotext(params: dict, notes: list[str]) -> dict[str, object]:
+    """Spec key -> value for every parameter the infotext `params` gives (its prompts under the
+    keys 'Prompt' and 'Negative prompt'); notes for the reader are appended to `notes`.
+    Raises ValueError for a value seedfarm cannot render."""
+    entries: dict[str, object] = {}
+    for param in PARAMS:
+        if param.read_info:
+            entries.update(param.read_info(params, notes))
+    return entries
+
+
+def star_values(task: dict, seed: int) -> dict[str, object]:
+    """Spec key -> value that renders the image with `seed` of this task (a task record) again."""
+    return {p.key: p.star(task, seed) for p in PARAMS if p.star}
+
+
+def at_default(param: Param, task: dict) -> bool:
+    """Whether a task record leaves this parameter at its default (records from before a field
+    existed lack it: that is its default too)."""
+    from farm.task import RenderTask
+
+    fields = RenderTask.model_fields
+    return all(task.get(f, fields[f].default) == fields[f].default for f in param.fields)

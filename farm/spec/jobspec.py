@@ -1,0 +1,141 @@
+"""JobSpec: a validated job, and its job id (a hash of what it renders)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from farm.checkpoints import sha256_file
+from farm.spec.models import checkpoint_family
+from farm.spec.nodes import show_number
+from farm.task import RenderTask
+
+SPEC_VERSION = 1
+DEFAULT_FILENAME = RenderTask.model_fields["filename"].default
+
+
+class JobSpec(BaseModel):
+    """A validated job. `values` holds every axis (fixed ones as one value) in expansion order;
+    `dims` groups them into the mixed-radix digits of a task index (zipped axes share a digit)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    job_id: str
+    source_text: str
+    file: str = "<spec>"
+    batch_size: int = 1
+    grid_x: str | None = None
+    grid_y: str | None = None
+    filename: str = DEFAULT_FILENAME
+    values: dict[str, Any]  # axis -> Sequence; values as labels show them (see docs/job-spec.md)
+    dims: tuple[tuple[str, ...], ...]
+    checkpoint_files: dict[str, Path] = {}  # filled only when a models folder was given
+    vae_files: dict[str, Path] = {}  # likewise
+    # Routing only (farm/routing.py): which workers and in what order, not what is rendered,
+    # so neither is part of the job id.
+    priority: str = "normal"
+    requires: tuple[str, ...] = ()
+    _hashes: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def axes(self) -> dict[str, Sequence]:
+        return dict(self.values)
+
+    def swept_axes(self) -> list[str]:
+        return [name for name, seq in self.values.items() if len(seq) > 1]
+
+    def task_count(self) -> int:
+        return math.prod(len(self.values[group[0]]) for group in self.dims)
+
+    def image_count(self) -> int:
+        return self.task_count() * self.batch_size
+
+    @property
+    def prompt_sr_search(self) -> str | None:
+        """The S/R text to search for: the first prompt_sr value (A1111's rule)."""
+        return self.values["prompt_sr"][0] if "prompt_sr" in self.values else None
+
+    def combine_expression(self) -> str:
+        """The swept part of the expansion as a combine expression, outermost first."""
+        terms = [
+            group[0] if len(group) == 1 else "(" + ", ".join(group) + ")"
+            for group in self.dims
+            if len(self.values[group[0]]) > 1
+        ]
+        return " * ".join(terms) or "(nothing swept)"
+
+    def checkpoint_hash(self, name: str) -> str | None:
+        """sha256 of the checkpoint: given to parse_spec, or hashed (once) from the models folder."""
+        if name not in self._hashes and name in self.checkpoint_files:
+            self._hashes[name] = sha256_file(self.checkpoint_files[name])
+        return self._hashes.get(name)
+
+    def vae_hash(self, name: str) -> str | None:
+        """sha256 of a VAE file, kept with the checkpoints' under the key 'vae:NAME'."""
+        key = f"vae:{name}"
+        if key not in self._hashes and name in self.vae_files:
+            self._hashes[key] = sha256_file(self.vae_files[name])
+        return self._hashes.get(key)
+
+    def checkpoint_hashes(self) -> dict[str, str]:
+        """name -> sha256 for every checkpoint (and 'vae:NAME' for every VAE) whose hash is known,
+        and 'family:NAME' -> SD1.5/SDXL: store it with the job, so a coordinator without the models
+        folder re-expands to the same tasks (the default size depends on the family)."""
+        hashes = {name: self.checkpoint_hash(name) for name in self.values["checkpoint"]}
+        hashes.update({f"vae:{name}": self.vae_hash(name) for name in self.values.get("vae", [])})
+        for name in self.values["checkpoint"]:
+            family = self._hashes.get(f"family:{name}") or checkpoint_family(name, self.checkpoint_files, {})
+            hashes[f"family:{name}"] = None if family == "?" else family
+        return {name: h for name, h in hashes.items() if h}
+
+    def describe(self) -> list[str]:
+        lines = [f"job {self.job_id} (from {self.file})"]
+        width = max(len(name) for name in self.values)
+        for name, seq in self.values.items():
+            lines.append(f"  {name:<{width}} {len(seq):>7,}  {_preview(seq)}")
+        lines.append(f"combine: {self.combine_expression()}")
+        if self.grid_x or self.grid_y:
+            lines.append(f"grid: x={self.grid_x or '-'}, y={self.grid_y or '-'}")
+        lines.append(f"output filename: {self.filename}")
+        lines.append(
+            f"tasks: {self.task_count():,}  images: {self.image_count():,} (batch size {self.batch_size})"
+        )
+        return lines
+
+
+def _preview(seq: Sequence, limit: int = 4) -> str:
+    def show(v: Any) -> str:
+        if isinstance(v, str):
+            v = v if len(v) <= 40 else v[:37] + "..."
+            return json.dumps(v, ensure_ascii=False)
+        return show_number(v)
+
+    n = len(seq)
+    if n <= limit:
+        return ", ".join(show(v) for v in seq)
+    return ", ".join(show(seq[i]) for i in range(limit - 1)) + f", ..., {show(seq[n - 1])}"
+
+
+def _canonical(seq: Sequence) -> Any:
+    """A JSON-able stand-in for an axis in the job id: short axes by value (so `1-4` and
+    [1, 2, 3, 4] are the same job), long ones by their (lazy, exact) structure."""
+    return list(seq) if len(seq) <= 4096 else repr(seq)
+
+
+def job_id(name: str, dims: Sequence[tuple[str, ...]], values: dict, batch_size: int, filename: str) -> str:
+    """NAME-HASH: the hash covers what the job renders (not its comments or key spelling), so the
+    same sweep maps to the same job folder and a re-run renders only what is missing."""
+    content = {
+        "v": SPEC_VERSION,
+        "dims": [[[a, _canonical(values[a])] for a in group] for group in dims],
+        "batch_size": batch_size,
+        "filename": filename,
+    }
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return f"{name}-{digest[:8]}"

@@ -1,0 +1,117 @@
+"""Models-folder checks of a spec: checkpoint, VAE and LoRA names resolve to files, and each
+checkpoint's family (which gives the default size when a spec gives none)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from yaml.nodes import Node, SequenceNode
+
+from farm.checkpoints import resolve_checkpoint
+from farm.models import ModelFileError, Registry, file_family
+from farm.prompts import extract_extra_networks, lora_refs
+from farm.params import NO_MODEL
+from farm.spec.nodes import NodeReader
+
+# The default size of each checkpoint family when a spec gives none (known with a models folder).
+FAMILY_SIZES = {"SD1.5": "512x512", "SDXL": "1024x1024"}
+
+
+def checkpoint_family(name: str, files: dict[str, Path], known: dict[str, str]) -> str:
+    """From the file when the models folder is at hand, else from a job record's 'family:NAME'."""
+    if name not in files:
+        return known.get(f"family:{name}", "?")
+    try:
+        return file_family(files[name], "checkpoint")
+    except ValueError:
+        return "?"  # a broken file fails on the worker, with its own message
+
+
+def family_size(names: Sequence[str], files: dict[str, Path], known: dict[str, str]) -> str:
+    """SDXL's 1024x1024 when every checkpoint is known to be SDXL; else SD1.5's 512x512 (without
+    a models folder or a job record the families are unknown: give `size` for SDXL jobs)."""
+    families = {checkpoint_family(name, files, known) for name in names}
+    return FAMILY_SIZES["SDXL"] if families == {"SDXL"} else FAMILY_SIZES["SD1.5"]
+
+
+def _tag_offset(value: Any, name: str) -> int | None:
+    """Where the tag naming a LoRA starts in a prompt value, for the error's column; None when
+    the value does not hold it as written (prompt_sr made it)."""
+    m = re.search(r"<\w+:\s*" + re.escape(name) + r"\s*[:>]", value) if isinstance(value, str) else None
+    return m.start() if m else None
+
+
+class ModelChecks(NodeReader):
+    """Checks model names against the models folder, when one is given."""
+
+    def checkpoints(self, node: Node, models_dir: Path | None) -> tuple[list[str], dict[str, Path]]:
+        names, files = [], {}
+        for text, item in self.texts(node, "checkpoint", "a checkpoint name (file stem)", split=True):
+            name = text.removesuffix(".safetensors").removesuffix(".ckpt")
+            if models_dir is not None:
+                try:
+                    files[name] = resolve_checkpoint(name, models_dir)
+                except ValueError as e:
+                    # A hub id (org/name) in no models folder is the worker's to fetch: it has no
+                    # file here to hash (its tasks carry no hash) nor to read the family from.
+                    if not Registry(models_dir).is_hub_id(name):
+                        raise self.error(item, str(e)) from None
+            names.append(name)
+        self.unique(names, node, "checkpoint")
+        return names, files
+
+    def lora_tags(self, f: dict, models_dir: Path) -> None:
+        """Every `<lora:NAME...>` (and `<lyco:...>`) a render will apply must resolve in the models
+        folder, or the job fails here instead of task by task at render time. The tags come from
+        the prompt values (a matrix prompt's parts included) and from the prompts as prompt_sr
+        rewrites them (a replacement may be, or change, a LoRA name). Negative prompts' tags are
+        not applied (A1111), so not checked. Names are resolved as the worker does."""
+        registry = Registry(models_dir)
+        files = registry.files("lora")  # one scan; resolve() only for names not found by name
+        problems: dict[str, str | None] = {}  # name -> why it does not resolve (None: it does)
+
+        def check(text: str, node: Node, where: str = "") -> None:
+            try:
+                refs = lora_refs(extract_extra_networks(text)[1])
+            except ValueError as e:  # a weight that is no number
+                raise self.error(node, f"prompt: {e}") from None
+            for ref in refs:
+                if ref.name not in problems:
+                    problems[ref.name] = None
+                    if ref.name not in files:
+                        try:
+                            registry.resolve("lora", ref.name, label="LoRA")
+                        except ModelFileError as e:
+                            problems[ref.name] = str(e)
+                if problems[ref.name]:
+                    raise self.error(node, problems[ref.name] + where, _tag_offset(self.plain(node), ref.name))
+
+        prompts = self.texts(f["prompt"][1], "prompt", "the prompt text")
+        for text, node in prompts:
+            check(text, node)
+        if "prompt_sr" in f:
+            sr = f["prompt_sr"][1]
+            values = self.texts(sr, "prompt_sr", "text", split=not isinstance(sr, SequenceNode))
+            search = values[0][0]
+            for value, node in values[1:]:
+                for text, _ in prompts:
+                    replaced = text.replace(search, value)
+                    if replaced != text:
+                        check(replaced, node, f" (in the prompt prompt_sr makes with '{value}')")
+
+    def model_names(self, node: Node, kind: str, models_dir: Path | None) -> tuple[list[str], dict[str, Path]]:
+        """A vae or lora axis: file stems (or None), checked against the models folder if given."""
+        names, files = [], {}
+        for text, item in self.texts(node, kind, f"a {kind} name (file stem) or {NO_MODEL}", split=True):
+            name = NO_MODEL if text.lower() in ("none", "automatic") else re.sub(r"\.(safetensors|ckpt|pt)$", "", text)
+            if models_dir is not None and name != NO_MODEL:
+                try:
+                    files[name] = Registry(models_dir).resolve(kind, name).path
+                except ValueError as e:
+                    raise self.error(item, str(e)) from None
+            names.append(name)
+        self.unique(names, node, kind)
+        return names, files

@@ -1,0 +1,165 @@
+"""The spec parser: reads a job YAML into a JobSpec, key by key from the parameter table
+(farm/params.py), with every error located as FILE:LINE:COL. The reference for every key is
+docs/job-spec.md."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from yaml.nodes import Node
+
+from farm.params import ALIASES, AXIS_ORDER, DEFAULTS, PARAMS
+from farm.samplers import eta_problem, parse_sampler
+from farm.spec.axes import AxisReader
+from farm.spec.combine import CombineReader
+from farm.spec.jobspec import DEFAULT_FILENAME, SPEC_VERSION, JobSpec, job_id
+from farm.spec.models import ModelChecks, family_size
+from farm.spec.nodes import SpecError, kind
+from farm.task import filename_pattern_problem
+
+OTHER_KEYS = ("version", "name", "prompt_matrix", "batch_size", "combine", "grid", "output", "priority", "requires")
+REQUIRED = ("prompt", "checkpoint", "seed")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def load_spec(
+    path: str | Path, models_dir: Path | None = None, checkpoint_hashes: dict[str, str] | None = None
+) -> JobSpec:
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(str(path), 1, 1, f"cannot read the job spec: {e}") from None
+    return parse_spec(text, str(path), models_dir, checkpoint_hashes)
+
+
+def parse_spec(
+    text: str,
+    filename: str = "<spec>",
+    models_dir: Path | None = None,
+    checkpoint_hashes: dict[str, str] | None = None,
+) -> JobSpec:
+    """Validate a spec text. Checkpoint names are checked against models_dir when given;
+    checkpoint_hashes (name -> sha256, e.g. from a job record) spares hashing the files."""
+    known = checkpoint_hashes or {}
+    spec = SpecParser(text, filename).parse(Path(models_dir) if models_dir is not None else None, known)
+    spec._hashes.update(known)
+    return spec
+
+
+class SpecParser(AxisReader, ModelChecks, CombineReader):
+    """One pass over one spec text."""
+
+    def parse(self, models_dir: Path | None, known: dict[str, str] | None = None) -> JobSpec:
+        """known: a job record's checkpoint_hashes (it also pins each checkpoint's family)."""
+        root = self.compose()
+        f = self.keys(root, [*AXIS_ORDER, *OTHER_KEYS], "the job spec", ALIASES)
+        for need in REQUIRED:
+            if need not in f:
+                needs = ", ".join(REQUIRED)
+                raise self.error(root, f"missing key '{need}': a job needs {needs} (see docs/job-spec.md)")
+
+        if "version" in f:
+            version = self.plain(f["version"][1])
+            if isinstance(version, bool) or version != SPEC_VERSION:
+                message = f"version: this seedfarm reads job spec version {SPEC_VERSION}; got {kind(version)}"
+                raise self.error(f["version"][1], message)
+        name = self.name(f)
+        matrix = False
+        if "prompt_matrix" in f:
+            matrix = self.plain(f["prompt_matrix"][1])
+            if not isinstance(matrix, bool):
+                message = f"prompt_matrix: expected true or false, got {kind(matrix)}"
+                raise self.error(f["prompt_matrix"][1], message)
+        batch_size = self.integer(f["batch_size"][1], "batch_size", lo=1) if "batch_size" in f else 1
+
+        # The keys whose values depend on other keys or on the models folder, then the table's.
+        values: dict[str, Sequence] = {}
+        values["prompt"] = self.prompts(f["prompt"][1], matrix)
+        if "negative_prompt" in f:
+            node = f["negative_prompt"][1]
+            values["negative_prompt"] = [t for t, _ in self.texts(node, "negative_prompt", "the negative prompt text")]
+            self.unique(values["negative_prompt"], node, "negative_prompt")
+        if "prompt_sr" in f:
+            negatives = values.get("negative_prompt", DEFAULTS["negative_prompt"])
+            values["prompt_sr"] = self.prompt_sr(f["prompt_sr"][1], values["prompt"], negatives)
+        values["checkpoint"], checkpoint_files = self.checkpoints(f["checkpoint"][1], models_dir)
+        if models_dir is not None:
+            self.lora_tags(f, models_dir)
+        vae_files: dict[str, Path] = {}
+        if "vae" in f:
+            values["vae"], vae_files = self.model_names(f["vae"][1], "vae", models_dir)
+        if "lora" in f:
+            values["lora"], _ = self.model_names(f["lora"][1], "lora", models_dir)
+        for param in PARAMS:
+            if param.read is None or param.key not in f:
+                continue
+            if param.needs and param.needs[0] not in f:
+                raise self.error(f[param.key][0], param.needs[1])
+            values[param.key] = param.read(self, f[param.key][1])
+        self.size_axes(f, values)
+        if "size" not in values and "width" not in values:
+            values["size"] = [family_size(values["checkpoint"], checkpoint_files, known or {})]
+        for axis, default in DEFAULTS.items():
+            if axis not in values:
+                values[axis] = list(default)
+        self.sampler_schedule_pairs(f, values)
+        self.sampler_eta_pairs(f, values)
+
+        if "combine" in f:
+            dims = self.combine(f["combine"][1], values)
+        else:
+            dims = [(a,) for a in AXIS_ORDER if a in values]
+        self.check_repeats(dims, values, f["combine"][1] if "combine" in f else None)
+        ordered = {a: values[a] for group in dims for a in group}
+        grid_x, grid_y = self.grid(f["grid"][1], ordered) if "grid" in f else (None, None)
+        folder, filename = self.output(f["output"][1]) if "output" in f else (None, DEFAULT_FILENAME)
+        priority = self.priority(f["priority"][1]) if "priority" in f else "normal"
+        requires = tuple(t for t, _ in self.texts(f["requires"][1], "requires", "worker tags")) if "requires" in f else ()
+        return JobSpec(
+            name=name, job_id=folder or job_id(name, dims, ordered, batch_size, filename), source_text=self.source,
+            file=self.file, batch_size=batch_size, grid_x=grid_x, grid_y=grid_y, filename=filename,
+            values=ordered, dims=tuple(dims), checkpoint_files=checkpoint_files, vae_files=vae_files,
+            priority=priority, requires=requires,
+        )
+
+    def sampler_eta_pairs(self, f: dict, values: dict) -> None:
+        """Every sampler must render every eta it is swept with (samplers without eta ignore it)."""
+        for name in values["sampler"]:
+            for eta in values.get("eta", ()):
+                problem = eta_problem(parse_sampler(name)[0], eta)
+                if problem:
+                    raise self.error(f["eta"][1], problem)
+
+    def priority(self, node: Node) -> str:
+        value = self.plain(node)
+        if value not in ("high", "normal", "low"):
+            raise self.error(node, f"priority: expected high, normal or low, got {kind(value)}")
+        return value
+
+    def name(self, f: dict) -> str:
+        if "name" in f:
+            name = self.text(f["name"][1], "name")
+            if not _SAFE_NAME.fullmatch(name):
+                message = f"name: '{name}' cannot be a folder name; use letters, digits, '.', '_' and '-'"
+                raise self.error(f["name"][1], message)
+            return name
+        # The file stem, made safe: it becomes part of the job folder's name.
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.file).stem).strip("-.") or "job"
+
+    def output(self, node: Node) -> tuple[str | None, str]:
+        fields = self.keys(node, ("folder", "filename"), "output")
+        folder = None
+        if "folder" in fields:
+            folder = self.text(fields["folder"][1], "output.folder")
+            if not _SAFE_NAME.fullmatch(folder):
+                message = f"output.folder: '{folder}' must be one folder name of letters, digits, '.', '_' and '-'"
+                raise self.error(fields["folder"][1], message)
+        filename = DEFAULT_FILENAME
+        if "filename" in fields:
+            filename = self.text(fields["filename"][1], "output.filename")
+            problem = filename_pattern_problem(filename)
+            if problem:
+                raise self.error(fields["filename"][1], f"output.filename: {problem}")
+        return folder, filename
