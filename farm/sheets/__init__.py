@@ -8,7 +8,8 @@
 from farm.sheets.axes import axis_values, choose_axes, filter_records
 from farm.sheets.build import GRID_CHUNK, MAX_SIDE, MIN_CELL, Sheet, build_sheets, iter_sheets, read_grid_info, star_sheet
 from farm.sheets.draw import MISSING_FILL, STRUCK_FILL
-from farm.sheets.labels import axis_title, differing_parts, format_value, value_id, value_texts
+from farm.params import axis_title  # the grid labels are the parameter table's
+from farm.sheets.labels import differing_parts, format_value, value_id, value_texts
 from farm.sheets.matrix import matrix_prompt, matrix_records
 from farm.sheets.write import store_image_loader, write_sheets
 

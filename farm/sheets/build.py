@@ -22,7 +22,8 @@ from farm.sheets.axes import axis_values, choose_axes, filter_records, in_expans
 from farm.sheets.draw import (
     ImageLoader, cell_size, draw_grid, draw_lines, label_font, label_lines, load_cell, paste_cell,
 )
-from farm.sheets.labels import axis_title, value_id, value_texts
+from farm.params import axis_title
+from farm.sheets.labels import value_id, value_texts
 from farm.sheets.matrix import MATRIX_AXES, matrix_halves, matrix_label, matrix_records
 
 GRID_CHUNK = "seedfarm-grid"

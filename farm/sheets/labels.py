@@ -1,33 +1,13 @@
-"""How axis values read on a sheet: the axis titles, values as text, prompts cut to what differs."""
+"""How axis values read on a sheet: values as text, prompts cut to what differs (axis titles: farm/params.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 
-AXIS_TITLES = {
-    "seed": "Seed",
-    "cfg": "CFG scale",
-    "steps": "Steps",
-    "sampler": "Sampler",
-    "schedule": "Schedule type",
-    "checkpoint": "Checkpoint",
-    "size": "Size",
-    "clip_skip": "Clip skip",
-    "prompt": "Prompt",
-    "negative_prompt": "Negative prompt",
-    "prompt_sr": "Prompt S/R",
-    "matrix_x": "Prompt matrix",
-    "matrix_y": "Prompt matrix",
-}
 PROMPT_AXES = ("prompt", "negative_prompt")  # long texts: label only the part that differs
 LABEL_CHARS = 80  # longest label value before it is cut with "…"
 SEPARATORS = " ,\n"  # where a prompt's words end
-
-
-def axis_title(axis: str) -> str:
-    """An axis as labels name it (A1111's X/Y plot names): `cfg` -> `CFG scale`."""
-    return AXIS_TITLES.get(axis) or axis.replace("_", " ").capitalize()
 
 
 def _plain(value: object) -> object:
