@@ -7,24 +7,22 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers are imported
 
 import json
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from farm.batching import MAX_GROUP, batch_key, group_size, group_tasks
-from farm.store import open_store
+from farm.store import MemoryStore, open_store
 from farm.task import RenderTask
 from model_tree import run_task
 from worker.render import Slot, plan_calls, render_batch, render_images
 from worker.tasks import WorkerContext, render_tasks
 from worker.writer import Batch, ImageWriter
+from factories import make_task
 
 
 def _task(index: int = 0, **overrides) -> RenderTask:
-    fields = dict(job="batch", index=index, prompt="a red robot", negative_prompt="blurry", seed=100 + index,
-                  checkpoint="seedfarm-tiny", sampler="Euler a", steps=2, cfg=7.0, width=64, height=64)
-    return RenderTask(**{**fields, **overrides}).with_id()
+    return make_task(**{"job": "batch", "index": index, "seed": 100 + index, "sampler": "Euler a", **overrides})
 
 
 def _max_diff(a, b) -> int:
@@ -172,39 +170,37 @@ def test_a_task_that_cannot_render_fails_alone_and_the_group_goes_on(models, tmp
 
 # --- storing while the next batch renders --------------------------------------------------------
 
-class _SlowStore:
-    """A folder store whose writes take `delay` seconds each (an upload over a slow link)."""
+class _GatedStore(MemoryStore):
+    """A store whose writes wait until the test opens its gate (an upload over a slow link, as
+    slow as the test wants)."""
 
-    def __init__(self, path, delay: float):
-        self.inner, self.delay = open_store(str(path)), delay
-        self.writing = threading.Event()
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+        self.writes = 0
 
     def write_bytes(self, key, data):
-        self.writing.set()
-        time.sleep(self.delay)
-        self.inner.write_bytes(key, data)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+        assert self.gate.wait(120), "the test never opened the gate"
+        super().write_bytes(key, data)
+        self.writes += 1
 
 
-def test_images_are_stored_while_the_next_batch_renders(models, tmp_path):
-    store = _SlowStore(tmp_path / "out", delay=0.5)
+def test_images_are_stored_while_the_next_batch_renders(models):
+    store = _GatedStore()
     ctx = WorkerContext(models_dir=models, max_batch=1)
-    run_task(_task(99), store.inner, ctx)  # load the model first
-    tasks = [_task(i) for i in range(3)]
-    finished_at = {}
-    started = time.perf_counter()
-    render_tasks(tasks, store, ctx, lambda t, s, f: finished_at.setdefault(t.index, time.perf_counter()))
-    returned = time.perf_counter() - started
+    store.gate.set()
+    run_task(_task(99), store, ctx)  # load the model first
+    store.gate.clear()
+    writes_before = store.writes
+    reported = []
+    render_tasks([_task(i) for i in range(3)], store, ctx, lambda t, s, f: reported.append(t.index))
+    # three batches rendered while no write could finish: the renders never waited for the store
+    # (the writer holds one batch and at most two more queue up behind it)
+    assert store.writes == writes_before and reported == []
+    store.gate.set()
     ctx.writer.flush()
-    stored = time.perf_counter() - started
-    # 3 images x (PNG + record) x 0.5 s = 3 s of writes; rendering 3 tiny images takes far less, and
-    # the renders did not wait for the writes (at most max_pending batches queue up)
-    assert stored >= 3.0
-    assert returned < stored - 1.0, (returned, stored)
-    assert sorted(finished_at) == [0, 1, 2]
-    assert finished_at[2] >= started + returned  # reported once stored, after the renders returned
+    assert sorted(reported) == [0, 1, 2]  # each task reported once its images are stored
+    assert store.writes == writes_before + 3 * 2  # a PNG and a record per image
 
 
 def test_a_write_that_keeps_failing_fails_the_task_and_a_flaky_one_is_retried():

@@ -18,6 +18,7 @@ from farm.infotext import format_infotext, parse_infotext, read_parameters, task
 from farm.recreate import RecreateError, spec_from_infotext
 from farm.spec import SpecError, parse_spec
 from farm.task import RenderTask
+from factories import make_task
 
 A1111_TEXT = (
     "a (red:1.2) fox, <lora:fluffy:0.8>\n"
@@ -29,9 +30,8 @@ A1111_TEXT = (
 
 
 def task(**changes) -> RenderTask:
-    fields = dict(job="j", index=0, prompt="a fox", seed=1000, checkpoint="m", sampler="Euler",
-                  steps=3, cfg=7.0, width=64, height=64)
-    return RenderTask(**(fields | changes))
+    return make_task(**{"prompt": "a fox", "negative_prompt": "", "seed": 1000, "checkpoint": "m", "steps": 3,
+                        **changes})
 
 
 def test_rng_variation_and_seed_resize_keys_in_a1111_order():

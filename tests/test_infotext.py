@@ -23,17 +23,18 @@ from farm.infotext import (
     task_parameters,
 )
 from farm.task import RenderTask
+import factories
 
 VERSION = f"seedfarm {farm.__version__}"
 
 
 def make_task(**changes) -> RenderTask:
     fields = dict(
-        job="job1", index=0, prompt="a cat", seed=1000, checkpoint="v1-5-pruned-emaonly",
+        job="job1", prompt="a cat", negative_prompt="", seed=1000, checkpoint="v1-5-pruned-emaonly",
         checkpoint_hash="6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa",
-        sampler="Euler a", steps=20, cfg=7.0, width=512, height=768,
+        sampler="Euler a", steps=20, width=512, height=768,
     )
-    return RenderTask(**(fields | changes)).with_id()
+    return factories.make_task(**(fields | changes))
 
 
 def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:

@@ -6,12 +6,12 @@ from farm.params import (
     ALIASES, AXIS_ORDER, BATCH_FIELDS, BY_KEY, DEFAULTS, IN_ID_UNLESS_DEFAULT, PARAMS, axis_title, filename_token,
 )
 from farm.task import RenderTask
+from factories import make_task
 
 
 def _task(**changes) -> RenderTask:
-    fields = dict(job="j", index=0, prompt="a fox", seed=1, checkpoint="m", sampler="Euler a", steps=3, cfg=7.0,
-                  width=64, height=64)
-    return RenderTask(**(fields | changes))
+    return make_task(**{"prompt": "a fox", "negative_prompt": "", "seed": 1, "checkpoint": "m",
+                        "sampler": "Euler a", "steps": 3, **changes})
 
 
 def test_every_row_names_real_task_fields_and_unique_keys():

@@ -27,6 +27,7 @@ from farm.store import (
 )
 from farm.store import layout
 from farm.task import RenderTask
+import factories
 
 # fork starts a process in milliseconds; elsewhere spawn (the workers are top-level functions).
 MP = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
@@ -34,11 +35,10 @@ MP = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_sta
 
 def make_task(index: int = 0, **changes) -> RenderTask:
     fields = dict(
-        job="job1", index=index, prompt=f"a cat {index}", seed=100, checkpoint="tiny",
-        checkpoint_hash="ab" * 32, sampler="Euler a", steps=2, cfg=7.0, width=64, height=64,
-        axes={"prompt": f"a cat {index}"},
+        job="job1", index=index, prompt=f"a cat {index}", negative_prompt="", seed=100, checkpoint="tiny",
+        checkpoint_hash="ab" * 32, sampler="Euler a", axes={"prompt": f"a cat {index}"},
     )
-    return RenderTask(**(fields | changes)).with_id()
+    return factories.make_task(**(fields | changes))
 
 
 def temp_files(root: Path) -> list[Path]:

@@ -9,7 +9,7 @@ import boto3
 import pytest
 
 from farm.store import S3Store, load_records, open_store, save_image, image_record, write_manifest
-from farm.task import RenderTask
+from factories import make_task
 
 
 @pytest.fixture
@@ -42,8 +42,7 @@ def test_s3_store_roundtrip(s3_endpoint, bucket):
 def test_s3_concurrent_writers_and_duplicates_give_one_manifest_line_per_image(s3_endpoint, bucket):
     store = open_store(f"s3://{bucket}?endpoint_url={s3_endpoint}")
     tasks = [
-        RenderTask(job="job", index=i, prompt="p", seed=i, checkpoint="c", sampler="Euler", steps=2,
-                   cfg=7, width=64, height=64, axes={"seed": i}).with_id()
+        make_task(job="job", index=i, prompt="p", seed=i, checkpoint="c", axes={"seed": i})
         for i in range(12)
     ]
 
