@@ -1,4 +1,5 @@
-"""Prompt text -> text-encoder embeddings, built the way A1111 builds them (a1111.md section 3).
+"""Prompt text -> text-encoder embeddings, built the way A1111 builds them (A1111's
+modules/sd_hijack_clip.py and modules/prompt_parser.py).
 
 - Emphasis ("Original"): each token's output vector is multiplied by its weight, then the chunk is
   rescaled so its mean is what it was before weighting.
@@ -7,7 +8,7 @@
   textual-inversion embedding is never split. Positive and negative are padded with empty chunks to
   the same count.
 - Clip skip is done here (diffusers' `clip_skip` crashes on SD1.5 with transformers >= 5.6 and
-  counts one lower than A1111, diffusers.md section 6).
+  counts one lower than A1111).
 - Prompt editing and alternation: one conditioning per schedule entry, switched between steps.
 - Composable `AND`: each part (with its weight) is encoded and scheduled on its own; the render
   combines their guidance (worker/render.py).
@@ -148,13 +149,25 @@ def _hidden(text_encoder, ids: torch.Tensor, clip_skip: int, sdxl: bool):
     return z, getattr(out, "text_embeds", None)
 
 
+MEAN_FLOOR = 1e-6  # a weighted mean below this fraction of the mean magnitude is "zero": no restore
+
+
 def _emphasis(z: torch.Tensor, weights: list[float]) -> torch.Tensor:
-    """A1111 "Original": multiply per token, then restore the chunk's mean."""
+    """A1111 "Original": multiply per token, then restore the chunk's mean (scale by mean before /
+    mean after).
+
+    A1111 (modules/sd_hijack_clip.py) divides by the weighted mean unguarded, so a chunk whose mean
+    is zero gives NaN or inf. Here, when the weighted mean is zero or below MEAN_FLOOR times the
+    chunk's mean magnitude, the chunk keeps its weighted values unrescaled; any other chunk is
+    scaled exactly as A1111 scales it (a real text encoder's chunk mean is nowhere near zero)."""
     if all(w == 1.0 for w in weights):
         return z
     before = z.mean()
     z = z * torch.tensor(weights, dtype=z.dtype, device=z.device).reshape(1, -1, 1)
-    return z * (before / z.mean())
+    after = z.mean()
+    usable = after.abs() > MEAN_FLOOR * z.abs().mean()
+    scale = torch.where(usable, before / torch.where(usable, after, torch.ones_like(after)), torch.ones_like(after))
+    return z * scale
 
 
 class Encoder:

@@ -70,6 +70,7 @@ def tiny_pipeline():
                 max_position_embeddings=77,
             )
         )
+    _give_layer_norms_biases(text_encoder)
     tokenizer = CLIPTokenizer.from_pretrained(str(sd15 / "tokenizer"), local_files_only=True)
     scheduler = PNDMScheduler.from_pretrained(str(sd15), subfolder="scheduler", local_files_only=True)
     pipe = StableDiffusionPipeline(
@@ -86,6 +87,17 @@ def tiny_pipeline():
         m.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _give_layer_norms_biases(text_encoder, seed: int = 4) -> None:
+    """Random-init LayerNorms have bias 0, so a tiny encoder's output (after its final LayerNorm)
+    has a mean of exactly 0 per token: the emphasis "restore the mean" would then test nothing, and
+    its sign would depend on the CPU's summation order. Real encoders have non-zero biases."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in text_encoder.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1 + 0.05)
 
 
 def write_checkpoint(pipe, path: Path) -> None:
@@ -194,6 +206,8 @@ def tiny_sdxl_pipeline():
             CLIPTextConfig(hidden_size=64, intermediate_size=74, num_attention_heads=4, num_hidden_layers=10,
                            projection_dim=32, hidden_act="gelu", **clip)
         )
+    _give_layer_norms_biases(text_encoder)
+    _give_layer_norms_biases(text_encoder_2)
     pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
