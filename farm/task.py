@@ -21,7 +21,7 @@ _NOT_IN_ID = {"id", "job", "index", "axes"}
 # Fields added after v1 tasks were queued: left out of the id while at their default, so the id of
 # a task that does not use them is what it was before they existed.
 _IN_ID_UNLESS_DEFAULT = {"rng", "subseed", "subseed_strength", "seed_resize_width", "seed_resize_height",
-                         "vae", "vae_hash"}
+                         "vae", "vae_hash", "kind"}
 
 
 class RenderTask(BaseModel):
@@ -29,6 +29,7 @@ class RenderTask(BaseModel):
 
     v: int = TASK_SCHEMA_VERSION
     id: str = ""
+    kind: str = "txt2img"
     job: str
     index: int = Field(ge=0, description="position in the job's expansion order")
     prompt: str

@@ -14,7 +14,7 @@ from worker.conditioning import (
     Encoder, chunk_ids, conditioning_schedule, encode, token_count, tokenize_chunks,
 )
 from worker.render import RenderError, render_images
-from worker.tiny import tiny_pipeline, tiny_sdxl_pipeline
+from worker.tiny import tiny_pipeline
 
 BOS, EOS = 49406, 49407
 
@@ -26,7 +26,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def xl():
-    return tiny_sdxl_pipeline()
+    return tiny_pipeline("SDXL")
 
 
 def _task(**overrides) -> RenderTask:

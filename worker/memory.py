@@ -1,4 +1,5 @@
-"""Memory profiles: how a worker fits SD1.5/SDXL on cards from 8 to 24 GB (a1111.md section 8).
+"""Memory profiles: how a worker fits SD1.5/SDXL on cards from 8 to 24 GB (A1111's --medvram and
+--lowvram, done with diffusers' offloading).
 
 - `high`: the whole pipeline on the GPU (fastest).
 - `med`:  one of text encoder / UNet / VAE on the GPU at a time (~ A1111 --medvram,
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from farm.routing import pixel_budget
+from farm.families import pixel_budget
 
 VRAM_MODES = ("auto", "high", "med", "low")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
@@ -104,7 +105,7 @@ def prepare_vae(vae, profile: MemoryProfile) -> None:
 
 def place(pipe, profile: MemoryProfile):
     """Move the pipeline to the device, or install the offload hooks (again, after a module swap)."""
-    # Offload hooks raise on a host without an accelerator (diffusers.md section 7): the profile
+    # Offload hooks raise on a host without an accelerator (diffusers' accelerate hooks): the profile
     # of a CPU-only host is always "high", so they are reached only with a GPU.
     if profile.offload == "model":
         pipe.enable_model_cpu_offload(device=profile.device)
@@ -130,9 +131,9 @@ CPU_BATCH_PIXELS = 2 * 1024 * 1024  # a CPU worker's RAM holds a batch of this m
 
 def auto_max_batch(profile: MemoryProfile, family: str, width: int, height: int) -> int:
     """How many images of this size one diffusion call holds on this worker (at least 1), from the
-    same per-card pixel budget that capability routing uses (farm/routing.py)."""
+    same per-card pixel budget that capability routing uses (farm/families.py); family: its name."""
     if profile.vram_gb <= 0:
         budget = CPU_BATCH_PIXELS
     else:
-        budget = pixel_budget(profile.vram_gb, "sdxl" if family == "SDXL" else "sd15")
+        budget = pixel_budget(profile.vram_gb, family)
     return max(1, min(MAX_AUTO_BATCH, budget // (width * height)))
