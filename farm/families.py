@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.model_files import ModelFileError, read_model_index, read_safetensors_header
+from farm.tunables import PIXELS_PER_FREE_GB
 
 NOT_A_CHECKPOINT = "not a checkpoint"  # a file without UNet weights (a LoRA, a VAE ...)
 UNKNOWN = "?"  # the file does not say (a pickle, a VAE, no models folder at hand)
@@ -137,7 +138,7 @@ def default_size(family_names: Iterable[str]) -> str:
 def pixel_budget(vram_gb: float, family_name: str = DEFAULT.name) -> int:
     """A conservative guess of how many pixels per render fit a card in the default memory mode,
     used when a worker is not told `--max-pixels`: the family's weights take `weights_gb`; the rest
-    holds roughly 0.5 megapixel per GB for activations and the VAE decode. A family not in the
-    table is budgeted as SD1.5."""
+    holds PIXELS_PER_FREE_GB (about 0.5 megapixel per GB) for activations and the VAE decode. A
+    family not in the table is budgeted as SD1.5."""
     weights = (family(family_name) or DEFAULT).weights_gb
-    return max(0, int((vram_gb - weights) * 0.5 * 1024 * 1024))
+    return max(0, int((vram_gb - weights) * PIXELS_PER_FREE_GB))

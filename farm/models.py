@@ -25,7 +25,7 @@ from pathlib import Path
 
 from farm.families import NOT_A_CHECKPOINT, file_family
 from farm.hashes import addnet_file_hash, sha256_file
-from farm.model_files import MODEL_INDEX, ModelFileError, folder_files, is_diffusers_folder
+from farm.model_files import MODEL_INDEX, ModelFileError, folder_files, is_diffusers_folder, read_safetensors_header
 
 KINDS = ("checkpoint", "lora", "vae", "embedding")
 # Sub-folders holding each kind: A1111 names, then ComfyUI names ("." = the models folder itself,

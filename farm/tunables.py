@@ -48,3 +48,20 @@ DEFAULT_RESTORE_INTERVAL = 10.0
 RETRIES = 3
 # Seconds before such a retry: far below the visibility timeout, so a retry is never duplicated.
 RETRY_DELAY = 10
+
+# --- memory and batch size (worker/memory.py, farm/families.py) -----------------------------------
+
+# `--vram auto`: at least this many GB of VRAM -> mode. SDXL in fp16 needs about 10 GB whole, so 12 GB
+# cards keep everything on the GPU; 6-12 GB cards offload whole models, smaller ones block by block.
+AUTO_VRAM_GB = ((12.0, "high"), (6.0, "med"), (0.0, "low"))
+# med/low profiles tile the VAE decode above this many pixels: below it the decode fits, and tiling
+# changes the image slightly (a `high` worker never tiles).
+TILE_ABOVE_PIXELS = 1024 * 1024
+# Pixels per GB of VRAM left after a family's weights, for the pixel budget of routing and batching:
+# measured activations plus the VAE decode of SD1.5/SDXL in fp16, with a margin.
+PIXELS_PER_FREE_GB = 0.5 * 1024 * 1024
+# Most images per diffusion call when the worker picks the batch: beyond 8 a batch buys little speed
+# and delays every image in it.
+MAX_AUTO_BATCH = 8
+# A CPU worker's batch budget in pixels: its RAM holds this easily, and more buys no speed on a CPU.
+CPU_BATCH_PIXELS = 2 * 1024 * 1024

@@ -5,7 +5,7 @@
 - `med`:  one of text encoder / UNet / VAE on the GPU at a time (~ A1111 --medvram,
           diffusers `enable_model_cpu_offload`).
 - `low`:  also the UNet block by block (~ A1111 --lowvram, diffusers block-level group offload).
-- `auto`: picked from the card's VRAM (AUTO_VRAM_GB).
+- `auto`: picked from the card's VRAM (AUTO_VRAM_GB in farm/tunables.py, like the other numbers here).
 Precision fp16 (default on a GPU), bf16 or fp32; a CPU-only worker always runs fp32 on the CPU.
 VAE slicing is always on (bit-identical); VAE tiling only in med/low for renders above
 TILE_ABOVE_PIXELS (it changes the image slightly, so a `high` worker never tiles).
@@ -18,13 +18,11 @@ from dataclasses import dataclass
 import torch
 
 from farm.families import pixel_budget
+from farm.tunables import AUTO_VRAM_GB, CPU_BATCH_PIXELS, MAX_AUTO_BATCH, TILE_ABOVE_PIXELS
 
 VRAM_MODES = ("auto", "high", "med", "low")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 ATTENTIONS = ("sdpa", "xformers")
-# auto: at least this many GB -> mode. SDXL in fp16 needs about 10 GB whole; 8 GB cards offload.
-AUTO_VRAM_GB = ((12.0, "high"), (6.0, "med"), (0.0, "low"))
-TILE_ABOVE_PIXELS = 1024 * 1024
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -123,10 +121,6 @@ def set_vae_tiling(pipe, profile: MemoryProfile, width: int, height: int) -> Non
         pipe.vae.enable_tiling()
     else:
         pipe.vae.disable_tiling()
-
-
-MAX_AUTO_BATCH = 8  # beyond this a batch buys little speed and delays every image in it
-CPU_BATCH_PIXELS = 2 * 1024 * 1024  # a CPU worker's RAM holds a batch of this many pixels easily
 
 
 def auto_max_batch(profile: MemoryProfile, family: str, width: int, height: int) -> int:

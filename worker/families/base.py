@@ -14,7 +14,6 @@ from farm.families import Family
 @dataclass(frozen=True)
 class WorkerFamily:
     facts: Family  # the family's row in farm/families.py
-    pipeline_classes: tuple[str, ...]  # the diffusers pipeline classes that render it
     encoders: tuple[tuple[str, str], ...]  # (tokenizer, text encoder) pipeline attributes, in order
     lora_prefixes: tuple[tuple[str, str], ...]  # kohya module-name prefix -> pipeline component
     tiny_pipeline: Callable[[], object]  # the tiny random-weight pipeline of the tests
@@ -31,6 +30,11 @@ class WorkerFamily:
     @property
     def name(self) -> str:
         return self.facts.name
+
+    @property
+    def pipeline_classes(self) -> tuple[str, ...]:
+        """The diffusers pipeline classes of the family (the table's, as a folder's model_index names them)."""
+        return self.facts.pipeline_classes
 
     def denoiser_of(self, pipe):
         return getattr(pipe, self.denoiser)

@@ -85,7 +85,6 @@ def ldm_text_encoders(pipe) -> dict:
 
 FAMILY = WorkerFamily(
     facts=FACTS,
-    pipeline_classes=("StableDiffusionPipeline",),
     encoders=(("tokenizer", "text_encoder"),),
     lora_prefixes=(("lora_unet_", "unet"), ("lora_te_", "text_encoder")),
     tiny_pipeline=tiny_pipeline,

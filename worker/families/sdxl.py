@@ -90,7 +90,6 @@ def ldm_text_encoders(pipe) -> dict:
 
 FAMILY = WorkerFamily(
     facts=FACTS,
-    pipeline_classes=("StableDiffusionXLPipeline",),
     encoders=(("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
     lora_prefixes=(("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2")),
     tiny_pipeline=tiny_pipeline,
