@@ -56,11 +56,11 @@ def plain_runner(models: Path):
 def farm_run(models: Path, spec_path: Path, out: Path, max_batch: int | None) -> float:
     from farm.spec import load_spec
     from farm.store import open_store
-    from worker import tasks
+    from worker.context import context
     from worker.local import run_local
 
     summary = run_local(load_spec(spec_path, models), open_store(out), models, max_batch=max_batch)
-    return summary.images / (summary.seconds - tasks.context().load_seconds)
+    return summary.images / (summary.seconds - context().load_seconds)
 
 
 class RedisFarm:

@@ -30,11 +30,11 @@ seed: 1-{n}
 def run(store_url: str, models: Path, spec_path: Path, render_s: float) -> dict:
     from farm.spec import load_spec
     from farm.store import open_store
-    from worker import tasks
+    from worker.context import context
     from worker.local import run_local
 
     summary = run_local(load_spec(spec_path, models), open_store(store_url), models, max_batch=1)
-    ctx = tasks.context()
+    ctx = context()
     rate = summary.images / (summary.seconds - ctx.load_seconds)
     store_s = ctx.writer.write_seconds / summary.images
     return {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from farm.config import DEFAULT_VISIBILITY_TIMEOUT
+from farm.tunables import DEFAULT_RESTORE_INTERVAL, DEFAULT_VISIBILITY_TIMEOUT
 
 RENDER_TASK = "seedfarm.render"
 # A no-op sent to a worker's own queue: it wakes the worker's blocking read at once, and the worker
@@ -18,8 +18,8 @@ REFRESH_TASK = "seedfarm.refresh"
 
 
 def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
-             restore_interval: float = 10.0) -> Celery:
-    """The Celery app. See farm/config.py for why the visibility timeout is what it is."""
+             restore_interval: float = DEFAULT_RESTORE_INTERVAL) -> Celery:
+    """The Celery app. See farm/tunables.py for why the visibility timeout is what it is."""
     app = Celery("seedfarm", broker=broker_url)
     transport = {
         "visibility_timeout": visibility_timeout,
@@ -27,7 +27,7 @@ def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_
         # every ~100 s, so a switched-off PC's task is back on the queue soon after the timeout.
         "unacked_restore_interval": restore_interval,
         "unacked_restore_throttle": 1,
-        # Read queues in the order the worker gives them (farm/routing.py), not round-robin.
+        # Read queues in the order the worker gives them (worker/queue_order.py), not round-robin.
         "queue_order_strategy": "priority",
         # Priority lives in queue names, not in message priorities: one BRPOP key per queue.
         "priority_steps": [0],

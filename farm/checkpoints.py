@@ -1,113 +1,21 @@
-"""Finding checkpoints (through the model registry, farm/models.py) and hashing model files.
-
-Pure Python (no torch), so the coordinator can check a spec's checkpoint names before queueing.
-Hashes are cached by (path, size, mtime) so a 7 GB file is read once.
-
-A diffusers folder has no A1111 hash; its hash here is `folder_hash`: the SHA-256 of a list of the
-files that load (model_index.json, each component's configs and weights) with their sizes and own
-SHA-256s. Two copies of the same model hash alike wherever they lie, the first hash costs one read
-of the weights (cached per file like any checkpoint's), and a changed weight or config changes it.
+"""Finding checkpoints by name in the users' model folders (through the model registry,
+farm/models.py). Pure Python (no torch), so the coordinator can check a spec's checkpoint names
+before queueing.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import struct
 from pathlib import Path
+
+from farm.models import Registry
 
 
 def find_checkpoints(models_dir: Path) -> dict[str, Path]:
     """name -> file for the checkpoints under a models folder (or A1111/ComfyUI install root)."""
-    from farm.models import Registry
-
     return {name: m.path for name, m in Registry(models_dir).files("checkpoint").items()}
 
 
 def resolve_checkpoint(name: str, models_dir: Path) -> Path:
     """The file (or diffusers folder) for a checkpoint reference (stem, short hash, sha256, path,
     folder name), or ValueError with a did-you-mean and where it looked."""
-    from farm.models import Registry
-
     return Registry(models_dir).resolve("checkpoint", name).path
-
-
-def _cache_file() -> Path:
-    base = os.environ.get("FARM_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "seedfarm"
-    )
-    return Path(base) / "hashes.json"
-
-
-def _cached(path: Path, algorithm: str, compute) -> str:
-    """compute(path), cached in one JSON file by (algorithm, path, size, mtime)."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    if algorithm != "sha256":  # sha256 keys keep their original form: existing caches stay valid
-        key = f"{algorithm}|{key}"
-    cache_path = _cache_file()
-    try:
-        cache = json.loads(cache_path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return cache[key]
-    digest = compute(path)
-    cache[key] = digest
-    try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_path)
-    except OSError:
-        pass  # a read-only cache only costs time
-    return digest
-
-
-def _sha256_from(path: Path, offset: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(offset)
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """Whole-file SHA-256 (A1111's checkpoint, VAE and TI hash). For a diffusers folder, its
-    folder_hash: every caller that pins a checkpoint's weights (the spec, the worker's check before
-    rendering, the worker's offer to the queues) then works for folders as for files."""
-    if Path(path).is_dir():
-        return folder_hash(path)
-    return _cached(path, "sha256", lambda p: _sha256_from(p, 0))
-
-
-def folder_hash(folder: Path) -> str:
-    """seedfarm's hash of a diffusers folder (A1111 has none): SHA-256 of the lines
-    `RELATIVE_PATH SIZE SHA256` of the files that load (farm.models.folder_files), sorted."""
-    from farm.models import folder_files
-
-    folder = Path(folder)
-    lines = []
-    for f in folder_files(folder):
-        lines.append(f"{f.relative_to(folder).as_posix()} {f.stat().st_size} {sha256_file(f)}\n")
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
-
-
-def addnet_file_hash(path: Path) -> str:
-    """A1111's "addnet" LoRA hash: SHA-256 of a safetensors file after its header (8 + n bytes),
-    so editing the metadata does not change it."""
-
-    def compute(p: Path) -> str:
-        with open(p, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-        return _sha256_from(p, 8 + n)
-
-    return _cached(path, "addnet", compute)
-
-
-def short_hash(sha256: str | None) -> str | None:
-    """A1111's `Model hash`: the first 10 hex digits of the file's SHA-256."""
-    return sha256[:10] if sha256 else None

@@ -14,11 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-# Celery's visibility timeout: a delivered task that is not acked within this many seconds is
-# handed to another worker. It must exceed the longest render + checkpoint load + clock skew
-# between PCs, or a slow render is duplicated (harmless here, but wasted GPU time); the cost of a
-# long one is the wait before a task of a switched-off PC is rendered elsewhere.
-DEFAULT_VISIBILITY_TIMEOUT = 600.0
+from farm.tunables import DEFAULT_RESTORE_INTERVAL, DEFAULT_VISIBILITY_TIMEOUT
 
 
 class FarmSettings(BaseModel):
@@ -28,9 +24,9 @@ class FarmSettings(BaseModel):
     store: str = "outputs"
     models: str = "models"
     worker_name: str | None = None
-    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT  # why that value: farm/tunables.py
     # How often every worker looks for tasks of dead workers to hand back (kombu >= 5.7).
-    restore_interval: float = 10.0
+    restore_interval: float = DEFAULT_RESTORE_INTERVAL
     # Worker memory profile and model safety (worker/memory.py, docs/models.md).
     vram: str = "auto"
     precision: str = "auto"

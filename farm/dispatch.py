@@ -9,28 +9,23 @@ from __future__ import annotations
 from typing import Iterable
 
 from farm.batching import group_size, group_tasks
-from farm.celery_app import REFRESH_TASK, RENDER_TASK, make_app
+from farm.celery_app import REFRESH_TASK, make_app
 from farm.expand import expand
 from farm.jobs import finish_job, write_job_record
 from farm.ledger import Ledger, connect
-from farm.routing import Route, worker_queue
+from farm.messages import Route, route_of, send, worker_queue
 from farm.spec import JobSpec
 from farm.store import Store, record_key
 from farm.store.layout import records_prefix
 from farm.task import RenderTask
-
-PUBLISH_BATCH = 1000
-
-
-def route_of(task: RenderTask, priority: str = "normal", tags: tuple[str, ...] = ()) -> Route:
-    return Route(priority, task.checkpoint, task.checkpoint_hash, task.width * task.height * task.batch_size, tags)
+from farm.tunables import PUBLISH_BATCH
 
 
 def publish(broker_url: str, tasks: Iterable[RenderTask], store_url: str, priority: str = "normal",
             tags: tuple[str, ...] = (), task_count: int = 0, group: int | None = None) -> int:
     """Queue render tasks in groups that can share a diffusion batch (farm/batching.py; `group`
     tasks per message at most, by default sized from task_count and the live workers), each group
-    on its route's queue (farm/routing.py), with pipelined publishing (kombu's Producer.batch);
+    on its route's queue (farm/messages.py), with pipelined publishing (kombu's Producer.batch);
     then tell the workers to look at their queues again. Returns the number of tasks queued."""
     app = make_app(broker_url)
     ledger = Ledger(connect(broker_url))
@@ -51,33 +46,6 @@ def publish(broker_url: str, tasks: Iterable[RenderTask], store_url: str, priori
                 count += len(tasks_)
     wake_workers(app, ledger)
     return count
-
-
-def send(app, tasks: list[RenderTask], store_url: str, queue: str, producer=None) -> None:
-    """One message: a group of tasks. argsrepr is what logs and monitors show; Celery's own repr of
-    the payload would cost more than everything else in the publish loop together."""
-    first = tasks[0]
-    more = f"+{len(tasks) - 1}" if len(tasks) > 1 else ""
-    app.send_task(RENDER_TASK, args=[[t.model_dump() for t in tasks], store_url], producer=producer,
-                  task_id=f"{first.job}:{first.id}{more}", queue=queue,
-                  argsrepr=f"[{first.job} #{first.index}{more}]", kwargsrepr="{}")
-
-
-def requeue_orphans(app, ledger: Ledger) -> list[str]:
-    """The reaper: put back on their queues the tasks held by workers that stopped beating (switched
-    off after their message was acked, while the images were still being stored; or mid-render,
-    sooner than the broker's visibility timeout would). A duplicate is harmless: tasks are
-    idempotent. Returns "job/task" of each task re-queued."""
-    requeued = []
-    for job, task_id, held in ledger.orphans():
-        if not ledger.claim_orphan(job, task_id):
-            continue
-        task = RenderTask.from_json(held["task"])
-        queue = held["queue"] or route_of(task).queue
-        send(app, [task], held["store"], queue)
-        ledger.release_orphan(job, task_id, held["life"])
-        requeued.append(f"{job}/{task_id}")
-    return requeued
 
 
 def wake_workers(app, ledger: Ledger) -> None:

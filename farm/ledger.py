@@ -14,7 +14,7 @@ Keys, all under `farm:`:
   job:{id}:workers          hash: "{worker}:images" / "{worker}:seconds" -> totals, for images/s
   job:{id}:sheets-claim     set once, by the worker that builds the contact sheets
   worker:{name}             hash with a short TTL, refreshed by each live worker's heartbeat
-  routes                    hash: queue name -> route JSON (farm/routing.py), for workers to choose
+  routes                    hash: queue name -> route JSON (farm/messages.py), for workers to choose
   routes-seen               sorted set: queue name -> when a job last queued on it (for pruning)
 """
 
@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 
 import redis
 
-from farm.routing import Route
+from farm.messages import Route
+from farm.tunables import HEARTBEAT_TTL, REAP_CLAIM_TTL, ROUTE_IDLE_SECONDS, SHEETS_CLAIM_TTL
 
 PREFIX = "farm:"
-HEARTBEAT_TTL = 30  # seconds a worker stays listed after its last heartbeat
-SHEETS_CLAIM_TTL = 900  # a worker that dies while building sheets frees the claim after this
 
 # Marks a task finished (done or failed) and says whether this call saw the job's last task land;
 # the SET NX makes sure exactly one caller builds the contact sheets, without Celery chords.
@@ -62,7 +61,6 @@ if held and cjson.decode(held)['life'] == ARGV[2] then
 end
 return 0
 """
-REAP_CLAIM_TTL = 60  # one reaper re-queues a task; another may try again after this
 
 # Forgets a route only if its queue is still empty and nothing was queued on it since the cutoff
 # (a submit registers its routes before it publishes).
@@ -75,7 +73,6 @@ if redis.call('LLEN', KEYS[3]) == 0 and seen <= tonumber(ARGV[2]) then
 end
 return 0
 """
-ROUTE_IDLE_SECONDS = 3600
 
 
 class BrokerUnreachable(Exception):
@@ -282,7 +279,7 @@ class Ledger:
 
     def announce(self, name: str, checkpoint: str, next_checkpoint: str, queues: list[str]) -> None:
         """A worker's loaded checkpoint, where it goes next and the queues it reads, for the
-        others' queue order (farm/routing.py)."""
+        others' queue order (worker/queue_order.py)."""
         key = f"{PREFIX}worker:{name}"
         pipe = self.r.pipeline()
         pipe.hset(key, mapping={"name": name, "checkpoint": checkpoint, "next": next_checkpoint,

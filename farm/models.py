@@ -6,8 +6,8 @@ Pure Python (no torch): the coordinator resolves and hashes names with it before
 (`checkpoints`, `loras`, `vae`, `embeddings`); several roots are searched in order.
 
 A model is referenced by file stem (`Deliberate_v2`), `sub/stem` (A1111 shows files in subfolders so),
-A1111 short hash (10 hex), full sha256, or a path. Hashes follow A1111 (a1111.md section 2) and are
-cached by (path, size, mtime) in farm/checkpoints.py.
+A1111 short hash (10 hex), full sha256, or a path. Hashes follow A1111 (modules/hashes.py) and are
+cached by (path, size, mtime) in farm/hashes.py. Families: farm/families.py.
 
 A checkpoint may also be a diffusers folder (`model_index.json` plus one subfolder per component, as
 `save_pretrained` or `hf download` write it): it is one model, named by its folder, and the files
@@ -18,14 +18,14 @@ left to the worker, which fetches it from the Hugging Face hub (worker/pipelines
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.checkpoints import addnet_file_hash, sha256_file
+from farm.families import NOT_A_CHECKPOINT, file_family
+from farm.hashes import addnet_file_hash, sha256_file
+from farm.model_files import MODEL_INDEX, ModelFileError, folder_files, is_diffusers_folder, read_safetensors_header
 
 KINDS = ("checkpoint", "lora", "vae", "embedding")
 # Sub-folders holding each kind: A1111 names, then ComfyUI names ("." = the models folder itself,
@@ -43,24 +43,8 @@ SUFFIXES = {
     "embedding": (".safetensors", ".pt", ".bin"),
 }
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
-MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
-
-# Diffusers folders: the index file that makes a folder one model, the pipeline classes we render
-# (anything else is listed with its class name and refused when loaded), and the components a
-# worker never loads (A1111 has no safety checker), so their files are not part of the model's hash.
-MODEL_INDEX = "model_index.json"
-FOLDER_FAMILIES = {
-    "StableDiffusionPipeline": "SD1.5",
-    "StableDiffusionXLPipeline": "SDXL",
-    "StableDiffusionXLImg2ImgPipeline": "SDXL refiner",
-}
-UNUSED_COMPONENTS = ("safety_checker", "feature_extractor")
 # `org/name`, as the Hugging Face hub names repositories.
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class ModelFileError(ValueError):
-    """A model file that cannot be used; the message is one line and names the file."""
 
 
 @dataclass(frozen=True)
@@ -109,13 +93,6 @@ def kind_dirs(roots: list[Path], kind: str) -> list[tuple[Path, bool]]:
                 if d.is_dir() and d not in [f for f, _ in found]:
                     found.append((d, sub != "."))
     return found
-
-
-def is_diffusers_folder(path: Path) -> bool:
-    """A folder holding a diffusers pipeline. `NAME.config/` folders also have a model_index.json,
-    but they are the configs of the single-file checkpoint beside them (worker/pipelines.py)."""
-    path = Path(path)
-    return path.is_dir() and (path / MODEL_INDEX).is_file() and not path.name.endswith(".config")
 
 
 def _scan(d: Path, recursive: bool, folders: bool) -> list[Path]:
@@ -217,160 +194,9 @@ class Registry:
 def _looks_like_other_kind(path: Path) -> bool:
     """A file at the top of a models folder may be a LoRA or VAE a user left there."""
     try:
-        return file_family(path, "checkpoint") == "not a checkpoint"
+        return file_family(path, "checkpoint") == NOT_A_CHECKPOINT
     except ModelFileError:
         return False
-
-
-def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file, checked against the file's size, so a truncated
-    download or a header that lies gets one clear line instead of a deep traceback."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ModelFileError(f"{path.name}: not a safetensors file (only {size} bytes)")
-            (n,) = struct.unpack("<Q", head)
-            if n > min(size - 8, MAX_HEADER):
-                raise ModelFileError(f"{path.name}: not a safetensors file or truncated (bad header length)")
-            raw = f.read(n)
-    except OSError as e:
-        raise ModelFileError(f"{path.name}: cannot read the file ({e.strerror or e})") from None
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise ModelFileError(f"{path.name}: corrupt safetensors header") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{path.name}: corrupt safetensors header")
-    end = 0
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            start, stop = info["data_offsets"]
-            count = 1
-            for dim in info["shape"]:
-                count *= dim
-            width = _DTYPE_BYTES[info["dtype"]]
-        except (KeyError, TypeError, ValueError):
-            raise ModelFileError(f"{path.name}: corrupt safetensors header (bad entry for {key})") from None
-        if stop - start != count * width or start < 0:
-            raise ModelFileError(f"{path.name}: corrupt safetensors header ({key}: size does not match its shape)")
-        end = max(end, stop)
-    expected = 8 + n + end
-    if size < expected:
-        raise ModelFileError(f"{path.name}: truncated ({size} of {expected} bytes); re-download or re-copy it")
-    return header
-
-
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
-
-
-def checkpoint_family(keys: list[str]) -> str:
-    """SD1.5 / SDXL / ... from a checkpoint's tensor names (diffusers' own probes, diffusers.md §1)."""
-    if not any(k.startswith("model.diffusion_model.") for k in keys):
-        return "not a checkpoint"
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "SDXL"
-    if any(k.startswith("conditioner.embedders.0.model.") for k in keys):
-        return "SDXL refiner"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "SD2"
-    return "SD1.5"
-
-
-def file_family(path: Path, kind: str) -> str:
-    """The model family a file belongs to, from its safetensors header only; '?' for pickles
-    (their names cannot be read without unpickling) and when the file does not say. A diffusers
-    folder's is read from its model_index.json (folder_family)."""
-    path = Path(path)
-    if kind == "checkpoint" and path.is_dir():
-        return folder_family(path)
-    if path.suffix.lower() != ".safetensors":
-        return "?"
-    header = read_safetensors_header(path)
-    keys = [k for k in header if k != "__metadata__"]
-    if kind == "checkpoint":
-        return checkpoint_family(keys)
-    if kind == "lora":
-        if any(k.startswith(("lora_te2_", "lora_te1_")) for k in keys):
-            return "SDXL"
-        if any(k.startswith("lora_te_") for k in keys):
-            return "SD1.5"
-        base = str((header.get("__metadata__") or {}).get("ss_base_model_version", ""))
-        return "SDXL" if "xl" in base.lower() else "SD1.5" if base.startswith("sd_v1") else "?"
-    if kind == "embedding":
-        return "SDXL" if "clip_g" in keys else "SD1.5"
-    return "?"  # a VAE: SD1.5 and SDXL VAEs have the same tensors
-
-
-def read_model_index(folder: Path) -> dict:
-    """A diffusers folder's model_index.json, or one line saying what is wrong with it."""
-    folder = Path(folder)
-    try:
-        index = json.loads((folder / MODEL_INDEX).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ModelFileError(f"{folder.name}: cannot read {MODEL_INDEX} ({e.strerror or e})") from None
-    except (UnicodeDecodeError, ValueError):
-        raise ModelFileError(f"{folder.name}: {MODEL_INDEX} is not valid JSON") from None
-    if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
-        raise ModelFileError(f"{folder.name}: {MODEL_INDEX} names no pipeline class (_class_name)")
-    return index
-
-
-def folder_family(folder: Path) -> str:
-    """SD1.5 / SDXL / SDXL refiner from the pipeline class in model_index.json (SD2 shares SD1.5's
-    class: its text encoder is 1024 wide); another pipeline shows its class name (e.g. Flux)."""
-    class_name = read_model_index(folder)["_class_name"]
-    family = FOLDER_FAMILIES.get(class_name, class_name.removesuffix("Pipeline"))
-    if family == "SD1.5":
-        try:
-            width = json.loads((Path(folder) / "text_encoder" / "config.json").read_text()).get("hidden_size")
-        except (OSError, ValueError, AttributeError):
-            width = None
-        if width == 1024:
-            family = "SD2"
-    return family
-
-
-def folder_weights(folder: Path) -> dict[str, list[Path]]:
-    """component -> the weight files from_pretrained loads for it: the non-variant `.safetensors`
-    files (`diffusion_pytorch_model.safetensors`, `model.safetensors`, their shards), else the
-    `.bin` ones (pickles). Variants such as `*.fp16.safetensors` are never loaded (no variant is
-    asked for), so they are left out."""
-    out: dict[str, list[Path]] = {}
-    for component, spec in read_model_index(folder).items():
-        if component.startswith("_") or component in UNUSED_COMPONENTS or not isinstance(spec, list):
-            continue
-        if None in spec:  # [null, null]: the pipeline has no such component
-            continue
-        d = Path(folder) / component
-        # a variant has a second dot in its name (diffusion_pytorch_model.fp16.safetensors)
-        files = sorted(f for f in d.glob("*") if f.is_file() and "." not in f.stem) if d.is_dir() else []
-        safe = [f for f in files if f.suffix == ".safetensors"]
-        out[component] = safe or [f for f in files if f.suffix == ".bin"]
-    return out
-
-
-def folder_files(folder: Path) -> list[Path]:
-    """The files of a diffusers folder that make the model: model_index.json, each loaded
-    component's configs and tokenizer files (.json, .txt; shard indexes aside), and its weights.
-    README, images, download caches and unused variants are not part of it."""
-    folder = Path(folder)
-    files = [folder / MODEL_INDEX]
-    try:
-        components = folder_weights(folder)
-    except ModelFileError:
-        return files  # a broken index: its loader says what is wrong; listing and hashing go on
-    for component, weights in components.items():
-        d = folder / component
-        files += sorted(f for f in d.glob("*") if f.is_file() and f.suffix in (".json", ".txt")
-                        and not f.name.endswith(".index.json"))
-        files += weights
-    return sorted(files)
 
 
 def lora_hash(path: Path) -> str:

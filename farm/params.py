@@ -166,7 +166,7 @@ def _variation_from_info(params: dict, notes: list) -> dict:
 
 
 def _short_hash(sha256: str | None) -> str | None:
-    from farm.checkpoints import short_hash  # imported when used: the table stays light to import
+    from farm.hashes import short_hash  # imported when used: the table stays light to import
 
     return short_hash(sha256)
 

@@ -53,7 +53,8 @@ def tiny_task(checkpoint: str = "tiny15", **overrides):
 def run_task(task, store, ctx) -> dict:
     """The worker's task body for one task, waiting for its images to be stored: its summary, or
     TaskError with the reason the worker reported."""
-    from worker.tasks import TaskError, render_tasks
+    from worker.context import TaskError
+    from worker.render_loop import render_tasks
 
     results = []
     render_tasks([task], store, ctx, lambda t, summary, failure: results.append((summary, failure)))

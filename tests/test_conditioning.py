@@ -14,7 +14,7 @@ from worker.conditioning import (
     Encoder, chunk_ids, conditioning_schedule, encode, token_count, tokenize_chunks,
 )
 from worker.render import RenderError, render_images
-from worker.tiny import tiny_pipeline, tiny_sdxl_pipeline
+from worker.tiny import tiny_pipeline
 
 BOS, EOS = 49406, 49407
 
@@ -26,7 +26,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def xl():
-    return tiny_sdxl_pipeline()
+    return tiny_pipeline("SDXL")
 
 
 def _task(**overrides) -> RenderTask:
@@ -165,3 +165,20 @@ def test_sdxl_renders_editing_long_prompts_and_clip_skip(xl):
     long = _render(xl, prompt="a robot, " * 26 + "red", batch_size=2)
     assert long.shape == (64, 64, 3)
     assert _differ(base, _render(xl, prompt="a red robot AND a blue sky :0.7"))
+
+
+def test_emphasis_of_a_chunk_with_a_zero_mean_stays_finite():
+    # A1111 divides by the weighted mean unguarded; an exactly-zero mean must not give NaN or inf.
+    from worker.conditioning import _emphasis
+
+    z = torch.tensor([[[1.0, -1.0], [2.0, -2.0], [0.5, -0.5]]])  # every token's mean is exactly 0
+    weighted = _emphasis(z, [1.0, 1.5, 1.0])
+    assert torch.isfinite(weighted).all()
+    assert torch.equal(weighted, z * torch.tensor([1.0, 1.5, 1.0]).reshape(1, -1, 1))  # weights, no rescale
+    nearly = _emphasis(z + 1e-12, [1.0, 1.5, 1.0])
+    assert torch.isfinite(nearly).all() and nearly.abs().max() < 4
+
+
+def test_tiny_encoder_outputs_have_a_nonzero_mean(pipe):
+    # so the emphasis test above checks the real mean restore on every CPU
+    assert encode(pipe, "a cat").embeds.mean().abs() > 1e-3

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import farm
-from farm.checkpoints import folder_hash, sha256_file
+from farm.hashes import folder_hash, sha256_file
 from farm.infotext import parse_infotext, read_parameters
-from farm.models import ModelFileError, Registry, folder_files
+from farm.model_files import ModelFileError, folder_files
+from farm.models import Registry
 from farm.spec import SpecError, parse_spec
 from model_tree import a1111_tree
 from worker.pipelines import ModelLoadError, load_pipeline

@@ -288,7 +288,7 @@ def test_a_worker_started_before_redis_waits_for_it(redis_binary, tiny_models, s
 
 def test_the_reaper_requeues_only_tasks_held_by_worker_lives_that_ended(redis_server):
     from farm.celery_app import make_app
-    from farm.dispatch import requeue_orphans
+    from farm.messages import requeue_orphans
     from farm.task import RenderTask
 
     ledger = Ledger(redis_server.client())
@@ -343,7 +343,7 @@ def test_a_worker_switched_off_after_the_ack_but_before_storing_loses_nothing(re
 
 
 def test_routes_unused_for_an_hour_and_empty_are_forgotten(redis_server):
-    from farm.routing import Route
+    from farm.messages import Route
 
     ledger = Ledger(redis_server.client())
     r = redis_server.client()

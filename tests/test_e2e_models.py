@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from conftest import farm
-from farm.checkpoints import sha256_file
+from farm.hashes import sha256_file
 from farm.infotext import parse_infotext, read_parameters
 from farm.models import lora_hash
 from model_tree import a1111_tree

@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-from farm.checkpoints import sha256_file
+from farm.hashes import sha256_file
 from model_tree import a1111_tree, render, tiny_task
-from worker.tasks import TaskError, WorkerContext
+from worker.context import TaskError, WorkerContext
 
 
 @pytest.fixture(scope="session")

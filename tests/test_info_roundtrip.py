@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import farm
-from farm.checkpoints import sha256_file
+from farm.hashes import sha256_file
 from farm.cli import main
 from farm.infotext import format_infotext, parse_infotext, read_parameters, task_parameters
 from farm.recreate import RecreateError, spec_from_infotext

@@ -12,7 +12,7 @@ from farm.expand import expand
 from farm.models import lora_hash
 from farm.spec import parse_spec
 from model_tree import a1111_tree, render, tiny_task
-from worker.tasks import TaskError, WorkerContext
+from worker.context import TaskError, WorkerContext
 
 
 @pytest.fixture(scope="session")

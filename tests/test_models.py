@@ -16,15 +16,17 @@ import pytest
 import torch
 
 from conftest import farm
-from farm import checkpoints
-from farm.models import ModelFileError, Registry, file_family, lora_hash
+from farm import hashes
+from farm.families import file_family
+from farm.model_files import ModelFileError
+from farm.models import Registry, lora_hash
 from farm.expand import expand
 from farm.spec import parse_spec
 from farm.store import open_store
 from farm.task import RenderTask
 from model_tree import a1111_tree, comfyui_tree, run_task
 from worker.pipelines import ModelLoadError, load_pipeline
-from worker.tasks import TaskError, WorkerContext
+from worker.context import TaskError, WorkerContext
 
 
 @pytest.fixture(scope="session")
@@ -90,13 +92,13 @@ def test_hashes_follow_a1111_and_are_cached(tree, tmp_path, monkeypatch):
     data = lora.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
     assert lora_hash(lora) == hashlib.sha256(data[8 + n:]).hexdigest()  # addnet: the tensor data only
-    assert checkpoints.sha256_file(lora) == hashlib.sha256(data).hexdigest()
+    assert hashes.sha256_file(lora) == hashlib.sha256(data).hexdigest()
 
     # Cached by (path, size, mtime): a second call reads nothing; a changed file is hashed again.
     def no_reading(*_):
         raise AssertionError("hashed again")
 
-    monkeypatch.setattr(checkpoints, "_sha256_from", no_reading)
+    monkeypatch.setattr(hashes, "_sha256_from", no_reading)
     assert lora_hash(lora) == hashlib.sha256(data[8 + n:]).hexdigest()
     monkeypatch.undo()
     os.utime(lora, ns=(1, 1))
@@ -119,11 +121,43 @@ def test_families_come_from_the_header(tree):
     assert file_family(models / "Lora" / "style15.safetensors", "checkpoint") == "not a checkpoint"
 
 
+def test_the_family_table_names_checkpoints_sizes_and_budgets(tree):
+    from farm.families import checkpoint_family, default_size, header_family
+
+    files = {"tinyxl": tree / "models/Stable-diffusion/tinyxl.safetensors",
+             "tiny15": tree / "models/Stable-diffusion/tiny15.safetensors"}
+    assert checkpoint_family("tinyxl", files, {}) == "SDXL"
+    assert checkpoint_family("tiny15", files, {}) == "SD1.5"
+    assert checkpoint_family("gone", files, {"family:gone": "SDXL"}) == "SDXL"  # a job record's
+    assert checkpoint_family("gone", files, {}) == "?"
+    assert default_size(["SDXL"]) == "1024x1024"
+    assert default_size(["SDXL", "SD1.5"]) == default_size(["?"]) == default_size(["SD2"]) == "512x512"
+    assert header_family(["model.diffusion_model.x", "conditioner.embedders.0.model.y"]) == "SDXL refiner"
+    assert header_family(["model.diffusion_model.x", "cond_stage_model.model.y"]) == "SD2"
+    assert header_family(["lora_unet_x.alpha"]) == "not a checkpoint"
+
+
+def test_the_worker_asks_a_pipeline_its_family():
+    from worker.families import UnknownFamily, named, of_pipeline
+    from worker.tiny import tiny_pipeline
+
+    sd15, sdxl = of_pipeline(tiny_pipeline()), of_pipeline(tiny_pipeline("SDXL"))
+    assert (sd15.name, sdxl.name) == ("SD1.5", "SDXL") and named("SDXL") is sdxl
+    assert len(sd15.text_encoders(tiny_pipeline())) == 1 and len(sdxl.text_encoders(tiny_pipeline("SDXL"))) == 2
+    assert sdxl.latent_shape(tiny_pipeline("SDXL"), 64, 32) == (4, 16, 32)  # tiny VAE: factor 2
+
+    class FluxPipeline:  # two text encoders too, but no family module: not taken for SDXL
+        text_encoder_2 = object()
+
+    with pytest.raises(UnknownFamily, match="no model family renders a FluxPipeline"):
+        of_pipeline(FluxPipeline())
+
+
 def test_models_list_shows_kind_family_size_and_hash(tree):
     result = farm("models", "list", "--models", str(tree))
     assert result.returncode == 0, result.stderr
     rows = {line.split()[-1]: line.split() for line in result.stdout.splitlines()}
-    sha = checkpoints.sha256_file(tree / "models" / "Stable-diffusion" / "tinyxl.safetensors")
+    sha = hashes.sha256_file(tree / "models" / "Stable-diffusion" / "tinyxl.safetensors")
     assert rows["tinyxl"][:2] == ["checkpoint", "SDXL"] and sha[:10] in rows["tinyxl"]
     assert rows["tiny15"][:2] == ["checkpoint", "SD1.5"]
     assert rows["stylexl"][:2] == ["lora", "SDXL"]
@@ -176,12 +210,12 @@ def test_shipped_sdxl_config_has_sdxl_base_sizes():
 
 
 def test_tiny_sdxl_checkpoint_round_trips_and_renders(tree, tmp_path):
-    from worker.tiny import tiny_sdxl_pipeline
+    from worker.tiny import tiny_pipeline
 
     path = tree / "models" / "Stable-diffusion" / "tinyxl.safetensors"
     pipe = load_pipeline(path)
     assert type(pipe).__name__ == "StableDiffusionXLPipeline"
-    reference = tiny_sdxl_pipeline()
+    reference = tiny_pipeline("SDXL")
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         loaded, original = getattr(pipe, name).state_dict(), getattr(reference, name).state_dict()
         assert loaded.keys() == original.keys()

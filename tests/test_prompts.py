@@ -1,7 +1,7 @@
-"""A1111 prompt syntax (farm/prompts.py): emphasis, prompt editing, alternation, AND.
+"""A1111 prompt syntax (worker/prompt_syntax.py): emphasis, prompt editing, alternation, AND.
 
-Expected values are the facts in shared/reference/a1111.md section 3, plus cases worked out from
-the rules stated there."""
+Expected values are what A1111's modules/prompt_parser.py gives, plus cases worked out from its
+rules."""
 
 import math
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.prompts import parse_attention, prompt_schedules, split_and
+from worker.prompt_syntax import parse_attention, prompt_schedules, split_and
 
 
 def approx(pieces):

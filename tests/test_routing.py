@@ -1,8 +1,10 @@
-"""The routing policy: which queues a worker reads, in which order."""
+"""The routing policy: which queues a worker reads, in which order (worker/queue_order.py)."""
 
 from __future__ import annotations
 
-from farm.routing import Capabilities, Route, next_checkpoint, pixel_budget, queue_order
+from farm.families import pixel_budget
+from farm.messages import Route
+from worker.queue_order import Capabilities, next_checkpoint, queue_order
 
 
 def route(ckpt: str, priority: str = "normal", pixels: int = 4096, tags: tuple[str, ...] = (), h: str | None = None):
@@ -64,9 +66,11 @@ def test_idle_workers_spread_over_checkpoints():
 
 
 def test_pixel_budget_keeps_sdxl_1024_off_an_8_gb_card():
-    assert pixel_budget(8, "sdxl") < 1024 * 1024
-    assert pixel_budget(24, "sdxl") >= 4 * 1024 * 1024
-    assert pixel_budget(8, "sd15") >= 4 * 512 * 512
+    assert pixel_budget(8, "SDXL") < 1024 * 1024
+    assert pixel_budget(24, "SDXL") >= 4 * 1024 * 1024
+    assert pixel_budget(8, "SD1.5") >= 4 * 512 * 512
+    assert pixel_budget(8, "SDXL refiner") == pixel_budget(8, "SDXL")
+    assert pixel_budget(8, "?") == pixel_budget(8, "Flux") == pixel_budget(8, "SD1.5")  # not in the table
 
 
 def test_a_worker_does_not_load_a_checkpoint_to_help_with_a_few_tasks_left():

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from farm.checkpoints import sha256_file
+from farm.hashes import sha256_file
 from farm.expand import expand
 from farm.spec import parse_spec
 from model_tree import a1111_tree, render, tiny_task
-from worker.tasks import TaskError, WorkerContext
+from worker.context import TaskError, WorkerContext
 from worker.vae import guard_decode
 
 

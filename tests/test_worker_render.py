@@ -3,6 +3,7 @@
 Everything runs on CPU with a ~15 MB random-weight model at 64x64, 2 steps.
 """
 
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers are imported: never reach the hub
@@ -192,3 +193,33 @@ def test_cache_keeps_one_pipeline_and_records_load_time(tmp_path, tiny_checkpoin
     assert second is not first
     assert cache.loaded() == [other.resolve()]  # keep=1: the first one was evicted
     assert cache.get(tiny_checkpoint) is not first  # and is loaded again
+
+
+def test_a_task_of_an_unknown_kind_fails_with_one_line(tiny_checkpoint, tmp_path):
+    from farm.store import open_store
+    from model_tree import run_task
+    from worker.context import TaskError, WorkerContext
+
+    task = _task(kind="img2img").with_id()
+    ctx = WorkerContext(models_dir=tiny_checkpoint.parent.parent)
+    message = r"^task kind 'img2img' is not one this worker renders \(txt2img\); update seedfarm on this worker$"
+    with pytest.raises(TaskError, match=message):
+        run_task(task, open_store(str(tmp_path)), ctx)
+    assert ctx.cache is None  # refused before any checkpoint loads
+
+
+def test_the_standin_renderer_goes_through_the_render_loop(tmp_path, monkeypatch):
+    from farm.store import open_store
+    from model_tree import run_task
+    from worker.context import WorkerContext
+    from worker.standin import StandinModels
+
+    monkeypatch.setenv("FARM_STANDIN", "0,0")
+    (tmp_path / "models" / "Stable-diffusion").mkdir(parents=True)
+    (tmp_path / "models" / "Stable-diffusion" / "standin.safetensors").write_bytes(b"\0" * 16)
+    ctx = WorkerContext(models_dir=tmp_path / "models")
+    summary = run_task(_task(checkpoint="standin", batch_size=3).with_id(), open_store(str(tmp_path / "out")), ctx)
+    assert isinstance(ctx.task_models, StandinModels)
+    assert summary["images"] == 3 and len(list((tmp_path / "out" / "test" / "images").glob("*.png"))) == 3
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "test" / "records").glob("*.json")]
+    assert [r["render_batch"] for r in records] == [1, 1, 1]  # a stand-in never batches

@@ -1,4 +1,5 @@
-"""Prompt text -> text-encoder embeddings, built the way A1111 builds them (a1111.md section 3).
+"""Prompt text -> text-encoder embeddings, built the way A1111 builds them (A1111's
+modules/sd_hijack_clip.py and modules/prompt_parser.py).
 
 - Emphasis ("Original"): each token's output vector is multiplied by its weight, then the chunk is
   rescaled so its mean is what it was before weighting.
@@ -7,13 +8,14 @@
   textual-inversion embedding is never split. Positive and negative are padded with empty chunks to
   the same count.
 - Clip skip is done here (diffusers' `clip_skip` crashes on SD1.5 with transformers >= 5.6 and
-  counts one lower than A1111, diffusers.md section 6).
+  counts one lower than A1111).
 - Prompt editing and alternation: one conditioning per schedule entry, switched between steps.
 - Composable `AND`: each part (with its weight) is encoded and scheduled on its own; the render
   combines their guidance (worker/render.py).
 
-A pipeline has one (SD1.5) or two (SDXL) (tokenizer, text encoder) pairs; SDXL concatenates the two
-encoders' outputs per token and takes the pooled vector from the first chunk of the second.
+A pipeline has one (tokenizer, text encoder) pair per encoder of its family (worker/families/):
+several encoders' outputs are concatenated per token, and the pooled vector is taken from the first
+chunk of the last encoder that gives one (SDXL's second).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from farm.prompts import extract_extra_networks, parse_attention, prompt_schedules, split_and
+from farm.prompts import extract_extra_networks
+from worker.families import of_pipeline
+from worker.families.base import WorkerFamily
+from worker.prompt_syntax import parse_attention, prompt_schedules, split_and
 
 CHUNK = 75  # tokens per chunk between BOS and EOS
 COMMA_BACKTRACK = 20
@@ -42,15 +47,7 @@ class Chunk:
 @dataclass
 class Conditioning:
     embeds: torch.Tensor  # (1, 77 * chunks, dim)
-    pooled: torch.Tensor | None = None  # (1, dim) for SDXL
-
-
-def encoders(pipe) -> list[tuple]:
-    """The pipeline's (tokenizer, text encoder) pairs: one for SD1.5, two for SDXL."""
-    pairs = [(pipe.tokenizer, pipe.text_encoder)]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
-    return [(t, e) for t, e in pairs if t is not None and e is not None]
+    pooled: torch.Tensor | None = None  # (1, dim) for a family with a pooled vector (SDXL)
 
 
 # ---- tokens and chunks -------------------------------------------------------------------------
@@ -130,31 +127,44 @@ def chunk_ids(tokenizer, chunk: Chunk) -> list[int]:
 
 # ---- encoding ------------------------------------------------------------------------------
 
-def _hidden(text_encoder, ids: torch.Tensor, clip_skip: int, sdxl: bool):
-    """The encoder output A1111 conditions on. SD1: layer -clip_skip, then the final layer norm
-    (clip skip 1 = last_hidden_state). SDXL: layer -(clip_skip + 1), no final norm (clip skip 1 =
-    the penultimate layer SDXL was trained on)."""
-    if not sdxl and clip_skip <= 1:
+def _hidden(text_encoder, ids: torch.Tensor, clip_skip: int, family: WorkerFamily):
+    """The encoder output A1111 conditions on: layer -(clip_skip + the family's skipped layers),
+    then the final layer norm where the family uses it. SD1: layer -clip_skip with the norm (clip
+    skip 1 = last_hidden_state). SDXL: layer -(clip_skip + 1), no norm (clip skip 1 = the
+    penultimate layer SDXL was trained on)."""
+    if family.final_norm and clip_skip <= 1:
         out = text_encoder(ids)
         return out[0], None
     out = text_encoder(ids, output_hidden_states=True)
-    layer = clip_skip + 1 if sdxl else clip_skip
+    layer = clip_skip + family.skipped_layers
     layers = len(out.hidden_states) - 1  # hidden_states = embeddings + one per layer
     if layer > layers:
         raise ConditioningError(f"clip skip {clip_skip} is more than the text encoder's {layers} layers")
     z = out.hidden_states[-layer]
-    if not sdxl:  # transformers >= 5.6 flattened CLIPTextModel; older versions wrap .text_model
+    if family.final_norm:  # transformers >= 5.6 flattened CLIPTextModel; older versions wrap .text_model
         z = getattr(text_encoder, "text_model", text_encoder).final_layer_norm(z)
     return z, getattr(out, "text_embeds", None)
 
 
+MEAN_FLOOR = 1e-6  # a weighted mean below this fraction of the mean magnitude is "zero": no restore
+
+
 def _emphasis(z: torch.Tensor, weights: list[float]) -> torch.Tensor:
-    """A1111 "Original": multiply per token, then restore the chunk's mean."""
+    """A1111 "Original": multiply per token, then restore the chunk's mean (scale by mean before /
+    mean after).
+
+    A1111 (modules/sd_hijack_clip.py) divides by the weighted mean unguarded, so a chunk whose mean
+    is zero gives NaN or inf. Here, when the weighted mean is zero or below MEAN_FLOOR times the
+    chunk's mean magnitude, the chunk keeps its weighted values unrescaled; any other chunk is
+    scaled exactly as A1111 scales it (a real text encoder's chunk mean is nowhere near zero)."""
     if all(w == 1.0 for w in weights):
         return z
     before = z.mean()
     z = z * torch.tensor(weights, dtype=z.dtype, device=z.device).reshape(1, -1, 1)
-    return z * (before / z.mean())
+    after = z.mean()
+    usable = after.abs() > MEAN_FLOOR * z.abs().mean()
+    scale = torch.where(usable, before / torch.where(usable, after, torch.ones_like(after)), torch.ones_like(after))
+    return z * scale
 
 
 class Encoder:
@@ -162,8 +172,8 @@ class Encoder:
     handful of texts over many steps)."""
 
     def __init__(self, pipe, clip_skip: int = 1):
-        self.pairs = encoders(pipe)
-        self.sdxl = len(self.pairs) == 2
+        self.family = of_pipeline(pipe)
+        self.pairs = self.family.text_encoders(pipe)
         self.clip_skip = clip_skip
         self.convert = getattr(pipe, "maybe_convert_prompt", None)  # multi-vector embeddings
         self._cache: dict[str, tuple[list[torch.Tensor], torch.Tensor | None]] = {}
@@ -180,7 +190,7 @@ class Encoder:
                 outs = []
                 for n, chunk in enumerate(chunks):
                     ids = torch.tensor([chunk_ids(tokenizer, chunk)], device=text_encoder.device)
-                    z, pool = _hidden(text_encoder, ids, self.clip_skip, self.sdxl)
+                    z, pool = _hidden(text_encoder, ids, self.clip_skip, self.family)
                     outs.append(_emphasis(z, [1.0] + chunk.weights + [1.0] * (CHUNK + 1 - len(chunk.weights))))
                     if n == 0 and pool is not None:
                         pooled = pool
@@ -250,8 +260,10 @@ def count_text(prompt: str, steps: int = 20) -> str:
     """`farm prompt count`: '86/150', with the shipped SD1.5 CLIP tokenizer (SDXL's counts the same)."""
     from transformers import CLIPTokenizer
 
+    from farm.families import family
     from worker.pipelines import configs_dir
 
-    tokenizer = CLIPTokenizer.from_pretrained(str(configs_dir() / "sd15" / "tokenizer"), local_files_only=True)
+    folder = configs_dir() / family("SD1.5").config_folder
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
     count, limit = token_count(tokenizer, prompt, steps)
     return f"{count}/{limit}"

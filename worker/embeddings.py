@@ -1,7 +1,7 @@
 """Textual-inversion embeddings, used by writing their file stem in the prompt or negative prompt.
 
 Only the embeddings a task names are loaded, as new tokens of the tokenizer(s), and unloaded after
-the task. Layouts read (a1111.md section 3):
+the task. Layouts read (as A1111's modules/textual_inversion/textual_inversion.py reads them):
 - A1111 `.pt`/`.bin`: `{"string_to_param": {"*": tensor}}` (pickled: only with pickles allowed,
   weights-only);
 - `.safetensors` with one tensor (usually `emb_params`), or a diffusers `{token: tensor}` file;
@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
-from farm.models import ModelFileError, Registry, read_safetensors_header
-from worker.lora import pipeline_family
+from farm.families import FAMILIES
+from farm.model_files import ModelFileError, read_safetensors_header
+from farm.models import Registry
+from worker.families import of_pipeline
 from worker.safe_load import ModelLoadError, is_pickle, load_pickle, refuse_pickle
 
 
@@ -63,16 +65,14 @@ def read_embedding(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
 def load_embeddings(pipe, used: dict[str, Path], allow_pickle: bool = False) -> None:
     """Add each embedding as a token (multi-vector ones as tok, tok_1 ...).
     On an error the caller removes what was added (unload_embeddings; worker/prepare.py does)."""
-    sdxl = pipeline_family(pipe) == "SDXL"
+    family = of_pipeline(pipe)
     for name, path in used.items():
         parts = read_embedding(path, allow_pickle)
-        if sdxl != ("clip_g" in parts):
-            kind = "an SDXL" if "clip_g" in parts else "an SD1.5"
-            raise ModelLoadError(f"{path.name}: {kind} embedding cannot be used with an {pipeline_family(pipe)} checkpoint")
-        targets = [("clip_l", pipe.text_encoder, pipe.tokenizer)]
-        if sdxl:
-            targets.append(("clip_g", pipe.text_encoder_2, pipe.tokenizer_2))
-        for part, encoder, tokenizer in targets:
+        if set(parts) != set(family.facts.embedding_parts):
+            owner = next((f.name for f in FAMILIES if f.config_folder and set(f.embedding_parts) == set(parts)), None)
+            kind = f"an {owner}" if owner else "another family's"
+            raise ModelLoadError(f"{path.name}: {kind} embedding cannot be used with an {family.name} checkpoint")
+        for part, encoder, tokenizer in family.embedding_targets(pipe):
             vectors = parts[part].reshape(-1, parts[part].shape[-1])
             width = encoder.get_input_embeddings().weight.shape[1]
             if vectors.shape[1] != width:
@@ -88,9 +88,6 @@ def load_embeddings(pipe, used: dict[str, Path], allow_pickle: bool = False) -> 
 
 def unload_embeddings(pipe) -> None:
     """Remove every added token: the tokenizers and encoders are back to the checkpoint's."""
-    pairs = [(pipe.tokenizer, pipe.text_encoder)]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
-    for tokenizer, encoder in pairs:
+    for tokenizer, encoder in of_pipeline(pipe).text_encoders(pipe):
         if len(tokenizer) > tokenizer.vocab_size:
             pipe.unload_textual_inversion(tokenizer=tokenizer, text_encoder=encoder)

@@ -17,13 +17,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from farm.models import ModelFileError, Registry, file_family, lora_hash, read_safetensors_header
+from farm.families import UNKNOWN, file_family
+from farm.model_files import ModelFileError, read_safetensors_header
+from farm.models import Registry, lora_hash
 from farm.prompts import LoraRef
+from worker.families import of_pipeline
 from worker.safe_load import ModelLoadError, is_pickle, load_pickle, refuse_pickle
-
-
-def pipeline_family(pipe) -> str:
-    return "SDXL" if getattr(pipe, "text_encoder_2", None) is not None else "SD1.5"
 
 
 def read_lora(path: Path, allow_pickle: bool) -> dict:
@@ -49,7 +48,7 @@ def apply_loras(pipe, refs: list[LoraRef], registry: Registry, allow_pickle: boo
     removes what was loaded (remove_loras; worker/prepare.py does it in any case)."""
     if not refs:
         return {}
-    family = pipeline_family(pipe)
+    family = of_pipeline(pipe)
     hashes: dict[str, str] = {}
     names, weights = [], []
     for ref in refs:
@@ -58,9 +57,9 @@ def apply_loras(pipe, refs: list[LoraRef], registry: Registry, allow_pickle: boo
             lora_family = file_family(model.path, "lora")
         except ModelFileError as e:
             raise ModelLoadError(str(e)) from None
-        if lora_family not in ("?", family):
+        if lora_family not in (UNKNOWN, family.name):
             raise ModelLoadError(
-                f"{model.path.name}: an {lora_family} LoRA cannot be used with an {family} checkpoint"
+                f"{model.path.name}: an {lora_family} LoRA cannot be used with an {family.name} checkpoint"
             )
         state = read_lora(model.path, allow_pickle)
         if is_lycoris(state):
@@ -74,9 +73,8 @@ def apply_loras(pipe, refs: list[LoraRef], registry: Registry, allow_pickle: boo
             reason = (str(e).splitlines() or [""])[0][:200]
             raise ModelLoadError(f"{model.path.name}: not a LoRA this worker can apply ({type(e).__name__}: {reason})") from None
         names.append(adapter)
-        weight = {"unet": ref.unet_weight, "text_encoder": ref.te_weight}
-        if family == "SDXL":
-            weight["text_encoder_2"] = ref.te_weight
+        # the tag's UNet weight for the denoiser, its text-encoder weight for every text encoder
+        weight = {family.denoiser: ref.unet_weight, **{encoder: ref.te_weight for _, encoder in family.encoders}}
         weights.append(weight)
         hashes[ref.name] = lora_hash(model.path)[:12]
     if names:
@@ -113,11 +111,7 @@ _PARTS = {
     "lora_up.weight", "lora_down.weight", "lora_mid.weight",
     "alpha",
 }
-# Where each kohya prefix points: (prefix, pipeline component).
-_PREFIXES = {
-    "SD1.5": (("lora_unet_", "unet"), ("lora_te_", "text_encoder")),
-    "SDXL": (("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2")),
-}
+# Where each kohya prefix points (prefix -> pipeline component): the family's lora_prefixes.
 _ORIGINALS = "seedfarm_lycoris_originals"  # pipe attribute: id(param) -> (param, original copy)
 
 
@@ -137,7 +131,7 @@ def apply_lycoris(pipe, state: dict, filename: str, te_weight: float, unet_weigh
     if unknown:
         more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
         raise ModelLoadError(
-            f"{filename}: unknown module '{unknown[0]}'{more}: not in this {pipeline_family(pipe)} "
+            f"{filename}: unknown module '{unknown[0]}'{more}: not in this {of_pipeline(pipe).name} "
             f"checkpoint's UNet or text encoders"
         )
     plans = []
@@ -294,7 +288,8 @@ def kohya_module_index(pipe) -> dict[str, tuple[str, object]]:
     from worker.ldm_layout import unet_to_ldm
 
     index: dict[str, tuple[str, object]] = {}
-    for prefix, component in _PREFIXES[pipeline_family(pipe)]:
+    family = of_pipeline(pipe)
+    for prefix, component in family.lora_prefixes:
         model = getattr(pipe, component, None)
         if model is None:
             continue
@@ -303,7 +298,7 @@ def kohya_module_index(pipe) -> dict[str, tuple[str, object]]:
                 continue  # peft's own lora_A/lora_B layers (a plain LoRA in the same task)
             path = path.removesuffix(".base_layer")  # a module wrapped by peft: patch the base
             names = [path]
-            if component == "unet":
+            if component == family.denoiser:  # a UNet: also its LDM names
                 try:
                     (ldm,) = unet_to_ldm({path + ".weight": None}, model.config, prefix="")
                     names.append(ldm.removesuffix(".weight"))

@@ -1,10 +1,11 @@
-"""Memory profiles: how a worker fits SD1.5/SDXL on cards from 8 to 24 GB (a1111.md section 8).
+"""Memory profiles: how a worker fits SD1.5/SDXL on cards from 8 to 24 GB (A1111's --medvram and
+--lowvram, done with diffusers' offloading).
 
 - `high`: the whole pipeline on the GPU (fastest).
 - `med`:  one of text encoder / UNet / VAE on the GPU at a time (~ A1111 --medvram,
           diffusers `enable_model_cpu_offload`).
 - `low`:  also the UNet block by block (~ A1111 --lowvram, diffusers block-level group offload).
-- `auto`: picked from the card's VRAM (AUTO_VRAM_GB).
+- `auto`: picked from the card's VRAM (AUTO_VRAM_GB in farm/tunables.py, like the other numbers here).
 Precision fp16 (default on a GPU), bf16 or fp32; a CPU-only worker always runs fp32 on the CPU.
 VAE slicing is always on (bit-identical); VAE tiling only in med/low for renders above
 TILE_ABOVE_PIXELS (it changes the image slightly, so a `high` worker never tiles).
@@ -16,14 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from farm.routing import pixel_budget
+from farm.families import pixel_budget
+from farm.tunables import AUTO_VRAM_GB, CPU_BATCH_PIXELS, MAX_AUTO_BATCH, TILE_ABOVE_PIXELS
 
 VRAM_MODES = ("auto", "high", "med", "low")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 ATTENTIONS = ("sdpa", "xformers")
-# auto: at least this many GB -> mode. SDXL in fp16 needs about 10 GB whole; 8 GB cards offload.
-AUTO_VRAM_GB = ((12.0, "high"), (6.0, "med"), (0.0, "low"))
-TILE_ABOVE_PIXELS = 1024 * 1024
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -104,7 +103,7 @@ def prepare_vae(vae, profile: MemoryProfile) -> None:
 
 def place(pipe, profile: MemoryProfile):
     """Move the pipeline to the device, or install the offload hooks (again, after a module swap)."""
-    # Offload hooks raise on a host without an accelerator (diffusers.md section 7): the profile
+    # Offload hooks raise on a host without an accelerator (diffusers' accelerate hooks): the profile
     # of a CPU-only host is always "high", so they are reached only with a GPU.
     if profile.offload == "model":
         pipe.enable_model_cpu_offload(device=profile.device)
@@ -124,15 +123,11 @@ def set_vae_tiling(pipe, profile: MemoryProfile, width: int, height: int) -> Non
         pipe.vae.disable_tiling()
 
 
-MAX_AUTO_BATCH = 8  # beyond this a batch buys little speed and delays every image in it
-CPU_BATCH_PIXELS = 2 * 1024 * 1024  # a CPU worker's RAM holds a batch of this many pixels easily
-
-
 def auto_max_batch(profile: MemoryProfile, family: str, width: int, height: int) -> int:
     """How many images of this size one diffusion call holds on this worker (at least 1), from the
-    same per-card pixel budget that capability routing uses (farm/routing.py)."""
+    same per-card pixel budget that capability routing uses (farm/families.py); family: its name."""
     if profile.vram_gb <= 0:
         budget = CPU_BATCH_PIXELS
     else:
-        budget = pixel_budget(profile.vram_gb, "sdxl" if family == "SDXL" else "sd15")
+        budget = pixel_budget(profile.vram_gb, family)
     return max(1, min(MAX_AUTO_BATCH, budget // (width * height)))

@@ -2,7 +2,7 @@
 
 The family (SD1.5 or SDXL) is read from the file's tensor names; the checkpoint then loads through
 `from_single_file(path, config=DIR)` with a local config folder, so nothing is ever fetched from the
-hub (diffusers.md section 1):
+hub:
 - DIR is `<stem>.config/` beside the checkpoint when it exists (a checkpoint with a non-standard
   architecture, such as the tiny test models, carries its own diffusers config folder);
 - else the shipped folder for its family, `configs/sd15` or `configs/sdxl` (override the configs
@@ -30,42 +30,34 @@ from pathlib import Path
 
 import torch
 
-from farm.models import (
-    FOLDER_FAMILIES,
-    ModelFileError,
-    Registry,
-    checkpoint_family,
-    folder_family,
-    folder_files,
-    folder_weights,
-    kind_dirs,
-    read_model_index,
-    read_safetensors_header,
-)
+from farm.families import FAMILIES, NOT_A_CHECKPOINT, family, folder_family, header_family
+from farm.model_files import ModelFileError, folder_files, folder_weights, read_model_index, read_safetensors_header
+from farm.models import Registry, kind_dirs
 from worker.safe_load import ModelLoadError, is_pickle, load_pickle, refuse_pickle
 
 # transformers warns at import that torchvision is absent (we do not want it); say only errors.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 CLIP_VOCAB_SIZE = 49408
-SD15_CONFIG = "sd15"
-SDXL_CONFIG = "sdxl"
-FAMILY_CONFIGS = {"SD1.5": SD15_CONFIG, "SDXL": SDXL_CONFIG}
+# the families with a shipped config folder (configs/<folder>): the ones a worker renders
+RENDERED = " and ".join(sorted(f.name for f in FAMILIES if f.config_folder))
 
 __all__ = ["ModelLoadError", "PipelineCache", "configs_dir", "load_pipeline", "checkpoint_keys", "hub_folder"]
 
 
 def configs_dir() -> Path:
-    """The folder holding the offline model configs (sd15/, sdxl/). FARM_CONFIGS_DIR wins; else the
-    repo's configs/ next to this package (an editable install or a source checkout)."""
+    """The folder holding the offline model configs (sd15/, sdxl/: each family's config_folder).
+    FARM_CONFIGS_DIR wins; else the repo's configs/ next to this package (an editable install or a
+    source checkout)."""
     env = os.environ.get("FARM_CONFIGS_DIR")
     candidates = [Path(env)] if env else [Path(__file__).resolve().parent.parent / "configs"]
+    probe = family("SD1.5").config_folder
     for d in candidates:
-        if (d / SD15_CONFIG / "model_index.json").is_file():
+        if (d / probe / "model_index.json").is_file():
             return d
     where = f"FARM_CONFIGS_DIR={env}" if env else str(candidates[0])
     raise ModelLoadError(
-        f"model config folder not found ({where} has no {SD15_CONFIG}/model_index.json); "
+        f"model config folder not found ({where} has no {probe}/model_index.json); "
         "set FARM_CONFIGS_DIR to the seedfarm repo's configs/ folder"
     )
 
@@ -100,8 +92,8 @@ def checkpoint_keys(path: Path, allow_pickle: bool = False) -> list[str]:
 def config_for(path: Path, keys: list[str]) -> Path:
     """The config folder for this checkpoint: its own, or the shipped one for its family. The wrong
     kinds of file (LoRA, VAE, SD2...) get a sentence rather than a KeyError."""
-    family = checkpoint_family(keys)
-    if family == "not a checkpoint":
+    name = header_family(keys)
+    if name == NOT_A_CHECKPOINT:
         raise ModelLoadError(
             f"{path.name}: not a Stable Diffusion checkpoint in A1111 layout (no model.diffusion_model.* "
             "weights); is it a LoRA, VAE or embedding?"
@@ -109,9 +101,10 @@ def config_for(path: Path, keys: list[str]) -> Path:
     own = own_config_dir(path)
     if own is not None:
         return own
-    if family not in FAMILY_CONFIGS:
-        raise ModelLoadError(f"{path.name}: {family} checkpoints are not supported (SD1.5 and SDXL are)")
-    return configs_dir() / FAMILY_CONFIGS[family]
+    facts = family(name)
+    if facts is None or facts.config_folder is None:
+        raise ModelLoadError(f"{path.name}: {name} checkpoints are not supported ({RENDERED} are)")
+    return configs_dir() / facts.config_folder
 
 
 def load_pipeline(
@@ -148,12 +141,13 @@ def load_folder(folder: Path, device=None, dtype=None, allow_pickle: bool = Fals
     """A diffusers folder (save_pretrained's layout): from_pretrained, offline, safetensors only
     unless pickles are allowed. SD1.5 and SDXL folders load; others are refused in one line."""
     try:
-        family = folder_family(folder)
+        name = folder_family(folder)
         weights = folder_weights(folder)
     except ModelFileError as e:
         raise ModelLoadError(str(e)) from None
-    if family not in FAMILY_CONFIGS:
-        raise ModelLoadError(f"{folder.name}: {family} diffusers folders are not supported (SD1.5 and SDXL are)")
+    facts = family(name)
+    if facts is None or facts.config_folder is None:
+        raise ModelLoadError(f"{folder.name}: {name} diffusers folders are not supported ({RENDERED} are)")
     for component in ("unet", "vae", "text_encoder"):
         if not weights.get(component):
             raise ModelLoadError(
@@ -294,9 +288,9 @@ def _load_failure(path: Path, config: Path, error: Exception) -> str:
 
 
 def _named_tensors(pipe):
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        module = getattr(pipe, name, None)
-        if module is not None:
+    """Every weight of the pipeline's models (denoiser, VAE, text encoders: whatever its family has)."""
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
             for n, p in module.named_parameters():
                 yield f"{name}.{n}", p
 

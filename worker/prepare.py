@@ -1,5 +1,6 @@
-"""What a worker does with its model folders for a task (or a batch of tasks): load the checkpoint under the memory
-profile, then put the task's VAE, LoRAs and embeddings on the pipeline for the render only.
+"""The worker's renderer: what it does with its model folders for a task (or a batch of tasks):
+load the checkpoint under the memory profile, pick the batch size, put the task's VAE, LoRAs and
+embeddings on the pipeline for the render only, and render with the task's kind.
 
 `TaskModels.prepared(pipe, tasks)` is a context manager: it yields the tasks (of one batch) as the
 renderer must see them (extra-network tags taken out of both prompts, A1111 semantics) and, per
@@ -14,12 +15,14 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from farm.models import ModelFileError, Registry
+from farm.model_files import ModelFileError
+from farm.models import Registry
 from farm.prompts import extract_extra_networks, lora_refs
 from farm.task import RenderTask
 from worker.embeddings import load_embeddings, unload_embeddings, used_embeddings
+from worker.families import of_pipeline
 from worker.lora import apply_loras, remove_loras
-from worker.memory import MemoryProfile, apply_profile, choose_profile, place, prepare_vae, set_vae_tiling
+from worker.memory import MemoryProfile, apply_profile, auto_max_batch, choose_profile, place, prepare_vae, set_vae_tiling
 from worker.pipelines import load_pipeline
 from worker.safe_load import ModelLoadError
 from worker.vae import VaeSwap
@@ -36,6 +39,14 @@ class TaskModels:
         """The PipelineCache's loader: load on the CPU in the profile's dtype, then place it."""
         pipe = load_pipeline(checkpoint, device="cpu", dtype=self.profile.dtype, allow_pickle=self.allow_pickle)
         return apply_profile(pipe, self.profile)
+
+    def max_batch(self, pipe, task: RenderTask) -> int:
+        """Images of this task's size per diffusion call, from the card's pixel budget."""
+        return auto_max_batch(self.profile, of_pipeline(pipe).name, task.width, task.height)
+
+    def render(self, pipe, kind, slots: list) -> list:
+        """The images of `slots` (worker.render.Slot), rendered by the task kind's module."""
+        return kind.render(pipe, slots)
 
     @contextlib.contextmanager
     def prepared(self, pipe, tasks: list[RenderTask]) -> Iterator[tuple[list[RenderTask], list[dict[str, str]]]]:
@@ -93,7 +104,7 @@ class TaskModels:
 def _ti_hashes(embeddings: dict[str, Path]) -> dict[str, str]:
     if not embeddings:
         return {}
-    from farm.checkpoints import sha256_file
+    from farm.hashes import sha256_file
 
     return {"TI hashes": _hash_list({n: sha256_file(p)[:12] for n, p in embeddings.items()})}
 

@@ -3,8 +3,9 @@
 Seeds follow A1111: image i of the batch has seed + i (and variation seed subseed + i). Its starting
 noise comes from worker.rng (source "cpu" or "nv", variation, seed resize) and its per-step noise
 (ancestral/SDE samplers) from its own CPU generator, so an image in a batch equals the same seed
-rendered alone, on any hardware (diffusers.md section 8). The conditioning (emphasis, long prompts,
-clip skip, prompt editing) comes from worker.conditioning.
+rendered alone, on any hardware. The conditioning (emphasis, long prompts, clip skip, prompt
+editing) comes from worker.conditioning; the pipeline's parts (denoiser, latent channels) from its
+family (worker/families/).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image
 
 from farm.task import RenderTask
 from worker.conditioning import Conditioning, ConditioningError, ScheduledPair, conditioning_schedule, entry_at
+from worker.families import of_pipeline
 from worker.rng import image_noise, step_generator
 from worker.samplers import make_scheduler
 
@@ -43,13 +45,12 @@ class Slot:
 
 
 def _latent_shape(pipe, task: RenderTask) -> tuple[int, int, int]:
-    factor = pipe.vae_scale_factor
-    return (pipe.unet.config.in_channels, task.height // factor, task.width // factor)
+    return of_pipeline(pipe).latent_shape(pipe, task.width, task.height)
 
 
 def initial_latents(pipe, slots: list[Slot]) -> torch.Tensor:
     """One noise tensor per image from worker.rng, on the CPU in fp32 (the same numbers on every
-    GPU), cast to the UNet's dtype. The pipeline moves them to its execution device itself (which
+    GPU), cast to the denoiser's dtype. The pipeline moves them to its execution device itself (which
     also works with CPU offload hooks)."""
     noise = []
     for slot in slots:
@@ -57,7 +58,7 @@ def initial_latents(pipe, slots: list[Slot]) -> torch.Tensor:
         resize = (task.seed_resize_width, task.seed_resize_height)
         noise.append(image_noise(_latent_shape(pipe, task), slot.seed, task.rng, slot.subseed,
                                  task.subseed_strength, resize))
-    return torch.stack(noise).to(dtype=pipe.unet.dtype)
+    return torch.stack(noise).to(dtype=of_pipeline(pipe).denoiser_of(pipe).dtype)
 
 
 def _stack(entries: list[ScheduledPair], what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,18 +71,18 @@ def _stack(entries: list[ScheduledPair], what: str) -> tuple[torch.Tensor, torch
 def _embeds(entries: list[ScheduledPair]) -> dict:
     positive, negative = _stack(entries, "embeds")
     kwargs = {"prompt_embeds": positive, "negative_prompt_embeds": negative}
-    if entries[0].positive.pooled is not None:  # SDXL
+    if entries[0].positive.pooled is not None:  # a family with a pooled text vector (SDXL)
         positive, negative = _stack(entries, "pooled")
         kwargs.update(pooled_prompt_embeds=positive, negative_pooled_prompt_embeds=negative)
     return kwargs
 
 
-def _switcher(schedules: list[list[ScheduledPair]], current: list[ScheduledPair]):
+def _switcher(schedules: list[list[ScheduledPair]], current: list[ScheduledPair], pooled_input: str | None):
     """A callback_on_step_end that hands the pipeline the next step's conditioning where prompt
     editing or alternation changes it for any image (diffusers lets the callback replace
-    `prompt_embeds`), and keeps current[0] (the first image's entry) up to date for the
-    composable guidance."""
-    sdxl = schedules[0][0].positive.pooled is not None
+    `prompt_embeds`, and the family's pooled tensor `pooled_input`), and keeps current[0] (the
+    first image's entry) up to date for the composable guidance."""
+    pooled = pooled_input if schedules[0][0].positive.pooled is not None else None
 
     def on_step_end(pipe, i, t, kwargs):
         entries = [entry_at(schedule, i + 1) for schedule in schedules]
@@ -95,22 +96,22 @@ def _switcher(schedules: list[list[ScheduledPair]], current: list[ScheduledPair]
             return torch.cat([negative, positive]) if guided else positive
 
         out = {"prompt_embeds": layout("embeds").to(kwargs["prompt_embeds"])}
-        if sdxl:
-            out["add_text_embeds"] = layout("pooled").to(kwargs["add_text_embeds"])
+        if pooled:
+            out[pooled] = layout("pooled").to(kwargs[pooled])
         return out
 
-    inputs = ["prompt_embeds", "add_text_embeds"] if sdxl else ["prompt_embeds"]
+    inputs = ["prompt_embeds", pooled] if pooled else ["prompt_embeds"]
     return on_step_end, inputs
 
 
 @contextmanager
-def composable_guidance(unet, current: list[ScheduledPair], images: int):
+def composable_guidance(denoiser, current: list[ScheduledPair], images: int):
     """A1111's composable prompts (`a AND b:0.5`, or one part with a weight `a:1.5`): guidance is
     uncond + cfg * sum_j w_j (cond_j - uncond). The pipeline computes uncond + cfg * (cond - uncond),
-    so while this is in place the UNet answers the cond half with uncond + sum_j w_j (cond_j - uncond),
+    so while this is in place the denoiser (a UNet) answers the cond half with uncond + sum_j w_j (cond_j - uncond),
     evaluating each part of current[0] on its own."""
-    original = unet.forward
-    own = "forward" in unet.__dict__  # an offload hook may have wrapped forward already
+    original = denoiser.forward
+    own = "forward" in denoiser.__dict__  # an offload hook may have wrapped forward already
 
     def forward(sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None, **kwargs):
         entry = current[0]
@@ -130,14 +131,14 @@ def composable_guidance(unet, current: list[ScheduledPair], images: int):
         combined = uncond + sum(weight * (eps(c) - uncond) for weight, c in entry.parts)
         return (torch.cat([uncond, combined]) if guided else combined,)
 
-    unet.forward = forward
+    denoiser.forward = forward
     try:
         yield
     finally:
         if own:
-            unet.forward = original
+            denoiser.forward = original
         else:
-            del unet.forward
+            del denoiser.forward
 
 
 def render_images(pipe, task: RenderTask) -> list[Image.Image]:
@@ -195,6 +196,7 @@ def plan_calls(schedules: list[list[ScheduledPair]]) -> list[list[int]]:
 def _render_call(pipe, slots: list[Slot], schedules: list[list[ScheduledPair]]) -> list[Image.Image]:
     task = slots[0].task
     seeds = [slot.seed for slot in slots]
+    family = of_pipeline(pipe)
     pipe.scheduler = make_scheduler(pipe.scheduler.config, task.sampler, task.schedule, seeds=seeds, eta=task.eta)
     latents = initial_latents(pipe, slots)
     generators = [step_generator(slot.seed, _latent_shape(pipe, slot.task), slot.task.ensd) for slot in slots]
@@ -202,11 +204,11 @@ def _render_call(pipe, slots: list[Slot], schedules: list[list[ScheduledPair]]) 
     kwargs = _embeds(first)
     current = [first[0]]
     if any(len(schedule) > 1 for schedule in schedules):
-        callback, inputs = _switcher(schedules, current)
+        callback, inputs = _switcher(schedules, current, family.pooled_step_input)
         kwargs.update(callback_on_step_end=callback, callback_on_step_end_tensor_inputs=inputs)
     # plan_calls gives a composable prompt a call of its own: every image has the same entries
     composable = any(entry.composable for entry in schedules[0])
-    guidance = composable_guidance(pipe.unet, current, len(slots)) if composable else nullcontext()
+    guidance = composable_guidance(family.denoiser_of(pipe), current, len(slots)) if composable else nullcontext()
 
     with torch.inference_mode(), guidance:
         result = pipe(

@@ -18,7 +18,7 @@ from farm.models import PICKLE_SUFFIXES
 
 class ModelLoadError(Exception):
     """A model file could not be loaded (or was refused); the message is one line and names the
-    file. worker/tasks.py turns it into a failed task; the worker stays up."""
+    file. The render loop (worker/render_loop.py) turns it into a failed task; the worker stays up."""
 
 
 def is_pickle(path: Path) -> bool:

@@ -19,14 +19,13 @@ from celery.signals import worker_shutting_down
 
 from farm.celery_app import REFRESH_TASK, make_app
 from farm.config import FarmSettings
-from farm.dispatch import requeue_orphans
 from farm.ledger import BrokerUnreachable, Ledger, connect, safe_url
-from farm.routing import worker_queue
+from farm.messages import requeue_orphans, worker_queue
+from farm.tunables import HEARTBEAT_SECONDS, REAP_SECONDS
 from worker import steering, tasks
+from worker.context import WorkerContext, configure
 
 log = logging.getLogger("seedfarm.worker")
-HEARTBEAT_SECONDS = 5
-REAP_SECONDS = 15  # how often each worker looks for tasks held by dead workers (farm/dispatch.py)
 
 
 def device_info() -> dict:
@@ -39,7 +38,7 @@ def device_info() -> dict:
     return {"gpu": "cpu", "vram_gb": "0"}
 
 
-def heartbeat_loop(ledger: Ledger, ctx: tasks.WorkerContext, static: dict, stop: threading.Event,
+def heartbeat_loop(ledger: Ledger, ctx: WorkerContext, static: dict, stop: threading.Event,
                    poke=lambda: None, reap=lambda: None) -> None:
     next_reap = time.monotonic() + REAP_SECONDS
     while not stop.is_set():
@@ -96,7 +95,7 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     # CUDA_VISIBLE_DEVICES already narrows this process to its GPU: it is device 0 here.
     profile = choose_profile(settings.vram, settings.precision, settings.attention, settings.no_half_vae)
     ledger = Ledger(wait_for_redis(settings.broker_url))
-    ctx = tasks.configure(models, name=name, profile=profile, allow_pickle=settings.allow_pickle,
+    ctx = configure(models, name=name, profile=profile, allow_pickle=settings.allow_pickle,
                           max_batch=max_batch)
     import worker.pipelines  # noqa: F401  (quiets transformers' import-time notices)
     import diffusers  # noqa: F401  (seconds to import: paid here, not by the first task)

@@ -1,4 +1,4 @@
-"""A worker choosing which queues it reads, and in what order (the policy is farm/routing.py).
+"""A worker choosing which queues it reads, and in what order (the policy is worker/queue_order.py).
 
 Runs in the worker's main thread only, after every task (Celery's task_postrun) and once when the
 consumer starts. New work reaches an idle worker as a no-op `seedfarm.refresh` task on its own
@@ -17,21 +17,14 @@ from celery import Celery, bootsteps, signals
 
 from farm.celery_app import REFRESH_TASK
 
-from farm.checkpoints import find_checkpoints, sha256_file
+from farm.checkpoints import find_checkpoints
+from farm.families import checkpoint_family, pixel_budget
+from farm.hashes import sha256_file
 from farm.ledger import Ledger
-from farm.models import ModelFileError, file_family
-from farm.routing import Capabilities, Route, next_checkpoint, pixel_budget, queue_order
+from farm.messages import Route
+from worker.queue_order import Capabilities, next_checkpoint, queue_order
 
 log = logging.getLogger("seedfarm.worker")
-
-
-def checkpoint_family(path: Path) -> str:
-    """'sdxl' or 'sd15' for the pixel budget, from the file's header or the folder's
-    model_index.json alone; 'sd15' when it does not say."""
-    try:
-        return "sdxl" if file_family(path, "checkpoint").startswith("SDXL") else "sd15"
-    except (ModelFileError, OSError):
-        return "sd15"
 
 
 class Steering:
@@ -61,7 +54,8 @@ class Steering:
             if self.max_pixels is not None:
                 limits[route.checkpoint] = self.max_pixels
             elif self.vram_gb is not None:
-                limits[route.checkpoint] = pixel_budget(self.vram_gb, checkpoint_family(path))
+                # the family from the file's header or the folder's model_index.json alone
+                limits[route.checkpoint] = pixel_budget(self.vram_gb, checkpoint_family(route.checkpoint, files, {}))
         return Capabilities(checkpoints, limits, self.tags)
 
     def refresh(self, force: bool = True) -> None:

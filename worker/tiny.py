@@ -11,7 +11,8 @@ Layout written:
                                                         unet/vae/text_encoder configs, the SD1.5
                                                         scheduler and the real CLIP tokenizer
 `make_tiny_sdxl` writes the SDXL twin (about 31 MB): two text encoders of different widths (32 and
-64), as from_single_file tells SDXL's encoders apart by width (diffusers.md section 2).
+64), as from_single_file tells SDXL's encoders apart by width. The tiny pipelines themselves are
+built by each family's module (worker/families/sd15.py, sdxl.py).
 """
 
 from __future__ import annotations
@@ -23,69 +24,24 @@ from pathlib import Path
 
 import torch
 
-from worker.ldm_layout import CLIP_PREFIX_SDXL, clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
-from worker.pipelines import SD15_CONFIG, SDXL_CONFIG, configs_dir
+from worker.families import named, of_pipeline
+from worker.ldm_layout import unet_to_ldm, vae_to_ldm
+from worker.pipelines import configs_dir
 
-TINY_SEED = 0
+
+def tiny_pipeline(family: str = "SD1.5"):
+    """The in-memory tiny pipeline of a family (CPU, fp32). Same seed -> same weights every call."""
+    return named(family).tiny_pipeline()
 
 
-def tiny_pipeline():
-    """The in-memory pipeline make_tiny writes (CPU, fp32). Same seed -> same weights every call."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def _tiny(sdxl: bool):
+    return tiny_pipeline("SDXL" if sdxl else "SD1.5")
 
-    sd15 = configs_dir() / SD15_CONFIG
-    # fork_rng: build from a fixed seed without disturbing the caller's global RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=[32, 64],
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * 2,
-            up_block_types=["UpDecoderBlock2D"] * 2,
-            latent_channels=4,
-        )
-        # Real CLIP vocab and special ids so the shipped tokenizer fits; 5 layers so clip skip matters.
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-                hidden_size=32,
-                intermediate_size=37,
-                num_attention_heads=4,
-                num_hidden_layers=5,
-                vocab_size=49408,
-                max_position_embeddings=77,
-            )
-        )
-    tokenizer = CLIPTokenizer.from_pretrained(str(sd15 / "tokenizer"), local_files_only=True)
-    scheduler = PNDMScheduler.from_pretrained(str(sd15), subfolder="scheduler", local_files_only=True)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    for m in (unet, vae, text_encoder):
-        m.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+
+def _kohya_text_encoders(pipe) -> list[tuple[str, object]]:
+    """(kohya prefix, text encoder) of the pipeline's family: `lora_te_`, or `lora_te1_`/`lora_te2_`."""
+    family = of_pipeline(pipe)
+    return [(prefix, getattr(pipe, part)) for prefix, part in family.lora_prefixes if part != family.denoiser]
 
 
 def write_checkpoint(pipe, path: Path) -> None:
@@ -96,11 +52,7 @@ def write_checkpoint(pipe, path: Path) -> None:
         **unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config),
         **vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config),
     }
-    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: CLIP-L, then OpenCLIP bigG
-        state.update(clip_to_ldm(pipe.text_encoder.state_dict(), prefix=CLIP_PREFIX_SDXL))
-        state.update(open_clip_to_ldm(pipe.text_encoder_2.state_dict()))
-    else:
-        state.update(clip_to_ldm(pipe.text_encoder.state_dict()))
+    state.update(of_pipeline(pipe).ldm_text_encoders(pipe))
     # contiguous copies: safetensors refuses shared or strided storage (the VAE's [:, :, None, None]).
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     tmp = path.with_name(path.name + ".tmp")
@@ -113,24 +65,22 @@ def write_checkpoint(pipe, path: Path) -> None:
 def write_config_dir(pipe, config_dir: Path) -> None:
     """The diffusers config folder from_single_file needs for this architecture (no weights): the
     shipped family folder's index, scheduler and tokenizers, this model's own component configs."""
-    sdxl = getattr(pipe, "text_encoder_2", None) is not None
-    base = configs_dir() / (SDXL_CONFIG if sdxl else SD15_CONFIG)
+    family = of_pipeline(pipe)
+    base = configs_dir() / family.facts.config_folder
     if config_dir.exists():
         shutil.rmtree(config_dir)
     config_dir.mkdir(parents=True)
     shutil.copy2(base / "model_index.json", config_dir / "model_index.json")
-    for name in ("scheduler", "tokenizer", "tokenizer_2") if sdxl else ("scheduler", "tokenizer"):
+    for name in ("scheduler", *(tokenizer for tokenizer, _ in family.encoders)):
         shutil.copytree(base / name, config_dir / name)
     for name in ("unet", "vae"):
         (config_dir / name).mkdir()
         getattr(pipe, name).save_config(str(config_dir / name))
-    encoders = {"text_encoder": "CLIPTextModel"}
-    if sdxl:
-        encoders["text_encoder_2"] = "CLIPTextModelWithProjection"
-    for name, architecture in encoders.items():
+    for _, name in family.encoders:
         (config_dir / name).mkdir()
-        te_config = getattr(pipe, name).config.to_dict()
-        te_config["architectures"] = [architecture]
+        encoder = getattr(pipe, name)
+        te_config = encoder.config.to_dict()
+        te_config["architectures"] = [type(encoder).__name__]  # CLIPTextModel, CLIPTextModelWithProjection
         (config_dir / name / "config.json").write_text(json.dumps(te_config, indent=2, sort_keys=True) + "\n")
 
 
@@ -138,7 +88,7 @@ def make_tiny(models_dir: Path, name: str = "seedfarm-tiny", sdxl: bool = False)
     """Build the tiny model and write it under models_dir/Stable-diffusion/. Returns the checkpoint."""
     target_dir = Path(models_dir) / "Stable-diffusion"
     target_dir.mkdir(parents=True, exist_ok=True)
-    pipe = tiny_sdxl_pipeline() if sdxl else tiny_pipeline()
+    pipe = _tiny(sdxl)
     checkpoint = target_dir / f"{name}.safetensors"
     write_config_dir(pipe, target_dir / f"{name}.config")
     write_checkpoint(pipe, checkpoint)
@@ -148,65 +98,6 @@ def make_tiny(models_dir: Path, name: str = "seedfarm-tiny", sdxl: bool = False)
 def make_tiny_sdxl(models_dir: Path, name: str = "seedfarm-tiny-xl") -> Path:
     """The tiny SDXL model under models_dir/Stable-diffusion/. Returns the checkpoint."""
     return make_tiny(models_dir, name, sdxl=True)
-
-
-def tiny_sdxl_pipeline():
-    """The in-memory tiny SDXL pipeline (CPU, fp32): the SDXL UNet wiring (text_time embedding,
-    linear projections, 2 transformer layers deep), CLIP-L-like encoder of width 32, OpenCLIP-like
-    encoder of width 64 with 10 layers (from_single_file's SDXL probe is `resblocks.9`)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    sdxl = configs_dir() / SDXL_CONFIG
-    clip = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, vocab_size=49408,
-                max_position_embeddings=77)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 2),
-            projection_class_embeddings_input_dim=8 * 6 + 32,  # 6 size/crop numbers + pooled text (32)
-            cross_attention_dim=32 + 64,  # both encoders' hidden states, concatenated
-        )
-        vae = AutoencoderKL(
-            block_out_channels=[32, 64],
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * 2,
-            up_block_types=["UpDecoderBlock2D"] * 2,
-            latent_channels=4,
-            scaling_factor=0.13025,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, **clip)
-        )
-        text_encoder_2 = CLIPTextModelWithProjection(
-            CLIPTextConfig(hidden_size=64, intermediate_size=74, num_attention_heads=4, num_hidden_layers=10,
-                           projection_dim=32, hidden_act="gelu", **clip)
-        )
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=CLIPTokenizer.from_pretrained(str(sdxl / "tokenizer"), local_files_only=True),
-        tokenizer_2=CLIPTokenizer.from_pretrained(str(sdxl / "tokenizer_2"), local_files_only=True),
-        unet=unet,
-        scheduler=EulerDiscreteScheduler.from_pretrained(str(sdxl), subfolder="scheduler", local_files_only=True),
-    )
-    for m in (unet, vae, text_encoder, text_encoder_2):
-        m.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 # --- tiny add-ons for the tiny models: LoRA (kohya format), embeddings, VAE ----------------------
@@ -223,7 +114,7 @@ def make_tiny_lora(models_dir: Path, name: str, sdxl: bool = False, seed: int = 
     """A kohya-format LoRA for the tiny model under models_dir/Lora/: every attention projection
     of the UNet (named as kohya names them: diffusers module names for SD1.5, LDM `input_blocks`
     names for SDXL) and of the text encoder(s) (`lora_te_`, or `lora_te1_`/`lora_te2_`)."""
-    pipe = tiny_sdxl_pipeline() if sdxl else tiny_pipeline()
+    pipe = _tiny(sdxl)
     targets: dict[str, torch.Tensor] = {}  # kohya module name -> the base weight it adapts
     unet = {k: v for k, v in pipe.unet.state_dict().items()
             if ".transformer_blocks." in k and k.endswith((".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight"))}
@@ -231,8 +122,7 @@ def make_tiny_lora(models_dir: Path, name: str, sdxl: bool = False, seed: int = 
         unet = {k.removeprefix("model.diffusion_model."): v for k, v in unet_to_ldm(unet, pipe.unet.config).items()}
     for key, weight in unet.items():
         targets["lora_unet_" + key.removesuffix(".weight").replace(".", "_")] = weight
-    encoders = [("lora_te1_", pipe.text_encoder), ("lora_te2_", pipe.text_encoder_2)] if sdxl else [("lora_te_", pipe.text_encoder)]
-    for prefix, encoder in encoders:
+    for prefix, encoder in _kohya_text_encoders(pipe):
         for key, weight in encoder.state_dict().items():
             if key.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight")):
                 module = key.removesuffix(".weight")
@@ -300,7 +190,7 @@ def _kohya_targets(pipe, sdxl: bool, convs: bool) -> dict[str, torch.Tensor]:
     if sdxl:
         unet = {k.removeprefix("model.diffusion_model."): v for k, v in unet_to_ldm(unet, pipe.unet.config).items()}
     targets = {"lora_unet_" + k.removesuffix(".weight").replace(".", "_"): v for k, v in unet.items()}
-    encoders = [("lora_te1_", pipe.text_encoder), ("lora_te2_", pipe.text_encoder_2)] if sdxl else [("lora_te_", pipe.text_encoder)]
+    encoders = _kohya_text_encoders(pipe)
     for prefix, encoder in encoders:
         for key, weight in encoder.state_dict().items():
             if key.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight")):
@@ -319,7 +209,7 @@ def _split_dim(n: int) -> tuple[int, int]:
 def _lycoris_targets(sdxl: bool, seed: int):
     """For the LyCORIS makers: a seeded source of small random tensors, and the tiny model's kohya
     modules as (name, out, in, kernel (empty for linear), kernel taps)."""
-    pipe = tiny_sdxl_pipeline() if sdxl else tiny_pipeline()
+    pipe = _tiny(sdxl)
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*shape):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from farm.models import ModelFileError, read_safetensors_header
+from farm.model_files import ModelFileError, read_safetensors_header
 from worker.safe_load import ModelLoadError, is_pickle, load_pickle, refuse_pickle
 
 log = logging.getLogger("seedfarm.worker")

@@ -12,7 +12,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from farm.ranges import LazySequence, RangeError, concat, parse_list
 from farm.samplers import SCHEDULE_TYPES, display_name, parse_sampler
-from farm.spec.nodes import NodeReader, kind, show_number
+from farm.spec.nodes import NodeReader, show_number
 
 RNG_SOURCES = ("cpu", "nv")  # A1111's "GPU" source differs between GPU makers: not offered
 MAX_MATRIX_PARTS = 16  # 2^16 prompts per matrix prompt is already far past any useful grid

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from farm.checkpoints import sha256_file
-from farm.spec.models import checkpoint_family
+from farm.hashes import sha256_file
+from farm.families import UNKNOWN, checkpoint_family
 from farm.spec.nodes import show_number
 from farm.task import RenderTask
 
@@ -91,7 +91,7 @@ class JobSpec(BaseModel):
         hashes.update({f"vae:{name}": self.vae_hash(name) for name in self.values.get("vae", [])})
         for name in self.values["checkpoint"]:
             family = self._hashes.get(f"family:{name}") or checkpoint_family(name, self.checkpoint_files, {})
-            hashes[f"family:{name}"] = None if family == "?" else family
+            hashes[f"family:{name}"] = None if family == UNKNOWN else family
         return {name: h for name, h in hashes.items() if h}
 
     def describe(self) -> list[str]:

@@ -1,41 +1,19 @@
-"""Models-folder checks of a spec: checkpoint, VAE and LoRA names resolve to files, and each
-checkpoint's family (which gives the default size when a spec gives none)."""
+"""Models-folder checks of a spec: checkpoint, VAE and LoRA names resolve to files. (Each
+checkpoint's family, which gives the default size when a spec gives none: farm/families.py.)"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from yaml.nodes import Node, SequenceNode
 
 from farm.checkpoints import resolve_checkpoint
-from farm.models import ModelFileError, Registry, file_family
+from farm.models import ModelFileError, Registry
 from farm.prompts import extract_extra_networks, lora_refs
 from farm.params import NO_MODEL
 from farm.spec.nodes import NodeReader
-
-# The default size of each checkpoint family when a spec gives none (known with a models folder).
-FAMILY_SIZES = {"SD1.5": "512x512", "SDXL": "1024x1024"}
-
-
-def checkpoint_family(name: str, files: dict[str, Path], known: dict[str, str]) -> str:
-    """From the file when the models folder is at hand, else from a job record's 'family:NAME'."""
-    if name not in files:
-        return known.get(f"family:{name}", "?")
-    try:
-        return file_family(files[name], "checkpoint")
-    except ValueError:
-        return "?"  # a broken file fails on the worker, with its own message
-
-
-def family_size(names: Sequence[str], files: dict[str, Path], known: dict[str, str]) -> str:
-    """SDXL's 1024x1024 when every checkpoint is known to be SDXL; else SD1.5's 512x512 (without
-    a models folder or a job record the families are unknown: give `size` for SDXL jobs)."""
-    families = {checkpoint_family(name, files, known) for name in names}
-    return FAMILY_SIZES["SDXL"] if families == {"SDXL"} else FAMILY_SIZES["SD1.5"]
-
 
 def _tag_offset(value: Any, name: str) -> int | None:
     """Where the tag naming a LoRA starts in a prompt value, for the error's column; None when

@@ -10,12 +10,13 @@ from pathlib import Path
 
 from yaml.nodes import Node
 
+from farm.families import checkpoint_family, default_size
 from farm.params import ALIASES, AXIS_ORDER, DEFAULTS, PARAMS
 from farm.samplers import eta_problem, parse_sampler
 from farm.spec.axes import AxisReader
 from farm.spec.combine import CombineReader
 from farm.spec.jobspec import DEFAULT_FILENAME, SPEC_VERSION, JobSpec, job_id
-from farm.spec.models import ModelChecks, family_size
+from farm.spec.models import ModelChecks
 from farm.spec.nodes import SpecError, kind
 from farm.task import filename_pattern_problem
 
@@ -100,7 +101,8 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
             values[param.key] = param.read(self, f[param.key][1])
         self.size_axes(f, values)
         if "size" not in values and "width" not in values:
-            values["size"] = [family_size(values["checkpoint"], checkpoint_files, known or {})]
+            families = (checkpoint_family(name, checkpoint_files, known or {}) for name in values["checkpoint"])
+            values["size"] = [default_size(families)]
         for axis, default in DEFAULTS.items():
             if axis not in values:
                 values[axis] = list(default)

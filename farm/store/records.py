@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from farm.checkpoints import short_hash
+from farm.hashes import short_hash
 from farm.store import layout
 from farm.store.base import Store
 from farm.task import RenderTask

@@ -1,5 +1,5 @@
-"""Which worker renders which task: queues by (priority, checkpoint, size, tags), and the order in
-which a worker reads them.
+"""The order in which a worker reads the queues (farm/messages.py names them by priority,
+checkpoint, size and tags): which worker renders which task.
 
 Loading a checkpoint costs 5-30 s on a gaming PC, rendering an image 1-20 s, so a farm is fast only
 if each worker keeps rendering the checkpoint it has loaded. Tasks are published to one queue per
@@ -21,47 +21,9 @@ Redis' BRPOP takes from the first non-empty queue in that order (kombu's "priori
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from dataclasses import dataclass, field
 
-PRIORITIES = {"high": 0, "normal": 1, "low": 2}
-QUEUE_PREFIX = "farm."
-
-
-def worker_queue(name: str) -> str:
-    """Each worker's own queue, always read first: it receives the wake-up after new work."""
-    return f"{QUEUE_PREFIX}worker.{name}"
-
-
-@dataclass(frozen=True)
-class Route:
-    """What a worker must offer to render a task."""
-
-    priority: str  # high | normal | low
-    checkpoint: str
-    checkpoint_hash: str | None
-    pixels: int  # width * height * batch size: what decides the memory a render needs
-    tags: tuple[str, ...] = ()
-
-    @cached_property  # publishing asks for it once per task
-    def queue(self) -> str:
-        """A queue name people can read in redis-cli, unique per route."""
-        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
-        # a checkpoint may be `sub/name`, `org/name` or hold spaces: readable, not verbatim (the digest
-        # keeps names unique)
-        name = re.sub(r"[^\w.-]+", "_", self.checkpoint)
-        return f"{QUEUE_PREFIX}{PRIORITIES[self.priority]}.{name}.{self.pixels}.{digest}"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Route":
-        data = json.loads(text)
-        data["tags"] = tuple(data.get("tags", ()))
-        return cls(**data)
+from farm.messages import PRIORITIES, Route
 
 
 @dataclass
@@ -128,11 +90,3 @@ def next_checkpoint(order: list[str], routes: dict[str, Route], pending: dict[st
         if route.checkpoint != loaded and pending.get(queue, 0) > 0:
             return route.checkpoint
     return None
-
-
-def pixel_budget(vram_gb: float, family: str = "sd15") -> int:
-    """A conservative guess of how many pixels per render fit a card in the default memory mode,
-    used when a worker is not told `--max-pixels`. About 2 GB (SD1.5) or 7 GB (SDXL) go to the
-    weights; the rest holds roughly 0.5 megapixel per GB for activations and the VAE decode."""
-    weights = 7.0 if family == "sdxl" else 2.5
-    return max(0, int((vram_gb - weights) * 0.5 * 1024 * 1024))

@@ -1,0 +1,67 @@
+"""The farm's timing and size knobs, one place, each with why it has its value. Settings a user
+changes per farm (broker, store, memory profile ...) are farm/config.py's; these are the values
+the code was tuned with. Pure constants: the coordinator and the workers both import it.
+"""
+
+from __future__ import annotations
+
+# --- workers' liveness --------------------------------------------------------------------------
+
+# How often a worker writes its heartbeat (and, when idle, pokes itself to re-read the queues):
+# `farm workers` is at most this stale, and an idle worker sees new routes within it.
+HEARTBEAT_SECONDS = 5
+# A worker stays listed this long after its last heartbeat: six missed beats, so a busy Redis or a
+# long GC pause never drops a live worker, while a switched-off PC disappears within half a minute.
+HEARTBEAT_TTL = 30
+# How often each worker runs the reaper (farm/messages.py requeue_orphans): three heartbeats, so a
+# dead worker's held tasks go back soon after its heartbeat expires, at one Redis scan per 15 s.
+REAP_SECONDS = 15
+# One reaper re-queues a given orphan; another may try again after this (the first one died
+# mid-way). Four reaper rounds: long enough never to double a re-queue that is merely slow.
+REAP_CLAIM_TTL = 60
+# A worker that dies while building a job's contact sheets frees the claim after this, so another
+# can build them; sheets of a big job take minutes on a slow store.
+SHEETS_CLAIM_TTL = 900
+
+# --- queues ----------------------------------------------------------------------------------------
+
+# A route (queue) with no task queued on it for this long is forgotten, so workers stop listening
+# to the queues of old jobs; an hour keeps the routes of a job that is still being resumed.
+ROUTE_IDLE_SECONDS = 3600
+# Messages per pipelined publish (kombu's Producer.batch): large enough that a 100k-task job is
+# queued in seconds, small enough that one round trip stays well under Redis' client timeout.
+PUBLISH_BATCH = 1000
+# Celery's visibility timeout: a delivered task that is not acked within this many seconds is
+# handed to another worker. It must exceed the longest render + checkpoint load + clock skew
+# between PCs, or a slow render is duplicated (harmless here, but wasted GPU time); the cost of a
+# long one is the wait before a task of a switched-off PC is rendered elsewhere.
+DEFAULT_VISIBILITY_TIMEOUT = 600.0
+# How often every worker looks for unacked tasks of dead workers to hand back (kombu >= 5.7's
+# default is about 100 s): a switched-off PC's task is back on the queue soon after the timeout.
+DEFAULT_RESTORE_INTERVAL = 10.0
+
+# --- the render task ---------------------------------------------------------------------------
+
+# Celery retries of a task that failed with an unexpected error (CUDA out of memory at batch 1, a
+# driver hiccup): three tries ride out a transient fault without hiding a real bug for long. A store
+# that fails retries on its own in worker/writer.py.
+RETRIES = 3
+# Seconds before such a retry: far below the visibility timeout, so a retry is never duplicated.
+RETRY_DELAY = 10
+
+# --- memory and batch size (worker/memory.py, farm/families.py) -----------------------------------
+
+# `--vram auto`: at least this many GB of VRAM -> mode. SDXL in fp16 needs about 10 GB whole, so 12 GB
+# cards keep everything on the GPU; 6-12 GB cards offload whole models, smaller ones block by block.
+AUTO_VRAM_GB = ((12.0, "high"), (6.0, "med"), (0.0, "low"))
+# med/low profiles tile the VAE decode above this many pixels: below it the decode fits, and tiling
+# changes the image slightly (a `high` worker never tiles).
+TILE_ABOVE_PIXELS = 1024 * 1024
+# Pixels per GB of VRAM left after a family's weights, for the pixel budget of routing and batching:
+# measured activations plus the VAE decode of SD1.5/SDXL in fp16, with a margin.
+PIXELS_PER_FREE_GB = 0.5 * 1024 * 1024
+# Most images per diffusion call when the worker picks the batch: beyond 8 a batch buys little speed
+# and delays every image in it.
+MAX_AUTO_BATCH = 8
+# A CPU worker's batch budget in pixels: its RAM holds this easily, and more buys no speed on a CPU.
+CPU_BATCH_PIXELS = 2 * 1024 * 1024

@@ -1,0 +1,74 @@
+"""What the worker knows about a model family (worker/families/<family>.py each declare one): the
+pipeline's parts and how conditioning, latents and LoRAs address them. The torch-free facts (file
+recognition, sizes, VRAM, config folder) are the family's row in farm/families.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from farm.families import Family
+
+
+@dataclass(frozen=True)
+class WorkerFamily:
+    facts: Family  # the family's row in farm/families.py
+    encoders: tuple[tuple[str, str], ...]  # (tokenizer, text encoder) pipeline attributes, in order
+    lora_prefixes: tuple[tuple[str, str], ...]  # kohya module-name prefix -> pipeline component
+    tiny_pipeline: Callable[[], object]  # the tiny random-weight pipeline of the tests
+    ldm_text_encoders: Callable[[object], dict]  # the pipeline's text encoders as A1111 checkpoint tensors
+    denoiser: str = "unet"  # the pipeline attribute of the denoising model (Flux/SD3: "transformer")
+    # Which text-encoder output A1111 conditions on: hidden layer -(clip_skip + skipped_layers),
+    # then the encoder's final LayerNorm when final_norm (with clip skip 1, just the last layer).
+    skipped_layers: int = 0
+    final_norm: bool = True
+    # The pipeline's per-step tensor of the pooled text vector (replaced when prompt editing
+    # switches conditioning), or None when the family conditions on no pooled vector.
+    pooled_step_input: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.facts.name
+
+    @property
+    def pipeline_classes(self) -> tuple[str, ...]:
+        """The diffusers pipeline classes of the family (the table's, as a folder's model_index names them)."""
+        return self.facts.pipeline_classes
+
+    def denoiser_of(self, pipe):
+        return getattr(pipe, self.denoiser)
+
+    def text_encoders(self, pipe) -> list[tuple]:
+        """The pipeline's (tokenizer, text encoder) pairs, in the family's order."""
+        pairs = [(getattr(pipe, t, None), getattr(pipe, e, None)) for t, e in self.encoders]
+        return [(t, e) for t, e in pairs if t is not None and e is not None]
+
+    def embedding_targets(self, pipe) -> list[tuple[str, object, object]]:
+        """(part of an embedding file, text encoder, tokenizer) for each of the family's encoders:
+        an embedding holds one set of vectors per encoder (SD1.5: clip_l; SDXL: clip_l, clip_g)."""
+        return [(part, encoder, tokenizer)
+                for part, (tokenizer, encoder) in zip(self.facts.embedding_parts, self.text_encoders(pipe))]
+
+    def latent_shape(self, pipe, width: int, height: int) -> tuple[int, int, int]:
+        """(channels, height, width) of one image's latents."""
+        factor = pipe.vae_scale_factor
+        return (self.denoiser_of(pipe).config.in_channels, height // factor, width // factor)
+
+
+# --- for the families' tiny test models ------------------------------------------------------
+
+TINY_SEED = 0  # the tiny models' weights come from this torch seed: the same file on every run
+
+
+def give_layer_norms_biases(text_encoder, seed: int = 4) -> None:
+    """Random-init LayerNorms have bias 0, so a tiny encoder's output (after its final LayerNorm)
+    has a mean of exactly 0 per token: the emphasis "restore the mean" would then test nothing, and
+    its sign would depend on the CPU's summation order. Real encoders have non-zero biases."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in text_encoder.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1 + 0.05)

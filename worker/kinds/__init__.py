@@ -1,0 +1,28 @@
+"""Task kinds: what a task asks the worker to make (RenderTask.kind). Today's one kind is txt2img;
+img2img, inpaint, hires fix and upscale come next.
+
+A kind is one module here with
+
+    def render(pipe, slots: list[worker.render.Slot]) -> list[PIL.Image.Image]
+
+(the images of tasks with equal batch keys, in the order of `slots`; RenderError for a bad
+prompt or output), plus a line in KINDS. Its parameters are rows in the parameter table.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from farm.task import RenderTask
+from worker.context import TaskError
+from worker.kinds import txt2img
+
+KINDS: dict[str, ModuleType] = {"txt2img": txt2img}
+
+
+def kind_of(task: RenderTask) -> ModuleType:
+    """The module that renders this task's kind; TaskError (one line) for a kind this worker lacks."""
+    if task.kind not in KINDS:
+        raise TaskError(f"task kind '{task.kind}' is not one this worker renders ({', '.join(KINDS)}); "
+                        "update seedfarm on this worker")
+    return KINDS[task.kind]

@@ -1,0 +1,183 @@
+"""The render loop: a group of tasks (farm/batching.py) in diffusion batches of the worker's max
+batch, each batch's images handed to the writer thread (worker/writer.py), which stores them
+while the next batch renders.
+
+A task is idempotent: its images are named by task id and seed, and a task whose records are all in
+the store is skipped, so a redelivery after a crash never renders or records an image twice.
+
+The loop knows no model family and no task kind: the renderer (ctx.task_models: worker.prepare's
+TaskModels, or the benchmarks' worker.standin.StandinModels) loads, batches, prepares and renders,
+and the task's kind (worker/kinds/) says how its images are made.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from farm.batching import batch_key
+from farm.infotext import format_infotext, png_bytes, task_parameters
+from farm.store import Store, image_record, is_done, save_image
+from farm.task import RenderTask
+from worker.context import TaskError, WorkerContext, checkpoint_path
+from worker.writer import Batch
+
+log = logging.getLogger("seedfarm.worker")
+
+
+@dataclass
+class _Progress:
+    """A task whose images are being rendered and stored; reported once, from the writer thread."""
+
+    task: RenderTask
+    remaining: int  # images not stored yet
+    seconds: float = 0.0  # render time of its images
+    load_seconds: float = 0.0
+    rendered: int = 0  # images handed to the writer (counted on the render thread)
+    failed: bool = False
+    reported: bool = False
+
+
+Finished = Callable[[RenderTask, dict, "str | None"], None]  # (task, summary, failure reason)
+
+
+def render_tasks(tasks: list[RenderTask], store: Store, ctx: WorkerContext, finished: Finished,
+                 stop: Callable[[], bool] = lambda: False) -> tuple[dict, list[RenderTask]]:
+    """Render a group of tasks (farm/batching.py) that are not in the store yet, in diffusion
+    batches of up to the worker's max batch. Each batch's images go to ctx.writer, which stores
+    them while the next batch renders and calls finished(task, summary, None) once all of a task's
+    images are stored. A task that cannot render here (TaskError) is reported with its reason and
+    the others go on; any other error propagates (the caller retries). `stop` is asked between
+    diffusion batches (a cancelled job, a worker shutting down). Returns counts for the log, and the
+    tasks left unrendered because of a stop."""
+    todo = []
+    for task in tasks:
+        if is_done(store, task):
+            finished(task, {"task_id": task.id, "images": 0, "skipped": True}, None)
+        else:
+            todo.append(task)
+    progress: list[_Progress] = []
+    for run in _runs(todo):
+        run_progress = [_Progress(task, task.batch_size) for task in run]
+        progress += run_progress
+        try:
+            _render_run(run_progress, store, ctx, finished, stop)
+        except TaskError as e:
+            log.error("task %s of job %s failed: %s", run[0].id, run[0].job, e)
+            for p in run_progress:
+                p.failed = True
+            # through the writer, after the batches already queued there: each task is reported once
+            ctx.writer.submit(Batch([], lambda _, p=run_progress, e=str(e): _report(p, finished, e)))
+    left = [p.task for p in progress if not p.failed and p.rendered < p.task.batch_size]
+    images = sum(p.rendered for p in progress)
+    return {"tasks": len(tasks), "skipped": len(tasks) - len(todo), "images": images}, left
+
+
+def _runs(tasks: list[RenderTask]) -> list[list[RenderTask]]:
+    """Consecutive tasks with equal batch keys (a group from the coordinator is one run)."""
+    runs: list[list[RenderTask]] = []
+    for task in tasks:
+        if runs and batch_key(runs[-1][0]) == batch_key(task):
+            runs[-1].append(task)
+        else:
+            runs.append([task])
+    return runs
+
+
+def _render_run(progress: list[_Progress], store: Store, ctx: WorkerContext, finished: Finished,
+                stop: Callable[[], bool]) -> None:
+    from torch.cuda import OutOfMemoryError
+
+    from worker.kinds import kind_of
+    from worker.pipelines import ModelLoadError, free_memory
+    from worker.render import RenderError, Slot
+
+    tasks = [p.task for p in progress]
+    first = tasks[0]
+    kind = kind_of(first)  # an unknown kind fails before anything loads
+    path = checkpoint_path(first, ctx.models_dir)
+    cache = ctx.pipelines()
+    renderer = ctx.task_models
+    was_loaded = path in cache
+    try:
+        pipe = cache.get(path)
+    except ModelLoadError as e:
+        raise TaskError(str(e)) from None
+    if not was_loaded:
+        progress[0].load_seconds = cache.load_seconds[path]
+        ctx.loaded_checkpoint = first.checkpoint
+        ctx.loads += 1
+        ctx.load_seconds += progress[0].load_seconds
+        log.info("loaded checkpoint %s in %.1f s", path.name, progress[0].load_seconds)
+    slots = [(p, i) for p in progress for i in range(p.task.batch_size)]
+    size = ctx.max_batch or renderer.max_batch(pipe, first)
+    try:
+        # The run's VAE, LoRAs and embeddings, on the pipeline for these renders only.
+        with renderer.prepared(pipe, tasks) as (stripped, params):  # tasks without extra-network tags; infotext keys
+            as_rendered = {p.task.id: (t, extra) for p, t, extra in zip(progress, stripped, params)}
+            limit = (str(path), first.width, first.height)
+            size = min(size, ctx.batch_limits.get(limit, size))
+            start = 0
+            while start < len(slots):
+                if start and stop():  # the first batch always renders: the task the worker is on
+                    break
+                chunk = slots[start : start + size]
+                started = time.perf_counter()
+                batch = [Slot(as_rendered[p.task.id][0], i) for p, i in chunk]
+                try:
+                    images = renderer.render(pipe, kind, batch)
+                except OutOfMemoryError:
+                    if size == 1:
+                        raise
+                    # The size guessed from VRAM did not fit (another program on the card, a big
+                    # LoRA ...): half as many images per call, for this checkpoint and size from now on.
+                    size = ctx.batch_limits[limit] = size // 2
+                    log.warning("out of GPU memory with %d images of %dx%d; %d per call from now on",
+                                len(chunk), first.width, first.height, size)
+                    free_memory()
+                    continue
+                seconds = (time.perf_counter() - started) / len(chunk)
+                _store_later(chunk, images, seconds, len(chunk), as_rendered, store, ctx, finished)
+                start += len(chunk)
+    except (RenderError, ModelLoadError) as e:
+        raise TaskError(str(e)) from None
+
+
+def _store_later(chunk, images, seconds_per_image: float, batch_size: int, as_rendered: dict, store: Store,
+                 ctx: WorkerContext, finished: Finished) -> None:
+    """Hand one diffusion batch's images to the writer thread."""
+    writes = []
+    for (progress, i), image in zip(chunk, images):
+        task, seed = progress.task, progress.task.seed + i
+        progress.seconds += seconds_per_image
+        progress.rendered += 1
+
+        def write(task=task, seed=seed, image=image, extra=as_rendered[task.id][1]) -> None:
+            text = format_infotext(task.prompt, task.negative_prompt, {**task_parameters(task, seed), **extra})
+            record = image_record(task, seed, text, seconds_per_image, ctx.name)
+            record["render_batch"] = batch_size  # images in the diffusion call that made it
+            save_image(store, task, seed, png_bytes(image, text), record)
+
+        writes.append(write)
+    ctx.images_done += len(images)
+    ctx.render_seconds += seconds_per_image * len(images)
+
+    def done(failure: str | None) -> None:
+        for progress, _ in chunk:
+            progress.remaining -= 1
+            if failure or progress.remaining == 0:
+                _report([progress], finished, failure)
+
+    ctx.writer.submit(Batch(writes, done))
+
+
+def _report(progress: list[_Progress], finished: Finished, failure: str | None) -> None:
+    for p in progress:
+        if p.reported:
+            continue
+        p.reported = True
+        images = 0 if failure else p.task.batch_size
+        finished(p.task, {"task_id": p.task.id, "images": images, "seconds": p.seconds,
+                          "load_seconds": p.load_seconds}, failure)
