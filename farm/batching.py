@@ -16,10 +16,8 @@ from functools import lru_cache
 from farm.params import BATCH_FIELDS
 from farm.prompts import extract_extra_networks
 from farm.task import RenderTask
+from farm.tunables import MAX_GROUP, MESSAGES_PER_WORKER, WORKERS_WHEN_NONE_LIVE
 
-MAX_GROUP = 8  # tasks per message at most
-MESSAGES_PER_WORKER = 4  # a job is cut into at least this many messages per live worker
-WORKERS_WHEN_NONE_LIVE = 4  # a job queued before its workers start: assume a small farm
 
 
 def batch_key(task: RenderTask) -> tuple:

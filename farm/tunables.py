@@ -40,6 +40,18 @@ DEFAULT_VISIBILITY_TIMEOUT = 600.0
 # default is about 100 s): a switched-off PC's task is back on the queue soon after the timeout.
 DEFAULT_RESTORE_INTERVAL = 10.0
 
+# --- grouping tasks into messages (farm/batching.py) ---------------------------------------------
+
+# Tasks per queue message at most: a group shares diffusion calls of up to the worker's max batch,
+# and 8 fills the largest automatic batch (MAX_AUTO_BATCH) once.
+MAX_GROUP = 8
+# A job is cut into at least this many messages per live worker, so that every worker gets work
+# and the last messages still spread the job's end over the farm.
+MESSAGES_PER_WORKER = 4
+# Live workers assumed for a job queued before any worker is up: a small farm of a few gaming PCs;
+# assuming one would put the whole job in a few big messages that only one PC could take.
+WORKERS_WHEN_NONE_LIVE = 4
+
 # --- the render task ---------------------------------------------------------------------------
 
 # Celery retries of a task that failed with an unexpected error (CUDA out of memory at batch 1, a
@@ -48,6 +60,12 @@ DEFAULT_RESTORE_INTERVAL = 10.0
 RETRIES = 3
 # Seconds before such a retry: far below the visibility timeout, so a retry is never duplicated.
 RETRY_DELAY = 10
+# Finished batches that may wait for the writer thread (worker/writer.py) while the next renders:
+# two keep the GPU busy through one slow write, and bound the images held in RAM.
+WRITER_MAX_PENDING = 2
+# Seconds before each new try of a failed store write: a network blip passes in seconds, a store
+# that is down for a minute is reported as a failed task instead of holding the worker.
+WRITE_RETRY_DELAYS = (2.0, 10.0, 30.0)
 
 # --- memory and batch size (worker/memory.py, farm/families.py) -----------------------------------
 

@@ -11,12 +11,14 @@ import threading
 import numpy as np
 import pytest
 
-from farm.batching import MAX_GROUP, batch_key, group_size, group_tasks
+from farm.batching import batch_key, group_size, group_tasks
 from farm.store import MemoryStore, open_store
 from farm.task import RenderTask
+from farm.tunables import MAX_GROUP
 from model_tree import run_task
 from worker.render import Slot, plan_calls, render_batch, render_images
-from worker.tasks import WorkerContext, render_tasks
+from worker.context import WorkerContext
+from worker.render_loop import render_tasks
 from worker.writer import Batch, ImageWriter
 from factories import make_task
 

@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from farm.batching import MAX_GROUP, group_tasks
+from farm.batching import group_tasks
 from farm.celery_app import make_app
 from farm.expand import expand
 from farm.jobs import write_job_outputs, write_job_record
 from farm.spec import JobSpec
 from farm.store import Store
+from farm.tunables import MAX_GROUP
 from worker import tasks
+from worker.context import configure
 
 
 @dataclass
@@ -45,7 +47,7 @@ def run_local(
     """Render every task of the spec that is not yet in the store; then the manifest and sheets.
     Tasks are grouped and batched as on the farm (farm/batching.py), and images are stored while
     the next batch renders. A failing task is reported and the others still render."""
-    ctx = tasks.configure(models_dir, name="local", max_batch=max_batch)
+    ctx = configure(models_dir, name="local", max_batch=max_batch)
     app = make_app()
     render = tasks.register(app)
     write_job_record(store, spec)

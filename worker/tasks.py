@@ -19,9 +19,6 @@ from farm.store import Store, is_done, open_store
 from farm.task import RenderTask
 from farm.tunables import RETRIES, RETRY_DELAY
 from worker.context import WorkerContext, context
-
-# worker/local.py calls `tasks.configure`; tests/test_batching.py imports WorkerContext and render_tasks from here.
-from worker.context import configure  # noqa: F401
 from worker.render_loop import render_tasks
 
 if TYPE_CHECKING:

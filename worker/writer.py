@@ -6,7 +6,7 @@ renderer back instead of filling memory with images. A write that fails is tried
 times, then the task is reported failed with the reason.
 
 Each finished batch is a `Batch` whose `done` callback runs on this thread after its last image is
-in the store; that is where the worker reports the task finished (worker/tasks.py). A task's
+in the store; that is where the worker reports the task finished (worker/render_loop.py). A task's
 message may be acked before its images are stored; what covers a PC switched off in between is
 the ledger's reaper (farm/ledger.py), which re-queues tasks whose worker stopped beating.
 """
@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from farm.tunables import WRITE_RETRY_DELAYS, WRITER_MAX_PENDING
+
 log = logging.getLogger("seedfarm.worker")
-RETRY_DELAYS = (2.0, 10.0, 30.0)  # seconds before each new try of a failed write
 
 
 @dataclass
@@ -33,7 +34,8 @@ class Batch:
 
 
 class ImageWriter:
-    def __init__(self, max_pending: int = 2, retry_delays: tuple[float, ...] = RETRY_DELAYS):
+    def __init__(self, max_pending: int = WRITER_MAX_PENDING,
+                 retry_delays: tuple[float, ...] = WRITE_RETRY_DELAYS):
         self.retry_delays = retry_delays
         self.write_seconds = 0.0  # total time spent writing, for benchmarks/overlap.py
         self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=max_pending)
