@@ -4,7 +4,7 @@ Tasks that differ only in seed, prompt, variation seed or output name (same chec
 sampler, steps, CFG, clip skip, VAE, LoRAs...: the fields farm/params.py marks in_batch_key) can
 render as one batch. The coordinator puts runs
 of such consecutive tasks into one queue message (a group); the worker that takes it renders the
-group's images in diffusion batches of up to its own max batch (worker/batches.py). Groups stay
+group's images in diffusion batches of up to its own max batch (worker/render_loop.py). Groups stay
 small enough that a job still spreads over every live worker.
 """
 

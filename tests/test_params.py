@@ -30,7 +30,7 @@ def test_new_fields_at_their_default_stay_out_of_the_id():
         assert _task(**change).with_id().id != plain, change
 
 
-# The grid labels farm/grid.py's AXIS_TITLES gave before the table (sheets already drawn keep them).
+# The grid labels the sheets gave before the table (sheets already drawn keep them).
 GRID_LABELS = {
     "checkpoint": "Checkpoint", "vae": "Vae", "lora": "Lora", "lora_weight": "Lora weight", "size": "Size",
     "width": "Width", "height": "Height", "sampler": "Sampler", "schedule": "Schedule type", "steps": "Steps",

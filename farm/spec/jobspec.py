@@ -38,7 +38,7 @@ class JobSpec(BaseModel):
     dims: tuple[tuple[str, ...], ...]
     checkpoint_files: dict[str, Path] = {}  # filled only when a models folder was given
     vae_files: dict[str, Path] = {}  # likewise
-    # Routing only (farm/routing.py): which workers and in what order, not what is rendered,
+    # Routing only (farm/messages.py, worker/queue_order.py): which workers and in what order, not what is rendered,
     # so neither is part of the job id.
     priority: str = "normal"
     requires: tuple[str, ...] = ()
