@@ -2,10 +2,10 @@
 
 Tasks that differ only in seed, prompt, variation seed or output name (same checkpoint, size,
 sampler, steps, CFG, clip skip, VAE, LoRAs...: the fields farm/params.py marks in_batch_key) can
-render as one batch. The coordinator puts runs
-of such consecutive tasks into one queue message (a group); the worker that takes it renders the
-group's images in diffusion batches of up to its own max batch (worker/render_loop.py). Groups stay
-small enough that a job still spreads over every live worker.
+render as one batch. The coordinator puts runs of such consecutive tasks into one queue message (a
+group); the worker that takes it renders the group's images in diffusion batches of up to its own
+max batch (worker/render_loop.py). Groups stay small enough that a job still spreads over every
+live worker.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from farm.params import BATCH_FIELDS
 from farm.prompts import extract_extra_networks
 from farm.task import RenderTask
 from farm.tunables import MAX_GROUP, MESSAGES_PER_WORKER, WORKERS_WHEN_NONE_LIVE
-
 
 
 def batch_key(task: RenderTask) -> tuple:

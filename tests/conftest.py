@@ -12,11 +12,26 @@ import pytest
 # Nothing may reach a model hub; the tiny models are built in code.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# One torch thread per process (set before torch loads, inherited by the `farm` processes the
+# tests start): the suite runs several test processes on a 2-core machine, and OpenMP threads of
+# several processes spinning on the same cores waste more CPU than they save.
+os.environ["OMP_NUM_THREADS"] = "1"
 # Credentials for the local S3 endpoint, in every process the tests start (workers too).
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
 
 REPO = Path(__file__).resolve().parent.parent
 FARM_BIN = Path(sys.executable).parent / "farm"
+
+
+# Files whose tests start servers, workers or `farm` processes: tens of seconds each. They run
+# first, so that with several test processes (pytest-xdist, `make test`) the short tests fill the
+# gaps at the end instead of one long test running alone.
+SLOW_FILES = ("test_e2e_farm.py", "test_e2e_routing.py", "test_review.py", "test_diffusers_folders.py",
+              "test_e2e_run.py", "test_info_roundtrip.py", "test_e2e_models.py", "test_spec_loras.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in SLOW_FILES)  # stable: each file keeps its order
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -43,11 +43,9 @@ def comfyui_tree(a1111: Path, target: Path) -> Path:
 
 def tiny_task(checkpoint: str = "tiny15", **overrides):
     """A 64x64, 2-step task on a tiny checkpoint."""
-    from farm.task import RenderTask
+    from factories import make_task
 
-    fields = dict(job="models", index=0, prompt="a red robot", negative_prompt="blurry", seed=7,
-                  checkpoint=checkpoint, sampler="Euler", steps=2, cfg=7.0, width=64, height=64)
-    return RenderTask(**{**fields, **overrides}).with_id()
+    return make_task(**{"job": "models", "checkpoint": checkpoint, **overrides})
 
 
 def run_task(task, store, ctx) -> dict:

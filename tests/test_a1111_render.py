@@ -12,6 +12,7 @@ from farm.samplers import parse_sampler
 from farm.task import RenderTask
 from worker.render import render_images
 from worker.tiny import tiny_pipeline
+from factories import make_task
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +21,7 @@ def pipe():
 
 
 def _task(**overrides) -> RenderTask:
-    fields = dict(job="t", index=0, prompt="a lighthouse at dusk", negative_prompt="blurry", seed=300,
-                  checkpoint="tiny", sampler="Euler", steps=3, cfg=7.0, width=64, height=64)
-    return RenderTask(**{**fields, **overrides})
+    return make_task(**{"prompt": "a lighthouse at dusk", "seed": 300, "checkpoint": "tiny", "steps": 3, **overrides})
 
 
 def _pixels(images) -> list[np.ndarray]:

@@ -15,6 +15,7 @@ from worker.conditioning import (
 )
 from worker.render import RenderError, render_images
 from worker.tiny import tiny_pipeline
+from factories import make_task
 
 BOS, EOS = 49406, 49407
 
@@ -30,9 +31,7 @@ def xl():
 
 
 def _task(**overrides) -> RenderTask:
-    fields = dict(job="t", index=0, prompt="a red robot", negative_prompt="blurry", seed=77,
-                  checkpoint="tiny", sampler="Euler", steps=3, cfg=7.0, width=64, height=64)
-    return RenderTask(**{**fields, **overrides})
+    return make_task(**{"seed": 77, "checkpoint": "tiny", "steps": 3, **overrides})
 
 
 def _render(p, **overrides) -> np.ndarray:

@@ -289,11 +289,10 @@ def test_a_worker_started_before_redis_waits_for_it(redis_binary, tiny_models, s
 def test_the_reaper_requeues_only_tasks_held_by_worker_lives_that_ended(redis_server):
     from farm.celery_app import make_app
     from farm.messages import requeue_orphans
-    from farm.task import RenderTask
+    from factories import make_task
 
     ledger = Ledger(redis_server.client())
-    fields = dict(job="reap", prompt="p", checkpoint="c", sampler="Euler", steps=2, cfg=7, width=64, height=64)
-    first, second = (RenderTask(index=i, seed=i, **fields).with_id() for i in range(2))
+    first, second = (make_task(job="reap", index=i, seed=i, prompt="p", checkpoint="c") for i in range(2))
     ledger.register_job("reap", {"tasks": 2, "status": "queued"})
     ledger.tasks_started("reap", [first], "alpha", "life-a", "/store", "q.reap")
     ledger.tasks_started("reap", [second], "beta", "life-b", "/store", "q.reap")

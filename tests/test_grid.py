@@ -28,6 +28,7 @@ from farm.sheets import matrix_prompt
 from farm.spec import PromptMatrix, parse_spec
 from farm.store import LocalStore, MemoryStore, image_record, save_image
 from farm.task import RenderTask
+from factories import make_task
 
 WHITE = (255, 255, 255)
 
@@ -38,12 +39,12 @@ def make_records(size: int = 64, **axes: list) -> list[dict]:
     records = []
     for index, combo in enumerate(itertools.product(*axes.values())):
         values = dict(zip(names, combo))
-        task = RenderTask(
+        task = make_task(
             job="job1", index=index, prompt=str(values.get("prompt", "a cat")), seed=int(values.get("seed", 1)),
             checkpoint=str(values.get("checkpoint", "tiny")), sampler="Euler a",
             steps=int(values.get("steps", 2)), cfg=float(values.get("cfg", 7)), width=size, height=size,
             axes=values,
-        ).with_id()
+        )
         records.append(image_record(task, task.seed, "", 0.1, "w"))
     return records
 

@@ -27,6 +27,7 @@ from farm.task import RenderTask
 from model_tree import a1111_tree, comfyui_tree, run_task
 from worker.pipelines import ModelLoadError, load_pipeline
 from worker.context import TaskError, WorkerContext
+from factories import make_task
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +36,7 @@ def tree(tmp_path_factory) -> Path:
 
 
 def _task(checkpoint: str, **overrides) -> RenderTask:
-    fields = dict(job="models", index=0, prompt="a red robot", negative_prompt="blurry", seed=7,
-                  checkpoint=checkpoint, sampler="Euler", steps=2, cfg=7.0, width=64, height=64)
-    return RenderTask(**{**fields, **overrides}).with_id()
+    return make_task(**{"job": "models", "checkpoint": checkpoint, **overrides})
 
 
 def _pixels(store_dir: Path, task: RenderTask) -> np.ndarray:

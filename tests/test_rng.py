@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from worker.rng import image_noise, randn, slerp
+from factories import make_task
 
 
 def test_nv_matches_the_reference_value():
@@ -85,12 +86,11 @@ def pipe():
 def _render(pipe, **overrides) -> np.ndarray:
     """64x64, 3 steps: with 2 the tiny model's last step all but erases the one step's noise
     (pixels differ by at most 1), so neither eta nor ENSD would show."""
-    from farm.task import RenderTask
     from worker.render import render_images
 
-    fields = dict(job="t", index=0, prompt="a lighthouse at dusk", negative_prompt="blurry", seed=300,
-                  checkpoint="tiny", sampler="Euler a", steps=3, cfg=7.0, width=64, height=64)
-    (image,) = render_images(pipe, RenderTask(**{**fields, **overrides}))
+    task = make_task(**{"prompt": "a lighthouse at dusk", "seed": 300, "checkpoint": "tiny", "sampler": "Euler a",
+                        "steps": 3, **overrides})
+    (image,) = render_images(pipe, task)
     return np.asarray(image).astype(np.int16)
 
 

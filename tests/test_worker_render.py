@@ -22,15 +22,12 @@ from worker.conditioning import encode
 from worker.render import RenderError, render_images
 from worker.samplers import make_scheduler
 from worker.tiny import make_tiny, tiny_pipeline
+from factories import make_task
 
 
 def _task(**overrides) -> RenderTask:
-    fields = dict(
-        job="test", index=0, prompt="a painting of a squirrel eating a burger", negative_prompt="blurry",
-        seed=1234, checkpoint="seedfarm-tiny", sampler="Euler a", steps=2, cfg=7.0, width=64, height=64,
-    )
-    fields.update(overrides)
-    return RenderTask(**fields)
+    return make_task(**{"prompt": "a painting of a squirrel eating a burger", "seed": 1234, "sampler": "Euler a",
+                        **overrides})
 
 
 def _pixels(image) -> np.ndarray:
