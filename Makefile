@@ -21,7 +21,7 @@ demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/farm run
 
 # 4 test processes on 2 cores: the end-to-end tests spend much of their time waiting on workers
-# and servers, so 4 processes keep both cores busy (7 minutes here; 10 with 3 processes).
+# and servers, so 4 processes keep both cores busy (about 7 minutes on a 2-core machine).
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 4
 
