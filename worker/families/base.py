@@ -59,6 +59,32 @@ class WorkerFamily:
 # --- for the families' tiny test models ------------------------------------------------------
 
 TINY_SEED = 0  # the tiny models' weights come from this torch seed: the same file on every run
+# What the tiny UNets of SD1.5 and SDXL share: two levels, the second with cross-attention.
+TINY_UNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=2,
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+)
+
+
+def tiny_vae(**family_config):
+    """The tiny VAE (4 latent channels, two levels) with a family's own settings (SDXL's scaling
+    factor)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        **family_config,
+    )
 
 
 def give_layer_norms_biases(text_encoder, seed: int = 4) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from farm.families import BY_NAME
-from worker.families.base import TINY_SEED, WorkerFamily, give_layer_norms_biases
+from worker.families.base import TINY_SEED, TINY_UNET, WorkerFamily, give_layer_norms_biases, tiny_vae
 
 FACTS = BY_NAME["SD1.5"]
 
@@ -17,7 +17,7 @@ FACTS = BY_NAME["SD1.5"]
 def tiny_pipeline():
     """The tiny SD1.5 pipeline (CPU, fp32) that worker/tiny.py writes. Same seed -> same weights
     every call."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from worker.pipelines import configs_dir
@@ -26,24 +26,8 @@ def tiny_pipeline():
     # fork_rng: build from a fixed seed without disturbing the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=[32, 64],
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * 2,
-            up_block_types=["UpDecoderBlock2D"] * 2,
-            latent_channels=4,
-        )
+        unet = UNet2DConditionModel(**TINY_UNET, cross_attention_dim=32)
+        vae = tiny_vae()
         # Real CLIP vocab and special ids so the shipped tokenizer fits; 5 layers so clip skip matters.
         text_encoder = CLIPTextModel(
             CLIPTextConfig(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from farm.families import BY_NAME
-from worker.families.base import TINY_SEED, WorkerFamily, give_layer_norms_biases
+from worker.families.base import TINY_SEED, TINY_UNET, WorkerFamily, give_layer_norms_biases, tiny_vae
 
 FACTS = BY_NAME["SDXL"]
 
@@ -21,7 +21,7 @@ def tiny_pipeline():
     """The in-memory tiny SDXL pipeline (CPU, fp32): the SDXL UNet wiring (text_time embedding,
     linear projections, 2 transformer layers deep), CLIP-L-like encoder of width 32, OpenCLIP-like
     encoder of width 64 with 10 layers (from_single_file's SDXL probe is `resblocks.9`)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from worker.pipelines import configs_dir
@@ -32,13 +32,7 @@ def tiny_pipeline():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            **TINY_UNET,
             attention_head_dim=(2, 4),
             use_linear_projection=True,
             addition_embed_type="text_time",
@@ -47,15 +41,7 @@ def tiny_pipeline():
             projection_class_embeddings_input_dim=8 * 6 + 32,  # 6 size/crop numbers + pooled text (32)
             cross_attention_dim=32 + 64,  # both encoders' hidden states, concatenated
         )
-        vae = AutoencoderKL(
-            block_out_channels=[32, 64],
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * 2,
-            up_block_types=["UpDecoderBlock2D"] * 2,
-            latent_channels=4,
-            scaling_factor=0.13025,
-        )
+        vae = tiny_vae(scaling_factor=0.13025)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, **clip)
         )
