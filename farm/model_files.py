@@ -126,3 +126,127 @@ def folder_files(folder: Path) -> list[Path]:
                         and not f.name.endswith(".index.json"))
         files += weights
     return sorted(files)
+
+
+# ---- GGUF (llama.cpp's format; ComfyUI-GGUF and Forge load diffusion models from it) --------------
+
+# The GGUF header's limits: far above any real file (a Flux GGUF has ~1,000 tensors and ~10 keys;
+# an LLM's, with its tokenizer, ~300,000 array items), low enough that a hostile file cannot make
+# the coordinator read for long or hold much.
+MAX_GGUF_TENSORS = 100_000
+MAX_GGUF_KEYS = 10_000
+MAX_GGUF_STRING = 1_000_000
+MAX_GGUF_ARRAY = 10_000_000
+# ggml tensor types by number (ggml.h): the ones diffusion files use, by llama.cpp's names.
+GGML_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
+              10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
+              17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
+              23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16"}
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def read_gguf_header(path: Path) -> tuple[dict[str, dict], dict[str, object]]:
+    """(tensor name -> {"dtype": ggml type name, "shape": [...] in torch order}, metadata) of a
+    GGUF file, read from its header without loading anything (array values are skipped)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            return _gguf_header(f, path.name, size)
+    except OSError as e:
+        raise ModelFileError(f"{path.name}: cannot read the file ({e.strerror or e})") from None
+    except (struct.error, UnicodeDecodeError, EOFError):
+        raise ModelFileError(f"{path.name}: not a GGUF file or truncated (corrupt header)") from None
+
+
+def _gguf_header(f, name: str, size: int) -> tuple[dict[str, dict], dict[str, object]]:
+    def read(fmt: str):
+        data = f.read(struct.calcsize(fmt))
+        if len(data) < struct.calcsize(fmt):
+            raise EOFError
+        return struct.unpack(fmt, data)[0]
+
+    def string() -> str:
+        n = read("<Q")
+        if n > MAX_GGUF_STRING:
+            raise ModelFileError(f"{name}: corrupt GGUF header (a {n}-byte string)")
+        data = f.read(n)
+        if len(data) < n:
+            raise EOFError
+        return data.decode("utf-8")
+
+    def value(kind: int):
+        if kind in _GGUF_SCALARS:
+            return read(_GGUF_SCALARS[kind])
+        if kind == 8:
+            return string()
+        if kind == 9:  # an array: its items are skipped (an LLM's tokenizer holds 150,000 strings)
+            item, n = read("<I"), read("<Q")
+            if n > MAX_GGUF_ARRAY:
+                raise ModelFileError(f"{name}: corrupt GGUF header (an array of {n} items)")
+            if item in _GGUF_SCALARS:
+                f.seek(n * struct.calcsize(_GGUF_SCALARS[item]), 1)
+            else:
+                for _ in range(n):
+                    value(item)
+            return None
+        raise ModelFileError(f"{name}: corrupt GGUF header (value type {kind})")
+
+    if f.read(4) != b"GGUF":
+        raise ModelFileError(f"{name}: not a GGUF file")
+    version, tensors, keys = read("<I"), read("<Q"), read("<Q")
+    if version not in (2, 3):
+        raise ModelFileError(f"{name}: GGUF version {version} is not supported (2 and 3 are)")
+    if tensors > MAX_GGUF_TENSORS or keys > MAX_GGUF_KEYS:
+        raise ModelFileError(f"{name}: corrupt GGUF header ({tensors} tensors, {keys} keys)")
+    metadata: dict[str, object] = {}
+    for _ in range(keys):
+        key = string()
+        metadata[key] = value(read("<I"))
+    header: dict[str, dict] = {}
+    for _ in range(tensors):
+        tensor = string()
+        dims = read("<I")
+        if dims > 8:
+            raise ModelFileError(f"{name}: corrupt GGUF header ({tensor} has {dims} dimensions)")
+        shape = [read("<Q") for _ in range(dims)][::-1]  # GGUF lists the fastest dimension first
+        kind, _offset = read("<I"), read("<Q")
+        header[tensor] = {"dtype": GGML_TYPES.get(kind, f"type {kind}"), "shape": shape}
+    if f.tell() > size:
+        raise EOFError
+    return header, metadata
+
+
+# ---- any model file's tensors ------------------------------------------------------------------
+
+MODEL_SUFFIXES = (".safetensors", ".gguf")  # the model files whose tensor names can be read safely
+
+
+def read_tensor_shapes(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """tensor name -> (dtype, shape) of a .safetensors or .gguf file, from its header only."""
+    path = Path(path)
+    if path.suffix.lower() == ".gguf":
+        header, _ = read_gguf_header(path)
+    else:
+        header = read_safetensors_header(path)
+    return {k: (str(v["dtype"]), tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"}
+
+
+# How people name a file's weights' precision (what `farm models list` and the workers show).
+_PRECISIONS = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
+
+
+def weights_precision(tensors: dict[str, tuple[str, tuple[int, ...]]]) -> str:
+    """The precision most of a model's weights are stored in, by element count: fp16, bf16, fp32,
+    fp8_e4m3fn, fp8_e5m2, or a GGUF quantization (Q8_0, Q4_K ...). A quantized or fp8 file keeps
+    its norms and biases in a wider type; those are few elements, so they do not count."""
+    counts: dict[str, int] = {}
+    for dtype, shape in tensors.values():
+        n = 1
+        for dim in shape:
+            n *= dim
+        counts[dtype] = counts.get(dtype, 0) + n
+    if not counts:
+        return "?"
+    top = max(counts, key=counts.get)
+    return _PRECISIONS.get(top, top)

@@ -27,20 +27,25 @@ from farm.families import NOT_A_CHECKPOINT, file_family
 from farm.hashes import addnet_file_hash, sha256_file
 from farm.model_files import MODEL_INDEX, ModelFileError, folder_files, is_diffusers_folder, read_safetensors_header
 
-KINDS = ("checkpoint", "lora", "vae", "embedding")
+KINDS = ("checkpoint", "lora", "vae", "embedding", "text_encoder")
 # Sub-folders holding each kind: A1111 names, then ComfyUI names ("." = the models folder itself,
 # where some users keep checkpoints; only its top level is searched).
 KIND_DIRS = {
-    "checkpoint": ("Stable-diffusion", "checkpoints", "diffusers", "."),  # ComfyUI's diffusers/: folders
+    # ComfyUI's diffusion_models/ (and its old name unet/) hold a denoiser alone (Flux, SD3.5 ...);
+    # its diffusers/ holds folders
+    "checkpoint": ("Stable-diffusion", "checkpoints", "diffusion_models", "unet", "diffusers", "."),
     "lora": ("Lora", "LyCORIS", "loras"),
     "vae": ("VAE", "vae"),
     "embedding": ("embeddings",),
+    # ComfyUI's text_encoders/ (old name clip/), Forge's text_encoder/
+    "text_encoder": ("text_encoders", "clip", "text_encoder"),
 }
 SUFFIXES = {
-    "checkpoint": (".safetensors", ".ckpt", ".pt"),
+    "checkpoint": (".safetensors", ".gguf", ".ckpt", ".pt"),
     "lora": (".safetensors", ".ckpt", ".pt"),
     "vae": (".safetensors", ".ckpt", ".pt"),
     "embedding": (".safetensors", ".pt", ".bin"),
+    "text_encoder": (".safetensors",),
 }
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
 # `org/name`, as the Hugging Face hub names repositories.
@@ -66,7 +71,7 @@ class ModelFile:
         """The hash A1111 writes for this kind: `Model hash`/`VAE hash` 10 hex, LoRA/TI 12 hex."""
         if self.kind == "lora":
             return lora_hash(self.path)[:12]
-        return self.sha256()[: 10 if self.kind in ("checkpoint", "vae") else 12]
+        return self.sha256()[: 10 if self.kind in ("checkpoint", "vae", "text_encoder") else 12]
 
     def family(self) -> str:
         return file_family(self.path, self.kind)
@@ -158,7 +163,7 @@ class Registry:
         if path.suffix.lower() in SUFFIXES[kind] and path.is_file():
             return ModelFile(kind, path.stem, path.resolve())
         files = self.files(kind)
-        key = re.sub(r"\.(safetensors|ckpt|pt|bin)$", "", ref)
+        key = re.sub(r"\.(safetensors|gguf|ckpt|pt|bin)$", "", ref)
         if key in files:
             return files[key]
         # A diffusers folder given as a path; after the names, so a name never means a folder

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from farm.samplers import ETA_INFOTEXT_KEYS, USES_ENSD, display_name, effective_eta, parse_sampler
+from farm.samplers import ETA_INFOTEXT_KEYS, USES_ENSD, display_name, effective_eta, flow_sampler, parse_sampler
 
 # A vae/lora axis value meaning "none": the checkpoint's own VAE, no extra LoRA.
 NO_MODEL = "None"
@@ -120,7 +120,49 @@ def _prompts_to_task(v: dict, spec) -> dict:
 
 def _vae_to_task(v: dict, spec) -> dict:
     vae = "" if v.get("vae", NO_MODEL) == NO_MODEL else v["vae"]
+    if not vae:  # a family built from parts: its VAE file, unless the checkpoint holds one
+        part = spec.part_files(v["checkpoint"]).get("vae")
+        if part and part[0]:
+            return {"vae": part[0], "vae_hash": part[1]}
     return {"vae": vae, "vae_hash": spec.vae_hash(vae) if vae else None}
+
+
+def _parts_to_task(v: dict, spec) -> dict:
+    parts = {role: part for role, part in spec.part_files(v["checkpoint"]).items() if role != "vae"}
+    return {"text_encoders": {role: name for role, (name, _) in parts.items()},
+            "part_hashes": {role: sha for role, (_, sha) in parts.items() if sha}}
+
+
+def _modules_info(task, seed: int) -> dict:
+    """Forge's `Module 1: ae, Module 2: clip_l, ...`: the VAE and text encoder files a model built
+    from parts rendered with (its own when the checkpoint holds them: then none is written)."""
+    if not task.text_encoders:
+        return {}
+    names = ([task.vae] if task.vae else []) + list(task.text_encoders.values())
+    return {f"Module {i}": name for i, name in enumerate(names, 1)}
+
+
+def _modules_from_info(params: dict, notes: list) -> dict:
+    names = [str(params[key]) for key in sorted((k for k in params if re.fullmatch(r"Module \d+", k)),
+                                                 key=lambda k: int(k.split()[1]))]
+    if not names:
+        return {}
+    # Forge writes the VAE and the text encoders in one list; a VAE file is named so (ae, *vae*)
+    vaes = [n for n in names if n.lower() in ("ae", "vae") or "vae" in n.lower() or n.lower().startswith("ae")]
+    entries: dict = {"text_encoders": [n for n in names if n not in vaes]}
+    if vaes:
+        entries["vae"] = vaes[0]
+    return entries
+
+
+def _family_value(key: str):
+    """to_task for a number the spec may leave to the checkpoint's family (cfg 1 for Flux ...)."""
+    return lambda v, spec: {key: spec.value(key, v)}
+
+
+def _flow_only(key: str):
+    """to_task for a parameter only flow-matching families use (None for SD1.5/SDXL tasks)."""
+    return lambda v, spec: {key: spec.value(key, v) if spec.uses(key, v["checkpoint"]) else None}
 
 
 def _size_to_task(v: dict, spec) -> dict:
@@ -132,7 +174,11 @@ def _size_to_task(v: dict, spec) -> dict:
 
 
 def _sampler_to_task(v: dict, spec) -> dict:
-    sampler, schedule = parse_sampler(v["sampler"], v["schedule"])
+    facts = spec.facts_of(v["checkpoint"])
+    if facts is not None and facts.flow:
+        sampler, schedule = flow_sampler(spec.value("sampler", v), spec.value("schedule", v), facts.name)
+    else:
+        sampler, schedule = parse_sampler(spec.value("sampler", v), spec.value("schedule", v))
     return {"sampler": sampler, "schedule": schedule}
 
 
@@ -213,7 +259,7 @@ PARAMS: tuple[Param, ...] = (
     Param("steps",
           read=lambda r, n: r.numbers(n, "steps", int, 1, 10_000), default=(20,),
           fields=("steps",), in_batch_key=True, title="Steps",
-          to_task=lambda v, spec: {"steps": v["steps"]},
+          to_task=lambda v, spec: {"steps": int(spec.value("steps", v))},
           write_info=lambda t, s: {"Steps": t.steps},
           read_info=lambda p, notes: {"steps": p["Steps"]}, info_types=(("Steps", int),),
           star=lambda t, s: t["steps"]),
@@ -228,10 +274,28 @@ PARAMS: tuple[Param, ...] = (
     Param("cfg", ("cfg_scale",),
           read=lambda r, n: r.numbers(n, "cfg", float, 0, 100), default=(7.0,),
           fields=("cfg",), in_batch_key=True, title="CFG scale",
-          to_task=lambda v, spec: {"cfg": float(v["cfg"])},
+          to_task=lambda v, spec: {"cfg": float(spec.value("cfg", v))},
           write_info=lambda t, s: {"CFG scale": _number(t.cfg)},
           read_info=lambda p, notes: {"cfg": p.get("CFG scale", 7)}, info_types=(("CFG scale", float),),
           star=lambda t, s: _number(t["cfg"])),
+    # Flux's guidance (Forge: "Distilled CFG Scale"); for the families whose row has a default
+    Param("distilled_cfg", ("distilled_cfg_scale", "guidance"),
+          read=lambda r, n: r.numbers(n, "distilled_cfg", float, 0, 100),
+          fields=("distilled_cfg",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Distilled CFG Scale",
+          to_task=_flow_only("distilled_cfg"),
+          write_info=lambda t, s: {"Distilled CFG Scale": _number(t.distilled_cfg)} if t.distilled_cfg is not None else {},
+          read_info=lambda p, notes: {"distilled_cfg": p["Distilled CFG Scale"]} if "Distilled CFG Scale" in p else {},
+          info_types=(("Distilled CFG Scale", float),),
+          star=lambda t, s: t.get("distilled_cfg")),
+    # the flow-matching sigma shift; left out: the model's own
+    Param("shift",
+          read=lambda r, n: r.numbers(n, "shift", float, 0.01, 100),
+          fields=("shift",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Shift",
+          to_task=_flow_only("shift"),
+          write_info=lambda t, s: {"Shift": _number(t.shift)} if t.shift is not None else {},
+          read_info=lambda p, notes: {"shift": p["Shift"]} if "Shift" in p else {},
+          info_types=(("Shift", float),),
+          star=lambda t, s: t.get("shift")),
     Param("rng",
           read=lambda r, n: r.rng_sources(n),
           fields=("rng",), id_rule=UNLESS_DEFAULT, in_batch_key=True,
@@ -296,6 +360,11 @@ PARAMS: tuple[Param, ...] = (
           write_info=lambda t, s: {"Seed": s},
           read_info=lambda p, notes: {"seed": p["Seed"]}, info_types=(("Seed", int),),
           star=lambda t, s: s),
+    # not an axis: the text encoder files of a family built from parts (the spec key
+    # text_encoders, else the family's defaults in the models folder; farm/parts.py)
+    Param("text_encoders", in_spec=False, fields=("text_encoders", "part_hashes"), id_rule=UNLESS_DEFAULT,
+          in_batch_key=True, to_task=_parts_to_task,
+          write_info=_modules_info, read_info=_modules_from_info),
     # not an axis: one value per job (the spec key batch_size)
     Param("batch_size", in_spec=False, fields=("batch_size",), in_batch_key=True,
           to_task=lambda v, spec: {"batch_size": spec.batch_size}),

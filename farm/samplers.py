@@ -32,7 +32,11 @@ SAMPLERS: dict[str, tuple[str, ...]] = {
 # DPM++ 2S a (ancestral singlestep), DPM fast, DPM adaptive, Restart.
 NOT_AVAILABLE = ("DPM++ 2S a", "DPM fast", "DPM adaptive", "Restart")
 
-SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Beta")
+SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Beta", "Simple")
+# Flow-matching families (farm/families.py `flow`): Forge offers them Euler with these schedule
+# types ("Simple": the model's own sigmas, shifted); other samplers are refused for them.
+FLOW_SAMPLERS = ("Euler",)
+FLOW_SCHEDULES = ("Simple", "Beta", "Karras")
 
 # A1111's "Automatic" schedule per sampler (the default scheduler of each sampler in A1111's
 # modules/sd_samplers_kdiffusion.py); the rest use the scheduler default.
@@ -114,6 +118,21 @@ def parse_sampler(name: str, schedule: str | None = None) -> tuple[str, str]:
             + ", ".join(("Automatic",) + SAMPLERS[sampler])
         )
     return sampler, found_schedule
+
+
+def flow_sampler(name: str, schedule: str | None, family: str) -> tuple[str, str]:
+    """(sampler, schedule) for a flow-matching family (Forge's choices: Euler with Simple, Beta or
+    Karras; "Automatic" is Simple). Raises ValueError naming the valid ones."""
+    text = " ".join(str(name).split())
+    found = next((s for s in FLOW_SCHEDULES if text.lower().endswith(" " + s.lower())), None)
+    sampler = text[: -len(found) - 1] if found else text
+    schedule = found or (schedule if schedule not in (None, "Automatic") else "Simple")
+    valid = f"valid: {', '.join(FLOW_SAMPLERS)} with schedule types {', '.join(FLOW_SCHEDULES)}"
+    if sampler.lower() not in (s.lower() for s in FLOW_SAMPLERS):
+        raise ValueError(f"sampler '{name}' cannot render {family} (a flow-matching model); {valid}")
+    if schedule not in FLOW_SCHEDULES:
+        raise ValueError(f"schedule type '{schedule}' cannot render {family} (a flow-matching model); {valid}")
+    return FLOW_SAMPLERS[[s.lower() for s in FLOW_SAMPLERS].index(sampler.lower())], schedule
 
 
 def display_name(sampler: str, schedule: str) -> str:

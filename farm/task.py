@@ -52,6 +52,13 @@ class RenderTask(BaseModel):
     vae_hash: str | None = Field(default=None, description="sha256 of the VAE file, when known")
     eta: float | None = Field(default=None, ge=0, le=1, description="A1111 eta; None = the sampler's default")
     ensd: int = Field(default=0, ge=0, description="A1111 'Eta noise seed delta': step noise from seed + ensd")
+    distilled_cfg: float | None = Field(default=None, ge=0, le=100,
+                                        description="Flux guidance (Forge's 'Distilled CFG Scale'); None = not used")
+    shift: float | None = Field(default=None, gt=0, le=100,
+                                description="flow-matching sigma shift; None = the model's own (Flux.1 [dev]: by resolution)")
+    text_encoders: dict[str, str] = Field(default_factory=dict,
+                                          description="part role -> text encoder file (stem) for a family built from parts")
+    part_hashes: dict[str, str] = Field(default_factory=dict, description="part role -> sha256 of its file")
     kind: str = Field(default="txt2img", description="the task kind the worker dispatches on")
     filename: str = Field(default="[seed]-[task_id]", description="output filename pattern")
     axes: dict[str, Any] = Field(default_factory=dict, description="swept axis -> value, for labels")
@@ -60,7 +67,7 @@ class RenderTask(BaseModel):
         """The hash of everything that decides the pixels and where they go."""
         content = self.model_dump(exclude=_NOT_IN_ID)
         for name in IN_ID_UNLESS_DEFAULT:
-            if content[name] == type(self).model_fields[name].default:
+            if content[name] == type(self).model_fields[name].get_default(call_default_factory=True):
                 del content[name]
         blob = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

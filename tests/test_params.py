@@ -43,7 +43,7 @@ GRID_LABELS = {
 
 def test_axis_titles_are_the_grids_labels():
     assert {axis: axis_title(axis) for axis in GRID_LABELS} == GRID_LABELS
-    assert set(AXIS_ORDER) - set(GRID_LABELS) == {"eta", "ensd"}
+    assert set(AXIS_ORDER) - set(GRID_LABELS) == {"eta", "ensd", "distilled_cfg", "shift"}
 
 
 def test_eta_and_ensd_labels_and_filename_tokens():

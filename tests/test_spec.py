@@ -55,6 +55,7 @@ def test_defaults_are_a1111s():
     s = spec(BASE)
     axes = s.axes()
     optional = ("width", "height", "prompt_sr", "vae", "lora", "lora_weight",  # no default: no axis
+                "distilled_cfg", "shift",  # only for the families that use them
                 "rng", "eta", "ensd", "seed_resize_from", "variation_strength", "variation_seed")
     assert list(axes) == [a for a in AXIS_ORDER if a not in optional]
     assert axes["sampler"] == ["DPM++ 2M"] and axes["schedule"] == ["Automatic"]

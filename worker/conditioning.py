@@ -27,7 +27,7 @@ import torch
 
 from farm.prompts import extract_extra_networks
 from worker.families import of_pipeline
-from worker.families.base import WorkerFamily
+from worker.families.base import PartsFamily, WorkerFamily
 from worker.prompt_syntax import parse_attention, prompt_schedules, split_and
 
 CHUNK = 75  # tokens per chunk between BOS and EOS
@@ -172,6 +172,7 @@ class Encoder:
     handful of texts over many steps)."""
 
     def __init__(self, pipe, clip_skip: int = 1):
+        self.pipe = pipe
         self.family = of_pipeline(pipe)
         self.pairs = self.family.text_encoders(pipe)
         self.clip_skip = clip_skip
@@ -182,6 +183,10 @@ class Encoder:
     @torch.inference_mode()
     def chunks(self, text: str) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Per-chunk embeddings (each (1, 77, dim)) and the pooled vector of the first chunk."""
+        if text not in self._cache and isinstance(self.family, PartsFamily):
+            # a family built from parts encodes a text its own way (T5/LLM encoders: no 75-token chunks)
+            encoded = self.family.encode(self.pipe, text, self.clip_skip)
+            self._cache[text] = ([encoded.embeds], encoded.pooled)
         if text not in self._cache:
             per_encoder = []
             pooled = None

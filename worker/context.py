@@ -83,6 +83,35 @@ def context() -> WorkerContext:
     return _context
 
 
+def model_files(task: RenderTask, models_dir: Path):
+    """The files the task's pipeline is built from (worker.families.ModelFiles): its checkpoint
+    and, for a family built from parts, each part named in the task, checked against the hashes
+    the job was expanded with."""
+    from farm.models import Registry
+    from worker.families import ModelFiles
+
+    checkpoint = checkpoint_path(task, models_dir)
+    if not task.text_encoders:
+        return ModelFiles(checkpoint)
+    registry = Registry(models_dir)
+    parts = [(role, "text_encoder", name, task.part_hashes.get(role)) for role, name in task.text_encoders.items()]
+    parts.append(("vae", "vae", task.vae, task.vae_hash))
+    resolved = []
+    for role, kind, name, expected in parts:
+        if not name:  # the checkpoint holds this part itself
+            resolved.append((role, None))
+            continue
+        try:
+            path = registry.resolve(kind, name, label="text encoder" if kind == "text_encoder" else "VAE").path
+        except ValueError as e:
+            raise TaskError(str(e)) from None
+        if expected and sha256_file(path) != expected:
+            raise TaskError(f"{role} '{name}' at {path} has hash {sha256_file(path)[:10]}, but the job was expanded "
+                            f"against {expected[:10]}: copy the same file to this worker")
+        resolved.append((role, path))
+    return ModelFiles(checkpoint, tuple(resolved))
+
+
 def checkpoint_path(task: RenderTask, models_dir: Path) -> Path:
     """The local file for the task's checkpoint; refuses a same-named file with other weights."""
     try:

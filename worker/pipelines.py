@@ -31,8 +31,10 @@ from pathlib import Path
 import torch
 
 from farm.families import FAMILIES, NOT_A_CHECKPOINT, family, folder_family, header_family
-from farm.model_files import ModelFileError, folder_files, folder_weights, read_model_index, read_safetensors_header
+from farm.model_files import (MODEL_SUFFIXES, ModelFileError, folder_files, folder_weights, read_model_index,
+                              read_tensor_shapes)
 from farm.models import Registry, kind_dirs
+from worker.families.base import ModelFiles
 from worker.safe_load import ModelLoadError, is_pickle, load_pickle, refuse_pickle
 
 # transformers warns at import that torchvision is absent (we do not want it); say only errors.
@@ -42,7 +44,7 @@ CLIP_VOCAB_SIZE = 49408
 # the families with a shipped config folder (configs/<folder>): the ones a worker renders
 RENDERED = " and ".join(sorted(f.name for f in FAMILIES if f.config_folder))
 
-__all__ = ["ModelLoadError", "PipelineCache", "configs_dir", "load_pipeline", "checkpoint_keys", "hub_folder"]
+__all__ = ["ModelFiles", "ModelLoadError", "PipelineCache", "configs_dir", "load_pipeline", "checkpoint_tensors", "hub_folder"]
 
 
 def configs_dir() -> Path:
@@ -74,29 +76,30 @@ def default_device_dtype() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def checkpoint_keys(path: Path, allow_pickle: bool = False) -> list[str]:
-    """The tensor names of a checkpoint, checked for truncation and safety before diffusers sees it."""
+def checkpoint_tensors(path: Path, allow_pickle: bool = False) -> dict[str, tuple]:
+    """name -> (dtype, shape) of a checkpoint's tensors, checked for truncation and safety before
+    diffusers sees it (a pickle's, read weights-only when allowed, have no dtype/shape here)."""
     if is_pickle(path):
         if not allow_pickle:
             raise refuse_pickle(path, "checkpoint")
-        return list(load_pickle(path))
-    if path.suffix.lower() != ".safetensors":
-        raise ModelLoadError(f"{path.name}: not a model file (expected .safetensors, or .ckpt with pickles allowed)")
+        return {k: (None, ()) for k in load_pickle(path)}
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise ModelLoadError(f"{path.name}: not a model file (expected .safetensors or .gguf, "
+                             "or .ckpt with pickles allowed)")
     try:
-        header = read_safetensors_header(path)
+        return read_tensor_shapes(path)
     except ModelFileError as e:
         raise ModelLoadError(str(e)) from None
-    return [k for k in header if k != "__metadata__"]
 
 
-def config_for(path: Path, keys: list[str]) -> Path:
+def config_for(path: Path, keys: dict[str, tuple]) -> Path:
     """The config folder for this checkpoint: its own, or the shipped one for its family. The wrong
     kinds of file (LoRA, VAE, SD2...) get a sentence rather than a KeyError."""
     name = header_family(keys)
     if name == NOT_A_CHECKPOINT:
         raise ModelLoadError(
-            f"{path.name}: not a Stable Diffusion checkpoint in A1111 layout (no model.diffusion_model.* "
-            "weights); is it a LoRA, VAE or embedding?"
+            f"{path.name}: not a checkpoint of a known family (no model.diffusion_model.* weights and no "
+            "Flux/SD3.5/Z-Image denoiser tensors); is it a LoRA, VAE, text encoder or embedding?"
         )
     own = own_config_dir(path)
     if own is not None:
@@ -108,20 +111,34 @@ def config_for(path: Path, keys: list[str]) -> Path:
 
 
 def load_pipeline(
-    checkpoint_path: Path,
+    checkpoint_path: Path | ModelFiles,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     allow_pickle: bool = False,
 ):
-    """A ready StableDiffusionPipeline or StableDiffusionXLPipeline for an A1111-layout checkpoint
-    or a diffusers folder, offline (device and dtype default to default_device_dtype())."""
-    path = Path(checkpoint_path)
+    """A ready pipeline for an A1111-layout checkpoint, a diffusers folder, or (given ModelFiles)
+    a checkpoint of a family built from parts, offline (device and dtype default to
+    default_device_dtype())."""
+    files = checkpoint_path if isinstance(checkpoint_path, ModelFiles) else ModelFiles(Path(checkpoint_path))
+    path = files.checkpoint
     if path.is_dir():
         return load_folder(path, device, dtype, allow_pickle)
     if not path.is_file():
         raise ModelLoadError(f"{path.name}: checkpoint file not found at {path}")
-    config = config_for(path, checkpoint_keys(path, allow_pickle))
+    tensors = checkpoint_tensors(path, allow_pickle)
+    config = config_for(path, tensors)
     device, dtype = _device_dtype(device, dtype)
+    worker_family = _parts_family(header_family(tensors))
+    if worker_family is not None:
+        try:
+            pipe = worker_family.load(files, config, dtype)
+        except ModelLoadError:
+            raise
+        except Exception as e:  # one line naming the file
+            raise ModelLoadError(_load_failure(path, config, e)) from e
+        pipe.seedfarm_family = worker_family.name  # one pipeline class may serve several rows
+        pipe.seedfarm_dtype = dtype  # what it computes in, whatever its weights are stored in
+        return _ready(pipe, path, config, device, clip_tokenizers=False)
     pipeline_class = _pipeline_class(json.loads((config / "model_index.json").read_text())["_class_name"])
     try:
         # A pickled file is read a second time here, by diffusers, also weights-only.
@@ -135,6 +152,17 @@ def load_pipeline(
     except Exception as e:  # diffusers raises many types; the user needs one line naming the file
         raise ModelLoadError(_load_failure(path, config, e)) from e
     return _ready(pipe, path, config, device)
+
+
+def _parts_family(name: str):
+    """The worker module of a family built from parts, or None for SD1.5/SDXL."""
+    from worker.families import PartsFamily, named
+
+    try:
+        family = named(name)
+    except ValueError:
+        return None
+    return family if isinstance(family, PartsFamily) else None
 
 
 def load_folder(folder: Path, device=None, dtype=None, allow_pickle: bool = False):
@@ -238,7 +266,7 @@ def _pipeline_class(class_name: str):
     return getattr(diffusers, class_name)
 
 
-def _ready(pipe, path: Path, config: Path, device: torch.device):
+def _ready(pipe, path: Path, config: Path, device: torch.device, clip_tokenizers: bool = True):
     """Checks on a freshly loaded pipeline, then on its device with the attributes the rest of the
     worker reads. `config` is the diffusers config folder it was built from."""
     # A missing weight stays on the meta device and only fails later, mid-render.
@@ -248,7 +276,8 @@ def _ready(pipe, path: Path, config: Path, device: torch.device):
             f"{path.name}: {len(missing)} weights missing (e.g. {missing[0]}); the file does not match {config}"
         )
     # transformers 5 silently builds a 3-token placeholder tokenizer when the files are missing.
-    for name in ("tokenizer", "tokenizer_2"):
+    # (A family built from parts checks its own tokenizers as it loads them.)
+    for name in ("tokenizer", "tokenizer_2") if clip_tokenizers else ():
         tokenizer = getattr(pipe, name, None)
         if name == "tokenizer" or tokenizer is not None:
             n = None if tokenizer is None else len(tokenizer)
@@ -260,6 +289,7 @@ def _ready(pipe, path: Path, config: Path, device: torch.device):
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     pipe.seedfarm_config_dir = config  # a VAE file for this checkpoint is built from the same configs
+    pipe.seedfarm_scheduler_config = dict(pipe.scheduler.config)  # the family's own, before any task's
     return pipe
 
 
@@ -307,13 +337,18 @@ class PipelineCache:
             raise ValueError("keep must be at least 1")
         self.keep = keep
         self._loader = loader
-        self._pipes: OrderedDict[Path, tuple[tuple, object]] = OrderedDict()
-        self.load_seconds: dict[Path, float] = {}  # seconds the last load of each file took
+        self._pipes: OrderedDict[ModelFiles, tuple[tuple, object]] = OrderedDict()
+        self.load_seconds: dict[ModelFiles, float] = {}  # seconds the last load of each took
         self._lock = threading.Lock()
 
-    def get(self, checkpoint_path: Path):
-        path = Path(checkpoint_path).resolve()
-        stamp = _stamp(path)
+    @staticmethod
+    def key(files: Path | ModelFiles) -> ModelFiles:
+        """The cache's key for a checkpoint file or ModelFiles (resolved paths)."""
+        return _key(files)
+
+    def get(self, files: Path | ModelFiles):
+        path = _key(files)
+        stamp = tuple(_stamp(p) for p in path.paths())
         with self._lock:
             entry = self._pipes.get(path)
             if entry is not None and entry[0] == stamp:
@@ -325,22 +360,29 @@ class PipelineCache:
                 self._pipes.popitem(last=False)
                 free_memory()
             start = time.perf_counter()
-            pipe = self._loader(path)
+            pipe = self._loader(path if path.parts else path.checkpoint)  # a plain checkpoint: its path
             self.load_seconds[path] = time.perf_counter() - start
             self._pipes[path] = (stamp, pipe)
             return pipe
 
-    def __contains__(self, checkpoint_path: Path) -> bool:
-        return Path(checkpoint_path).resolve() in self._pipes
+    def __contains__(self, files: Path | ModelFiles) -> bool:
+        return _key(files) in self._pipes
 
     def loaded(self) -> list[Path]:
         """Checkpoint files held now, least recently used first."""
-        return list(self._pipes)
+        return [files.checkpoint for files in self._pipes]
 
     def clear(self) -> None:
         with self._lock:
             self._pipes.clear()
             free_memory()
+
+
+def _key(files: Path | ModelFiles) -> ModelFiles:
+    if not isinstance(files, ModelFiles):
+        files = ModelFiles(Path(files))
+    parts = tuple((role, p.resolve() if p is not None else None) for role, p in files.parts)
+    return ModelFiles(files.checkpoint.resolve(), parts)
 
 
 def _stamp(path: Path) -> tuple:

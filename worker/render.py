@@ -19,9 +19,9 @@ from PIL import Image
 
 from farm.task import RenderTask
 from worker.conditioning import Conditioning, ConditioningError, ScheduledPair, conditioning_schedule, entry_at
-from worker.families import of_pipeline
+from worker.families import PartsFamily, of_pipeline
 from worker.rng import image_noise, step_generator
-from worker.samplers import make_scheduler
+from worker.samplers import flow_scheduler, make_scheduler
 
 
 class RenderError(Exception):
@@ -58,7 +58,9 @@ def initial_latents(pipe, slots: list[Slot]) -> torch.Tensor:
         resize = (task.seed_resize_width, task.seed_resize_height)
         noise.append(image_noise(_latent_shape(pipe, task), slot.seed, task.rng, slot.subseed,
                                  task.subseed_strength, resize))
-    return torch.stack(noise).to(dtype=of_pipeline(pipe).denoiser_of(pipe).dtype)
+    # a GGUF or fp8 denoiser stores its weights in another type than it computes in
+    dtype = getattr(pipe, "seedfarm_dtype", None) or of_pipeline(pipe).denoiser_of(pipe).dtype
+    return torch.stack(noise).to(dtype=dtype)
 
 
 def _stack(entries: list[ScheduledPair], what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,6 +164,13 @@ def render_batch(pipe, slots: list[Slot]) -> list[Image.Image]:
             except ConditioningError as e:
                 raise RenderError(str(e)) from None
     per_slot = [schedules[_prompt_key(slot.task)] for slot in slots]
+    family = of_pipeline(pipe)
+    if isinstance(family, PartsFamily):
+        for slot, schedule in zip(slots, per_slot):
+            if len(schedule) > 1 or any(entry.composable for entry in schedule):
+                raise RenderError(
+                    f"prompt editing ([a:b:N]), alternation ([a|b]) and AND are not supported on {family.name} "
+                    f"(prompt: {slot.task.prompt[:60]!r}); they are on SD1.5 and SDXL")
     images: list[Image.Image | None] = [None] * len(slots)
     for call in plan_calls(per_slot):
         for k, image in zip(call, _render_call(pipe, [slots[k] for k in call], [per_slot[k] for k in call])):
@@ -194,9 +203,11 @@ def plan_calls(schedules: list[list[ScheduledPair]]) -> list[list[int]]:
 
 
 def _render_call(pipe, slots: list[Slot], schedules: list[list[ScheduledPair]]) -> list[Image.Image]:
+    family = of_pipeline(pipe)
+    if isinstance(family, PartsFamily):
+        return _render_parts_call(pipe, family, slots, [schedule[0] for schedule in schedules])
     task = slots[0].task
     seeds = [slot.seed for slot in slots]
-    family = of_pipeline(pipe)
     pipe.scheduler = make_scheduler(pipe.scheduler.config, task.sampler, task.schedule, seeds=seeds, eta=task.eta)
     latents = initial_latents(pipe, slots)
     generators = [step_generator(slot.seed, _latent_shape(pipe, slot.task), slot.task.ensd) for slot in slots]
@@ -222,7 +233,32 @@ def _render_call(pipe, slots: list[Slot], schedules: list[list[ScheduledPair]]) 
             generator=generators,  # per-step noise of ancestral/SDE samplers, per image
             output_type="np",
         )
-    images = result.images  # float (n, h, w, 3) in [0, 1]
+    return _to_images(result.images, task)
+
+
+def _render_parts_call(pipe, family: PartsFamily, slots: list[Slot], entries: list[ScheduledPair]) -> list[Image.Image]:
+    """A family built from parts (Flux, SD3.5, Z-Image ...): its own conditioning and guidance
+    arguments; flow-matching Euler (deterministic: no per-step noise)."""
+    task = slots[0].task
+    pipe.scheduler = flow_scheduler(pipe.seedfarm_scheduler_config, task.schedule, task.shift)
+    kwargs = family.pipeline_inputs(pipe, task, [e.positive for e in entries], [e.negative for e in entries])
+    latents = family.pack_latents(pipe, initial_latents(pipe, slots))
+    with torch.inference_mode():
+        result = pipe(
+            **kwargs,
+            num_images_per_prompt=1,
+            num_inference_steps=task.steps,
+            width=task.width,
+            height=task.height,
+            latents=latents,
+            output_type="np",
+        )
+    return _to_images(result.images, task)
+
+
+def _to_images(images, task: RenderTask) -> list[Image.Image]:
+    """float (n, h, w, 3) in [0, 1] -> PIL images; RenderError on NaN."""
+    images = np.asarray(images)
     if np.isnan(images).any():
         raise RenderError(
             f"the render produced NaN pixels (sampler {task.sampler}, schedule {task.schedule}, "

@@ -21,7 +21,7 @@ from farm.batching import batch_key
 from farm.infotext import format_infotext, png_bytes, task_parameters
 from farm.store import Store, image_record, is_done, save_image
 from farm.task import RenderTask
-from worker.context import TaskError, WorkerContext, checkpoint_path
+from worker.context import TaskError, WorkerContext, model_files
 from worker.writer import Batch
 
 log = logging.getLogger("seedfarm.worker")
@@ -97,16 +97,17 @@ def _render_run(progress: list[_Progress], store: Store, ctx: WorkerContext, fin
     tasks = [p.task for p in progress]
     first = tasks[0]
     kind = kind_of(first)  # an unknown kind fails before anything loads
-    path = checkpoint_path(first, ctx.models_dir)
+    files = model_files(first, ctx.models_dir)
+    path = files.checkpoint
     cache = ctx.pipelines()
     renderer = ctx.task_models
-    was_loaded = path in cache
+    was_loaded = files in cache
     try:
-        pipe = cache.get(path)
+        pipe = cache.get(files)
     except ModelLoadError as e:
         raise TaskError(str(e)) from None
     if not was_loaded:
-        progress[0].load_seconds = cache.load_seconds[path]
+        progress[0].load_seconds = cache.load_seconds[cache.key(files)]
         ctx.loaded_checkpoint = first.checkpoint
         ctx.loads += 1
         ctx.load_seconds += progress[0].load_seconds

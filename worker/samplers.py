@@ -189,3 +189,24 @@ def _euler_ancestral_step_with_eta(self, model_output, timestep, sample, generat
     if not return_dict:
         return (prev_sample, denoised)
     return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+
+
+# Flow-matching models (Flux, SD3.5, Z-Image ...): one sampler, Euler, with Forge's schedule
+# types for it (farm/samplers.py FLOW_SCHEDULES) as FlowMatchEulerDiscreteScheduler's sigma options.
+_FLOW_SCHEDULE_KWARGS = {"Simple": {}, "Karras": {"use_karras_sigmas": True}, "Beta": {"use_beta_sigmas": True}}
+
+
+def flow_scheduler(base_config: Mapping[str, Any], schedule: str, shift: float | None = None):
+    """The flow-matching Euler scheduler for a schedule type; `shift` (when given) replaces the
+    family's shift and turns off resolution-dependent shifting (Flux.1 [dev]'s). base_config is
+    the family's own scheduler config as loaded (never one this function produced)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if schedule not in _FLOW_SCHEDULE_KWARGS:
+        raise ValueError(f"schedule type '{schedule}' is not one for flow-matching models; valid: "
+                         + ", ".join(_FLOW_SCHEDULE_KWARGS))
+    config = dict(base_config)
+    config.update(_FLOW_SCHEDULE_KWARGS[schedule])
+    if shift is not None:
+        config.update(shift=float(shift), use_dynamic_shifting=False)
+    return FlowMatchEulerDiscreteScheduler.from_config(config)

@@ -12,7 +12,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from farm.hashes import sha256_file
-from farm.families import UNKNOWN, checkpoint_family
+from farm.families import UNKNOWN, checkpoint_family, family
+from farm.params import DEFAULTS
 from farm.spec.nodes import show_number
 from farm.task import RenderTask
 
@@ -42,7 +43,44 @@ class JobSpec(BaseModel):
     # so neither is part of the job id.
     priority: str = "normal"
     requires: tuple[str, ...] = ()
+    # Keys the spec left out that the checkpoint's family may default (Flux: cfg 1, Euler ...).
+    family_defaults: frozenset[str] = frozenset()
+    # checkpoint -> part role -> (file name, sha256) for families built from parts (farm/parts.py);
+    # "" as the name: the checkpoint holds that part itself.
+    parts: dict[str, dict[str, tuple[str, str | None]]] = {}
     _hashes: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def family_of(self, checkpoint: str) -> str:
+        """The checkpoint's family name (UNKNOWN without a models folder or a job record)."""
+        known = self._hashes.get(f"family:{checkpoint}")
+        return known or checkpoint_family(checkpoint, self.checkpoint_files, {})
+
+    def facts_of(self, checkpoint: str):
+        """The checkpoint's farm.families.Family row, or None when unknown."""
+        return family(self.family_of(checkpoint))
+
+    def value(self, key: str, v: dict):
+        """A task's value of `key`: its axis value, or, when the spec left the key out, the
+        checkpoint family's default where the family has one (farm/families.py `defaults`)."""
+        if key in self.family_defaults:
+            facts = family(self.family_of(v["checkpoint"]))
+            if facts is not None and facts.default(key) is not None:
+                return facts.default(key)
+        return v.get(key, DEFAULTS.get(key, [None])[0])
+
+    def uses(self, key: str, checkpoint: str) -> bool:
+        """Whether tasks of this checkpoint have `key` (distilled_cfg: Flux.1 [dev]; shift: flow
+        families); an unknown family is given what the spec says."""
+        facts = family(self.family_of(checkpoint))
+        if facts is None:
+            return True
+        if key == "distilled_cfg":
+            return facts.default("distilled_cfg") is not None
+        return facts.flow
+
+    def part_files(self, checkpoint: str) -> dict[str, tuple[str, str | None]]:
+        """role -> (file name, sha256) of the checkpoint's parts; {} for SD1.5/SDXL."""
+        return self.parts.get(checkpoint, {})
 
     def axes(self) -> dict[str, Sequence]:
         return dict(self.values)
@@ -88,6 +126,8 @@ class JobSpec(BaseModel):
         and 'family:NAME' -> SD1.5/SDXL: store it with the job, so a coordinator without the models
         folder re-expands to the same tasks (the default size depends on the family)."""
         hashes = {name: self.checkpoint_hash(name) for name in self.values["checkpoint"]}
+        for name, parts in self.parts.items():  # re-expanded without the models folder: same parts
+            hashes[f"parts:{name}"] = json.dumps(parts, sort_keys=True)
         hashes.update({f"vae:{name}": self.vae_hash(name) for name in self.values.get("vae", [])})
         for name in self.values["checkpoint"]:
             family = self._hashes.get(f"family:{name}") or checkpoint_family(name, self.checkpoint_files, {})

@@ -4,15 +4,20 @@ docs/job-spec.md."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from yaml.nodes import Node
 
-from farm.families import checkpoint_family, default_size
+from farm.families import checkpoint_family, default_size, family
+from farm.hashes import sha256_file
+from farm.model_files import ModelFileError
+from farm.models import Registry
+from farm.parts import PartError, resolve_parts
 from farm.params import ALIASES, AXIS_ORDER, DEFAULTS, PARAMS
-from farm.samplers import eta_problem, parse_sampler
+from farm.samplers import eta_problem, flow_sampler, parse_sampler
 from farm.spec.axes import AxisReader
 from farm.spec.combine import CombineReader
 from farm.spec.jobspec import DEFAULT_FILENAME, SPEC_VERSION, JobSpec, job_id
@@ -20,7 +25,10 @@ from farm.spec.models import ModelChecks
 from farm.spec.nodes import SpecError, kind
 from farm.task import filename_pattern_problem
 
-OTHER_KEYS = ("version", "name", "prompt_matrix", "batch_size", "combine", "grid", "output", "priority", "requires")
+OTHER_KEYS = ("version", "name", "prompt_matrix", "batch_size", "combine", "grid", "output", "priority", "requires",
+              "text_encoders")
+# Keys a checkpoint's family may default when the spec leaves them out (farm/families.py `defaults`).
+FAMILY_DEFAULTED = ("sampler", "schedule", "steps", "cfg", "distilled_cfg")
 REQUIRED = ("prompt", "checkpoint", "seed")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -100,14 +108,24 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
                 raise self.error(f[param.key][0], param.needs[1])
             values[param.key] = param.read(self, f[param.key][1])
         self.size_axes(f, values)
+        families = {name: checkpoint_family(name, checkpoint_files, known or {}) for name in values["checkpoint"]}
         if "size" not in values and "width" not in values:
-            families = (checkpoint_family(name, checkpoint_files, known or {}) for name in values["checkpoint"])
-            values["size"] = [default_size(families)]
+            values["size"] = [default_size(families.values())]
+        rows = [family(name) for name in set(families.values())]
+        family_defaulted = frozenset(k for k in FAMILY_DEFAULTED if k not in f)
+        for key in family_defaulted:  # one family with its own default: the job shows it
+            own = {row.default(key) if row else None for row in rows}
+            if len(own) == 1 and None not in own:
+                values[key] = [own.pop()]
         for axis, default in DEFAULTS.items():
             if axis not in values:
                 values[axis] = list(default)
-        self.sampler_schedule_pairs(f, values)
+        flow = [row for row in rows if row is not None and row.flow]
+        if len(flow) < len(rows):  # some checkpoint is SD1.5/SDXL (or not known here)
+            self.sampler_schedule_pairs(f, values)
+        self.flow_samplers(f, values, flow)
         self.sampler_eta_pairs(f, values)
+        parts = self.parts(f, values["checkpoint"], families, checkpoint_files, models_dir, known or {})
 
         if "combine" in f:
             dims = self.combine(f["combine"][1], values)
@@ -123,8 +141,48 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
             name=name, job_id=folder or job_id(name, dims, ordered, batch_size, filename), source_text=self.source,
             file=self.file, batch_size=batch_size, grid_x=grid_x, grid_y=grid_y, filename=filename,
             values=ordered, dims=tuple(dims), checkpoint_files=checkpoint_files, vae_files=vae_files,
-            priority=priority, requires=requires,
+            priority=priority, requires=requires, family_defaults=family_defaulted, parts=parts,
         )
+
+    def flow_samplers(self, f: dict, values: dict, flow: list) -> None:
+        """A flow-matching family renders only with Euler and its schedule types: every sampler and
+        schedule the spec gives must be one of those for each such checkpoint."""
+        for row in flow:
+            for sampler in values["sampler"] if "sampler" in f else ("Euler",):
+                for schedule in values["schedule"] if "schedule" in f else ("Automatic",):
+                    try:
+                        flow_sampler(sampler, schedule, row.name)
+                    except ValueError as e:
+                        about = "sampler" if str(e).startswith("sampler") else "schedule"
+                        other = "schedule" if about == "sampler" else "sampler"
+                        raise self.error(f[about if about in f else other][1], str(e)) from None
+
+    def parts(self, f: dict, checkpoints: list[str], families: dict[str, str], files: dict[str, Path],
+              models_dir: Path | None, known: dict[str, str]) -> dict[str, dict]:
+        """checkpoint -> role -> (file name, sha256) for each checkpoint of a family built from
+        parts: from the models folder (a missing or wrong part is an error located at what names
+        it), else from a job record."""
+        names = []
+        if "text_encoders" in f:
+            names = [t for t, _ in self.texts(f["text_encoders"][1], "text_encoders", "a text encoder file name",
+                                                 split=True)]
+        out: dict[str, dict] = {}
+        for checkpoint in checkpoints:
+            row = family(families[checkpoint])
+            if row is None or not row.parts:
+                continue
+            if f"parts:{checkpoint}" in known:
+                out[checkpoint] = {role: tuple(p) for role, p in json.loads(known[f"parts:{checkpoint}"]).items()}
+                continue
+            if models_dir is None or checkpoint not in files:
+                continue
+            try:
+                resolved = resolve_parts(row, files[checkpoint], Registry(models_dir), names)
+            except (PartError, ModelFileError) as e:
+                node = f["text_encoders"][1] if "text_encoders" in f and "text encoder '" in str(e) else f["checkpoint"][1]
+                raise self.error(node, f"checkpoint '{checkpoint}': {e}") from None
+            out[checkpoint] = {p.role: (p.name, sha256_file(p.path) if p.path else None) for p in resolved}
+        return out
 
     def sampler_eta_pairs(self, f: dict, values: dict) -> None:
         """Every sampler must render every eta it is swept with (samplers without eta ignore it)."""

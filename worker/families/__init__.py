@@ -11,8 +11,12 @@ WORKER_FAMILIES.
 from __future__ import annotations
 
 from worker.families import sd15, sdxl
-from worker.families.base import WorkerFamily
+from worker.families.base import ModelFiles, PartsFamily, WorkerFamily
 
+__all__ = ["ModelFiles", "PartsFamily", "WorkerFamily", "UnknownFamily", "WORKER_FAMILIES", "of_pipeline", "named"]
+
+# A module of a family with several rows in farm/families.py (Flux.1 [dev] and [schnell]) declares
+# FAMILIES, one WorkerFamily per row; the others declare FAMILY.
 WORKER_FAMILIES: tuple[WorkerFamily, ...] = (sd15.FAMILY, sdxl.FAMILY)
 
 
@@ -22,6 +26,9 @@ class UnknownFamily(ValueError):
 
 def of_pipeline(pipe) -> WorkerFamily:
     """The family of a loaded diffusers pipeline, from its class."""
+    own = getattr(pipe, "seedfarm_family", None)  # set by a PartsFamily's load: one class, several rows
+    if own is not None:
+        return named(own)
     class_name = type(pipe).__name__
     for family in WORKER_FAMILIES:
         if class_name in family.pipeline_classes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from farm.families import Family
 
@@ -54,6 +55,62 @@ class WorkerFamily:
         """(channels, height, width) of one image's latents."""
         factor = pipe.vae_scale_factor
         return (self.denoiser_of(pipe).config.in_channels, height // factor, width // factor)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The files a pipeline is built from: the checkpoint (an A1111/Forge all-in-one file, a
+    denoiser-only file of ComfyUI's diffusion_models/, or a diffusers folder) and, for families
+    with parts (farm/families.py Part), each part's file by role, None for a part the checkpoint
+    holds itself. It is the pipeline cache's key: other parts, another pipeline."""
+
+    checkpoint: Path
+    parts: tuple[tuple[str, Path | None], ...] = ()
+
+    def part(self, role: str) -> Path | None:
+        return dict(self.parts).get(role)
+
+    def paths(self) -> list[Path]:
+        return [self.checkpoint] + [p for _, p in self.parts if p is not None]
+
+
+@dataclass(frozen=True)
+class PartsFamily(WorkerFamily):
+    """A family built from parts (Flux.1, Flux.2 [klein], SD3.5, Z-Image ...): a transformer
+    denoiser from a single file (safetensors in bf16/fp16/fp8, or GGUF), text encoders and a VAE
+    from their own files or from an all-in-one file. Each such family's module subclasses this and
+    implements the methods below; the render path (worker/render.py) calls them.
+
+    Conditioning: `encode` gives one prompt text's Conditioning (the text has no extra-network tags
+    and no prompt-editing schedule; A1111 emphasis syntax may be in it: the module says in its
+    docstring what it does with it). Positive and negative conditionings of one call need not have
+    equal shapes; images whose conditionings differ in shape are rendered in separate calls."""
+
+    denoiser: str = "transformer"
+
+    def load(self, files: ModelFiles, config_dir: Path, dtype) -> object:
+        """The pipeline, on the CPU, weights in `dtype` (the compute dtype; a GGUF or fp8 file stays
+        quantized, computing in `dtype`). Raises worker.safe_load.ModelLoadError (one line naming
+        the file) for anything wrong with a file."""
+        raise NotImplementedError
+
+    def encode(self, pipe, text: str, clip_skip: int):
+        """One prompt text -> worker.conditioning.Conditioning (embeds (1, L, D), pooled or None)."""
+        raise NotImplementedError
+
+    def pipeline_inputs(self, pipe, task, positive: list, negative: list) -> dict:
+        """The pipeline call's conditioning and guidance arguments for images with these
+        Conditionings (one per image) of `task` (cfg, distilled_cfg ...)."""
+        raise NotImplementedError
+
+    def latent_shape(self, pipe, width: int, height: int) -> tuple[int, int, int]:
+        """(channels, height, width) of one image's starting noise, before any packing (the noise
+        ComfyUI would draw for it)."""
+        return (pipe.vae.config.latent_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+
+    def pack_latents(self, pipe, noise):
+        """Starting noise (B, C, H, W) as the pipeline's `latents` argument takes it."""
+        return noise
 
 
 # --- for the families' tiny test models ------------------------------------------------------
