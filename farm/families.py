@@ -243,12 +243,12 @@ def checkpoint_family(name: str, files: dict[str, Path], known: dict[str, str]) 
 
 
 def default_size(family_names: Iterable[str]) -> str:
-    """The default `size` of a job on checkpoints of these families: the family's own when they
-    are all one known family, else SD1.5's 512x512 (without a models folder or a job record the
-    families are unknown: give `size` for SDXL jobs)."""
-    names = set(family_names)
-    only = family(names.pop()) if len(names) == 1 else None
-    return (only.default_size if only else None) or DEFAULT.default_size
+    """The default `size` of a job on checkpoints of these families: their own when they all have
+    the same one (SDXL and Flux: 1024x1024), else SD1.5's 512x512 (without a models folder or a
+    job record the families are unknown: give `size` for SDXL jobs)."""
+    sizes = {(family(name).default_size if family(name) else None) for name in family_names}
+    only = sizes.pop() if len(sizes) == 1 else None
+    return only or DEFAULT.default_size
 
 
 def pixel_budget(vram_gb: float, family_name: str = DEFAULT.name) -> int:

@@ -86,7 +86,11 @@ def _eta_star(task: dict, seed: int) -> float:
 
 
 def _sampler_from_info(params: dict, notes: list) -> dict:
-    sampler, schedule = parse_sampler(str(params["Sampler"]), str(params.get("Schedule type", "Automatic")))
+    name, schedule = str(params["Sampler"]), str(params.get("Schedule type", "Automatic"))
+    if schedule == "Simple":  # Forge's flow-matching schedule (Flux, SD3.5 ...), no SD1.5 one
+        sampler, schedule = flow_sampler(name, schedule, "this model")
+        return {"sampler": sampler, "schedule": schedule}
+    sampler, schedule = parse_sampler(name, schedule)
     return {"sampler": display_name(sampler, schedule)}
 
 
