@@ -334,7 +334,8 @@ def make_tiny_cmd(models_dir: str, name: str, sdxl: bool) -> None:
 @click.option("--kind", type=click.Choice(["checkpoint", "lora", "vae", "embedding"]), default=None,
               help="Only this kind of file.")
 def models_list(models_dir: str, kind: str | None) -> None:
-    """List checkpoints, LoRAs, VAEs and embeddings: kind, family, size, A1111 hash, name."""
+    """List checkpoints, text encoders, LoRAs, VAEs and embeddings: kind, family, precision, size,
+    A1111 hash, name."""
     from farm.models import KINDS, ModelFileError, Registry, human_size
 
     registry = Registry(models_dir)
@@ -342,10 +343,10 @@ def models_list(models_dir: str, kind: str | None) -> None:
     for k in [kind] if kind else KINDS:
         for m in registry.unique_files(k):
             try:
-                family, digest = m.family(), m.a1111_hash()
+                family, precision, digest = m.family(), m.precision(), m.a1111_hash()
             except ModelFileError as e:  # a broken file is listed with its problem, not skipped
-                family, digest = "broken", str(e).split(": ", 1)[-1]
-            click.echo(f"{k:<10} {family:<7} {human_size(m.size):>9}  {digest:<12}  {m.name}")
+                family, precision, digest = "broken", "?", str(e).split(": ", 1)[-1]
+            click.echo(f"{k:<12} {family:<17} {precision:<10} {human_size(m.size):>9}  {digest:<12}  {m.name}")
             count += 1
     if not count:
         raise FarmError(f"no {kind or 'model'} files in {models_dir}")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from farm.families import NOT_A_CHECKPOINT, file_family
 from farm.hashes import addnet_file_hash, sha256_file
-from farm.model_files import MODEL_INDEX, ModelFileError, folder_files, is_diffusers_folder, read_safetensors_header
+from farm.model_files import (MODEL_INDEX, MODEL_SUFFIXES, ModelFileError, folder_files, is_diffusers_folder,
+                              read_safetensors_header, read_tensor_shapes, weights_precision)
 
 KINDS = ("checkpoint", "lora", "vae", "embedding", "text_encoder")
 # Sub-folders holding each kind: A1111 names, then ComfyUI names ("." = the models folder itself,
@@ -75,6 +76,13 @@ class ModelFile:
 
     def family(self) -> str:
         return file_family(self.path, self.kind)
+
+    def precision(self) -> str:
+        """What most of its weights are stored as (bf16, fp8_e4m3fn, Q8_0 ...); "?" for a pickle
+        or a diffusers folder (not read here)."""
+        if self.path.is_dir() or self.path.suffix.lower() not in MODEL_SUFFIXES:
+            return "?"
+        return weights_precision(read_tensor_shapes(self.path))
 
 
 def _roots(root: Path) -> list[Path]:

@@ -237,3 +237,15 @@ def test_forge_infotext_keys_both_ways(comfy):
     entries = spec_entries_from_infotext({**parsed, "Prompt": prompt}, notes)
     assert entries["distilled_cfg"] == 3.5 and entries["shift"] == 2 and entries["vae"] == "ae"
     assert entries["text_encoders"] == ["clip_l", "t5xxl_fp16"]
+
+
+def test_models_list_shows_family_and_precision_of_every_part(comfy):
+    from conftest import farm
+
+    result = farm("models", "list", "--models", str(comfy))
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[-1]: line for line in result.stdout.splitlines()}
+    assert "Flux.1 [dev]" in lines["flux1-dev-fp8"] and "fp8_e4m3fn" in lines["flux1-dev-fp8"]
+    assert "Flux.1 [schnell]" in lines["flux1-schnell-Q8_0"] and " Q8_0 " in lines["flux1-schnell-Q8_0"]
+    assert lines["t5xxl_fp8_e4m3fn"].startswith("text_encoder") and "fp8_e4m3fn" in lines["t5xxl_fp8_e4m3fn"]
+    assert lines["qwen_3_4b"].startswith("text_encoder") and lines["ae"].startswith("vae")

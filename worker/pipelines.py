@@ -130,6 +130,7 @@ def load_pipeline(
     device, dtype = _device_dtype(device, dtype)
     worker_family = _parts_family(header_family(tensors))
     if worker_family is not None:
+        dtype = parts_compute_dtype(dtype)
         try:
             pipe = worker_family.load(files, config, dtype)
         except ModelLoadError:
@@ -152,6 +153,15 @@ def load_pipeline(
     except Exception as e:  # diffusers raises many types; the user needs one line naming the file
         raise ModelLoadError(_load_failure(path, config, e)) from e
     return _ready(pipe, path, config, device)
+
+
+def parts_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a family built from parts computes in: the profile's, except fp16 becomes bf16 on
+    a card that has it (Flux, SD3.5 and Z-Image were trained in bf16; their activations overflow
+    fp16, as ComfyUI and Forge also avoid). Turing and older cards keep fp16."""
+    if dtype == torch.float16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16
+    return dtype
 
 
 def _parts_family(name: str):
