@@ -44,7 +44,9 @@ class Family:
     name: str  # "SD1.5", "Flux.1 [dev]": as records, messages and the infotext's notes write it
     display: str  # for people
     checkpoint_keys: tuple[str, ...] = ()  # (SD) an A1111 checkpoint holding a tensor named so is this family
-    pipeline_classes: tuple[str, ...] = ()  # a diffusers folder's model_index.json `_class_name`
+    # a diffusers folder's model_index.json `_class_name` (SD1.5/SDXL; folders of the families built
+    # from parts are not rendered yet: their folders show the class name and are refused)
+    pipeline_classes: tuple[str, ...] = ()
     lora_keys: tuple[str, ...] = ()  # kohya text-encoder prefixes only this family's LoRAs have
     embedding_parts: tuple[str, ...] = ("clip_l",)  # an embedding file's tensors, one per encoder
     default_size: str | None = None  # a job's size when not given (A1111's default); None: SD1.5's
@@ -89,7 +91,7 @@ FLUX_KEY = "double_blocks.0.img_attn.norm.key_norm.scale"  # diffusers' marker o
 FAMILIES = (
     Family("Chroma", "Chroma", denoiser_keys=("distilled_guidance_layer.in_proj.bias",),
            default_size="1024x1024", weights_gb=18.0),
-    Family("Flux.1 [dev]", "FLUX.1 [dev]", pipeline_classes=("FluxPipeline",),
+    Family("Flux.1 [dev]", "FLUX.1 [dev]",
            denoiser_keys=(FLUX_KEY, "guidance_in.in_layer.weight"),
            parts=(CLIP_L, T5XXL, FLUX_VAE), flow=True, default_size="1024x1024", weights_gb=24.0,
            config_folder="flux1-dev",
@@ -98,7 +100,7 @@ FAMILIES = (
            parts=(CLIP_L, T5XXL, FLUX_VAE), flow=True, default_size="1024x1024", weights_gb=24.0,
            config_folder="flux1-schnell",
            defaults=FLOW_DEFAULTS + (("cfg", 1.0), ("steps", 4))),
-    Family("Flux.2 [klein] 4B", "FLUX.2 [klein] 4B", pipeline_classes=("Flux2KleinPipeline",),
+    Family("Flux.2 [klein] 4B", "FLUX.2 [klein] 4B",
            denoiser_keys=("single_stream_modulation.lin.weight",),
            denoiser_width=("single_stream_modulation.lin.weight", 1, 3072),
            parts=(QWEN3_4B, FLUX2_VAE), flow=True, default_size="1024x1024", weights_gb=8.5,
@@ -111,7 +113,7 @@ FAMILIES = (
            defaults=FLOW_DEFAULTS + (("cfg", 1.0), ("steps", 4))),
     Family("Flux.2", "FLUX.2 [dev]", denoiser_keys=("single_stream_modulation.lin.weight",),
            default_size="1024x1024", weights_gb=64.0),
-    Family("SD3.5 Large", "Stable Diffusion 3.5 Large", pipeline_classes=("StableDiffusion3Pipeline",),
+    Family("SD3.5 Large", "Stable Diffusion 3.5 Large",
            denoiser_keys=("joint_blocks.0.context_block.adaLN_modulation.1.bias", "joint_blocks.37.x_block.mlp.fc1.weight"),
            parts=(CLIP_L, CLIP_G, T5XXL, SD3_VAE), flow=True, default_size="1024x1024", weights_gb=17.0,
            config_folder="sd35-large",
@@ -128,7 +130,7 @@ FAMILIES = (
     Family("Qwen-Image", "Qwen-Image", denoiser_keys=("txt_in.text_norm.weight",), absent_keys=(FLUX_KEY,),
            default_size="1328x1328", weights_gb=41.0),
     Family("Krea 2", "Krea 2", denoiser_keys=("txtfusion.projector.weight",), default_size="1024x1024", weights_gb=24.0),
-    Family("Z-Image Turbo", "Z-Image Turbo", pipeline_classes=("ZImagePipeline",),
+    Family("Z-Image Turbo", "Z-Image Turbo",
            denoiser_keys=("layers.0.adaLN_modulation.0.weight", "cap_pad_token"),
            parts=(QWEN3_4B, FLUX_VAE), flow=True, default_size="1024x1024", weights_gb=12.5,
            config_folder="zimage-turbo",
