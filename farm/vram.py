@@ -166,7 +166,7 @@ def footprint(family_name: str, checkpoint: Path, parts: dict[str, Path | None] 
         inside[part.role] = {k: v for k, v in tensors.items() if k.startswith(prefixes)}
     taken = {k for found in inside.values() for k in found}
     for part in facts.parts:
-        if part.role not in parts and inside[part.role]:  # the checkpoint's own part is used
+        if parts.get(part.role) is None and inside[part.role]:  # the checkpoint's own part is used
             w = Weights(sum(_tensor_bytes(*v) for v in inside[part.role].values()),
                         weights_precision(inside[part.role]))
             if part.kind == "vae":
@@ -205,8 +205,8 @@ def _folder_footprint(family_name: str, folder: Path) -> Footprint:
 
 # family -> precision -> its denoiser file in GB (10^9 bytes, as Hugging Face lists files).
 TYPICAL_DENOISER_GB: dict[str, dict[str, float]] = {
-    "Flux.1 [dev]": {"bf16": 23.8, "fp8_e4m3fn": 11.9, "Q8_0": 12.7, "Q4_K": 6.8},
-    "Flux.1 [schnell]": {"bf16": 23.8, "fp8_e4m3fn": 11.9, "Q8_0": 12.7, "Q4_K": 6.8},
+    "Flux.1 [dev]": {"bf16": 23.8, "fp8_e4m3fn": 11.9, "Q8_0": 12.6, "Q4_K": 6.7},
+    "Flux.1 [schnell]": {"bf16": 23.8, "fp8_e4m3fn": 11.9, "Q8_0": 12.6, "Q4_K": 6.7},
     "Flux.2 [klein] 4B": {"bf16": 7.8},
     "Flux.2 [klein] 9B": {"bf16": 18.2},
     "SD3.5 Large": {"bf16": 16.3},
@@ -281,5 +281,6 @@ def unholdable(routes: dict, workers: list[dict], weigh) -> list[str]:
         what = fp.family if fp.precision == "?" else f"{fp.family}, {fp.precision}"
         lines.append(f"{tasks} task(s) of '{checkpoint}' ({what}) need up to ~{need:.1f} GB of VRAM ({pixels} pixels "
                      f"per render); the largest live worker, {w_big.get('name', '?')}, has {big.vram_gb:.1f} GB with "
-                     f"--vram {big.mode}: they wait for a worker that can hold them (--vram med/low, or smaller files)")
+                     f"--vram {big.mode}: they wait for a worker that can hold them (more VRAM, --vram med or low, "
+                     "or an fp8/GGUF file)")
     return lines
