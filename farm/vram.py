@@ -209,8 +209,8 @@ TYPICAL_DENOISER_GB: dict[str, dict[str, float]] = {
     "Flux.1 [schnell]": {"bf16": 23.8, "fp8_e4m3fn": 11.9, "Q8_0": 12.6, "Q4_K": 6.7},
     "Flux.2 [klein] 4B": {"bf16": 7.8},
     "Flux.2 [klein] 9B": {"bf16": 18.2},
-    "SD3.5 Large": {"bf16": 16.3},
-    "SD3.5 Medium": {"bf16": 4.9},
+    "SD3.5 Large": {"bf16": 16.2},
+    "SD3.5 Medium": {"bf16": 5.0},
     "Z-Image Turbo": {"bf16": 12.3},
 }
 # part role -> (GB, precision) of the file ComfyUI's example workflows use.

@@ -212,3 +212,17 @@ def test_farm_submit_warns_and_farm_workers_shows_mode_and_dtype(redis_server, t
     result = farm("submit", str(spec), "--broker", redis_server.url, "--store", str(tmp_path / "out2"),
                   "--models", str(models))
     assert result.returncode == 0 and "warning:" not in result.stderr
+
+
+def test_the_docs_table_shows_the_typical_files():
+    from farm.vram import TYPICAL_DENOISER_GB
+
+    text = (Path(__file__).parent.parent / "docs" / "models.md").read_text()
+    table = text.split("## VRAM", 1)[1].split("**Sources", 1)[0]
+    for family, sizes in TYPICAL_DENOISER_GB.items():
+        assert family.split(" [")[0] in table
+        for precision, gb in sizes.items():
+            assert f"| {precision} | {gb} |" in table, (family, precision)
+            fp = typical_footprint(family, precision)
+            needs = " | ".join(f"{need_gb(fp, MP, mode, 'bf16'):.1f}" for mode in ("high", "med", "low"))
+            assert f"| {needs} |" in table, (family, precision, needs)
