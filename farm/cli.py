@@ -404,6 +404,8 @@ def worker(broker, models_dir, name, gpu, store_url, max_pixels, tags, max_batch
               help="Models folder, to check checkpoint names and pin their hashes before queueing.")
 def submit(spec, broker, store_url, models_dir) -> None:
     """Queue a job's tasks for the farm's workers; prints the job id."""
+    from rich.markup import escape
+
     from farm.dispatch import submit as submit_job
     from farm.ledger import BrokerUnreachable, safe_url
 
@@ -412,7 +414,8 @@ def submit(spec, broker, store_url, models_dir) -> None:
     job = load_spec_or_exit(spec, models if models.is_dir() else None)
     store = store_or_exit(conf.store)
     try:
-        count = submit_job(job, store, conf.broker_url)
+        count = submit_job(job, store, conf.broker_url, models if models.is_dir() else None,
+                           warn=lambda line: console.print(f"[yellow]warning:[/yellow] {escape(line)}", markup=True))
     except BrokerUnreachable as e:
         raise FarmError(str(e)) from None
     click.echo(job.job_id)

@@ -6,11 +6,14 @@ then write the job record to the store, then register the job's live state, then
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Iterable
 
 from farm.batching import group_size, group_tasks
 from farm.celery_app import REFRESH_TASK, make_app
 from farm.expand import expand
+from farm.families import UNKNOWN
 from farm.jobs import finish_job, write_job_record
 from farm.ledger import Ledger, connect
 from farm.messages import Route, route_of, send, worker_queue
@@ -19,19 +22,26 @@ from farm.store import Store, record_key
 from farm.store.layout import records_prefix
 from farm.task import RenderTask
 from farm.tunables import PUBLISH_BATCH
+from farm.vram import Footprint, Weights, footprint, has_parts, typical_footprint, unholdable
 
 
 def publish(broker_url: str, tasks: Iterable[RenderTask], store_url: str, priority: str = "normal",
-            tags: tuple[str, ...] = (), task_count: int = 0, group: int | None = None) -> int:
+            tags: tuple[str, ...] = (), task_count: int = 0, group: int | None = None,
+            weigh: Callable[[Route], Footprint | None] | None = None,
+            warn: Callable[[str], None] | None = None) -> int:
     """Queue render tasks in groups that can share a diffusion batch (farm/batching.py; `group`
     tasks per message at most, by default sized from task_count and the live workers), each group
     on its route's queue (farm/messages.py), with pipelined publishing (kombu's Producer.batch);
-    then tell the workers to look at their queues again. Returns the number of tasks queued."""
+    then tell the workers to look at their queues again. Returns the number of tasks queued.
+    With `weigh` (route -> what its render holds) and `warn`: one warning per checkpoint whose tasks
+    no live worker could hold (farm/vram.py); they are queued all the same."""
     app = make_app(broker_url)
     ledger = Ledger(connect(broker_url))
+    workers = ledger.workers()
     if group is None:
-        group = group_size(task_count, len(ledger.workers()))
+        group = group_size(task_count, len(workers))
     known: dict[Route, Route] = {}  # one instance per route, so its queue name is computed once
+    counts: dict[Route, int] = {}
     count = 0
     with app.producer_or_acquire() as producer:
         with producer.batch(max_size=PUBLISH_BATCH):
@@ -44,8 +54,47 @@ def publish(broker_url: str, tasks: Iterable[RenderTask], store_url: str, priori
                 route = known[route]
                 send(app, tasks_, store_url, route.queue, producer)
                 count += len(tasks_)
+                counts[route] = counts.get(route, 0) + len(tasks_)
     wake_workers(app, ledger)
+    if weigh is not None and warn is not None:
+        for line in unholdable(counts, workers, weigh):
+            warn(line)
     return count
+
+
+def weigher(spec: JobSpec, models_dir: Path | None = None) -> Callable[[Route], Footprint | None]:
+    """route -> what its render holds, for the submit warning: from the coordinator's own files when
+    it has the models folder, else the family's smallest usual files (farm/vram.py TYPICAL_*: a
+    warning then means no file of that family could fit); None for an unknown family."""
+    from farm.model_files import ModelFileError
+    from farm.models import Registry
+
+    registry = Registry(models_dir) if models_dir else None
+    cache: dict[tuple, Footprint | None] = {}
+
+    def weigh(route: Route) -> Footprint | None:
+        key = (route.checkpoint, route.parts)
+        if key in cache:
+            return cache[key]
+        name = spec.family_of(route.checkpoint)
+        if name == UNKNOWN:
+            fp = None
+        elif not has_parts(name):
+            fp = Footprint(name, Weights(0, "?"))  # SD1.5/SDXL: the family's weights_gb
+        else:
+            fp = typical_footprint(name, None, "t5xxl_fp8")
+            path = spec.checkpoint_files.get(route.checkpoint)
+            if path is not None and registry is not None:
+                try:
+                    parts = {role: registry.resolve("vae" if role == "vae" else "text_encoder", file).path
+                             if file else None for role, file in route.parts}
+                    fp = footprint(name, path, parts)
+                except (ModelFileError, OSError):
+                    pass
+        cache[key] = fp
+        return fp
+
+    return weigh
 
 
 def wake_workers(app, ledger: Ledger) -> None:
@@ -55,12 +104,16 @@ def wake_workers(app, ledger: Ledger) -> None:
         app.send_task(REFRESH_TASK, queue=worker_queue(worker["name"]), expires=120)
 
 
-def submit(spec: JobSpec, store: Store, broker_url: str) -> int:
-    """Record the job in the store and queue all its tasks; returns the number queued."""
+def submit(spec: JobSpec, store: Store, broker_url: str, models_dir: Path | None = None,
+           warn: Callable[[str], None] | None = None) -> int:
+    """Record the job in the store and queue all its tasks; returns the number queued. `warn` is
+    told of each checkpoint whose tasks no live worker could hold (weighed with the files of
+    `models_dir` when given)."""
     ledger = Ledger(connect(broker_url))
     info = write_job_record(store, spec)
     ledger.register_job(spec.job_id, info)
-    return publish(broker_url, expand(spec), store.url, spec.priority, spec.requires, spec.task_count())
+    return publish(broker_url, expand(spec), store.url, spec.priority, spec.requires, spec.task_count(),
+                   weigh=weigher(spec, models_dir) if warn else None, warn=warn)
 
 
 def resume(spec: JobSpec, store: Store, broker_url: str) -> tuple[int, int]:

@@ -36,29 +36,43 @@ class Route:
     checkpoint_hash: str | None
     pixels: int  # width * height * batch size: what decides the memory a render needs
     tags: tuple[str, ...] = ()
+    # A family built from parts: ((role, file name), ...) of its text encoders and VAE ("" for a part
+    # the checkpoint holds), so a worker can weigh the files the render holds (farm/vram.py); () for
+    # SD1.5/SDXL, whose queue names are therefore those they always had.
+    parts: tuple[tuple[str, str], ...] = ()
+
+    def _fields(self) -> dict:
+        data = asdict(self)
+        if not self.parts:  # left out at its default: the queue names of existing routes stay
+            del data["parts"]
+        return data
 
     @cached_property  # publishing asks for it once per task
     def queue(self) -> str:
         """A queue name people can read in redis-cli, unique per route."""
-        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        digest = hashlib.sha1(json.dumps(self._fields(), sort_keys=True).encode()).hexdigest()[:8]
         # a checkpoint may be `sub/name`, `org/name` or hold spaces: readable, not verbatim (the digest
         # keeps names unique)
         name = re.sub(r"[^\w.-]+", "_", self.checkpoint)
         return f"{QUEUE_PREFIX}{PRIORITIES[self.priority]}.{name}.{self.pixels}.{digest}"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self._fields(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Route":
         data = json.loads(text)
         data["tags"] = tuple(data.get("tags", ()))
+        data["parts"] = tuple(tuple(p) for p in data.get("parts", ()))
         return cls(**data)
 
 
 def route_of(task: RenderTask, priority: str = "normal", tags: tuple[str, ...] = ()) -> Route:
-    """The route of a task's queue (a group of tasks with equal batch keys shares it)."""
-    return Route(priority, task.checkpoint, task.checkpoint_hash, task.width * task.height * task.batch_size, tags)
+    """The route of a task's queue (a group of tasks with equal batch keys shares it: text encoders
+    and VAE are in the batch key)."""
+    parts = (*sorted(task.text_encoders.items()), ("vae", task.vae)) if task.text_encoders else ()
+    return Route(priority, task.checkpoint, task.checkpoint_hash, task.width * task.height * task.batch_size, tags,
+                 parts)
 
 
 def send(app, tasks: list[RenderTask], store_url: str, queue: str, producer=None) -> None:

@@ -87,16 +87,23 @@ def list_jobs(ledger: Ledger) -> None:
     stdout_console().print(table)
 
 
-def list_workers(ledger: Ledger) -> None:
-    table = Table("worker", "host", "GPU", "VRAM GB", "profile", "checkpoint", "images", "loads", "loading s",
+def worker_mode(w: dict) -> str:
+    """A worker's memory mode and what it offloads: `high`, `med (model offload)`, `low (group offload)`."""
+    mode = w.get("profile", "")
+    offload = w.get("offload", "")
+    return f"{mode} ({offload} offload)" if offload and offload != "none" else mode
+
+
+def list_workers(ledger: Ledger, console: Console | None = None) -> None:
+    table = Table("worker", "host", "GPU", "VRAM GB", "mode", "dtype, batch", "checkpoint", "images", "loads", "loading s",
                   "task", "last seen")
     now = time.time()
     for w in ledger.workers():
         ago = now - float(w.get("last_seen", now))
-        profile = " ".join(w[k] for k in ("profile", "precision") if w.get(k))
+        dtype = w.get("precision", "")
         if w.get("max_batch"):
-            profile += f", batch {w['max_batch']}"
-        table.add_row(w.get("name", ""), w.get("host", ""), w.get("gpu", ""), w.get("vram_gb", ""), profile,
-                      w.get("checkpoint", ""), w.get("images_done", "0"), w.get("loads", "0"),
+            dtype += f", batch {w['max_batch']}"
+        table.add_row(w.get("name", ""), w.get("host", ""), w.get("gpu", ""), w.get("vram_gb", ""), worker_mode(w),
+                      dtype, w.get("checkpoint", ""), w.get("images_done", "0"), w.get("loads", "0"),
                       w.get("load_seconds", "0"), w.get("task", ""), f"{ago:.0f} s ago")
-    stdout_console().print(table)
+    (console or stdout_console()).print(table)

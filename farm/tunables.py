@@ -78,6 +78,10 @@ TILE_ABOVE_PIXELS = 1024 * 1024
 # Pixels per GB of VRAM left after a family's weights, for the pixel budget of routing and batching:
 # measured activations plus the VAE decode of SD1.5/SDXL in fp16, with a margin.
 PIXELS_PER_FREE_GB = 0.5 * 1024 * 1024
+# `--vram low` (block-level group offload, one block per group): the share of a denoiser on the card
+# at once, for routing (farm/vram.py). Flux.1's largest block (a double-stream block, ~0.34 of its
+# 11.9 B parameters) is ~3 %, plus the layers outside the blocks; 10 % leaves room for both.
+LOW_RESIDENT_FRACTION = 0.10
 # Most images per diffusion call when the worker picks the batch: beyond 8 a batch buys little speed
 # and delays every image in it.
 MAX_AUTO_BATCH = 8

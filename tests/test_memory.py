@@ -17,6 +17,9 @@ def test_auto_picks_by_vram_and_cpu_runs_fp32():
     gpu = choose_profile(vram_gb=8)
     assert (gpu.precision, gpu.dtype, gpu.device, gpu.offload) == ("fp16", torch.float16, "cuda:0", "model")
     assert choose_profile("low", "bf16", vram_gb=24).offload == "block"
+    # what `farm workers` shows and `farm submit` weighs tasks against (farm/vram.py)
+    assert choose_profile("low", "bf16", vram_gb=24).as_info() == {"profile": "low", "precision": "bf16",
+                                                                  "attention": "sdpa", "offload": "group"}
     assert choose_profile("high", vram_gb=4).offload is None  # an explicit choice wins
     cpu = choose_profile("low", "fp16")  # this host has no GPU
     assert (cpu.device, cpu.precision, cpu.offload, cpu.vram_gb) == ("cpu", "fp32", None, 0.0)

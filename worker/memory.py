@@ -53,8 +53,10 @@ class MemoryProfile:
         return f"vram {self.vram}, {self.precision}, {self.attention} attention, VAE {vae}, device {self.device}"
 
     def as_info(self) -> dict:
-        """For the heartbeat (`farm workers`)."""
-        return {"profile": self.vram, "precision": self.precision, "attention": self.attention}
+        """For the heartbeat (`farm workers`; `farm submit` weighs tasks against live workers'
+        vram_gb, profile and precision, farm/dispatch.py)."""
+        return {"profile": self.vram, "precision": self.precision, "attention": self.attention,
+                "offload": {None: "none", "model": "model", "block": "group"}[self.offload]}
 
 
 def choose_profile(vram: str = "auto", precision: str = "auto", attention: str = "sdpa", vae_fp32: bool = False,

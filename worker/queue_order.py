@@ -24,17 +24,23 @@ import hashlib
 from dataclasses import dataclass, field
 
 from farm.messages import PRIORITIES, Route
+from farm.vram import Footprint, Memory
 
 
 @dataclass
 class Capabilities:
     """What a worker offers: the checkpoints it has (name -> sha256, or None when not hashed yet),
     the most pixels it renders at once per checkpoint (a card fits fewer SDXL pixels than SD1.5
-    pixels; a checkpoint without an entry has no limit), and free-form tags ('fast', 'sdxl'...)."""
+    pixels; a checkpoint without an entry has no limit), and free-form tags ('fast', 'sdxl'...).
+    For families built from parts: `footprints`, (checkpoint, route.parts) -> what its render holds
+    here (farm/vram.py), or why it cannot render here (a part it lacks); `memory`, the card and
+    mode they are weighed against (None: no limit, a CPU worker)."""
 
     checkpoints: dict[str, str | None]
     max_pixels: dict[str, int] = field(default_factory=dict)
     tags: frozenset[str] = field(default_factory=frozenset)
+    footprints: dict[tuple[str, tuple], Footprint | str] = field(default_factory=dict)
+    memory: Memory | None = None
 
     def why_not(self, route: Route) -> str | None:
         """None if this worker can render the route, else the reason."""
@@ -43,6 +49,13 @@ class Capabilities:
         have = self.checkpoints[route.checkpoint]
         if route.checkpoint_hash and have and have != route.checkpoint_hash:
             return f"checkpoint '{route.checkpoint}' here has other weights"
+        fp = self.footprints.get((route.checkpoint, route.parts))
+        if isinstance(fp, str):
+            return fp
+        if fp is not None and self.memory is not None:
+            reason = self.memory.why_not(fp, route.pixels, f"'{route.checkpoint}'")
+            if reason:
+                return reason
         limit = self.max_pixels.get(route.checkpoint)
         if limit is not None and route.pixels > limit:
             return f"{route.pixels} pixels per render exceed this worker's {limit} for '{route.checkpoint}'"

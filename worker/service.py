@@ -113,7 +113,8 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     worker_shutting_down.connect(lambda **_: setattr(ctx, "stopping", True), weak=False)
     home = worker_queue(name)
     vram = float(static["vram_gb"]) if static["gpu"] != "cpu" else None
-    steering.install(app, steering.Steering(ledger, ctx, models, vram, max_pixels, tags, home))
+    steering.install(app, steering.Steering(ledger, ctx, models, vram, max_pixels, tags, home,
+                                            mode=profile.vram, dtype=profile.precision))
     static["tags"] = ",".join(sorted(tags))
     stop = threading.Event()
     # The refresh itself runs in the worker's own thread, after a no-op task sent to itself.

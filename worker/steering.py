@@ -22,6 +22,9 @@ from farm.families import checkpoint_family, pixel_budget
 from farm.hashes import sha256_file
 from farm.ledger import Ledger
 from farm.messages import Route
+from farm.model_files import ModelFileError
+from farm.models import Registry
+from farm.vram import Footprint, Memory, footprint, has_parts
 from worker.queue_order import Capabilities, next_checkpoint, queue_order
 
 log = logging.getLogger("seedfarm.worker")
@@ -29,11 +32,14 @@ log = logging.getLogger("seedfarm.worker")
 
 class Steering:
     def __init__(self, ledger: Ledger, ctx, models_dir: Path, vram_gb: float | None,
-                 max_pixels: int | None, tags: frozenset[str], home_queue: str):
+                 max_pixels: int | None, tags: frozenset[str], home_queue: str,
+                 mode: str = "high", dtype: str = "fp16"):
         self.ledger = ledger
         self.ctx = ctx
         self.models_dir = models_dir
         self.vram_gb = vram_gb  # None on a CPU worker: no pixel limit
+        self.memory = Memory(vram_gb, mode, dtype) if vram_gb is not None else None
+        self._footprints: dict[tuple, Footprint | None] = {}  # files and their sizes -> what they hold
         self.max_pixels = max_pixels
         self.tags = tags
         self.home_queue = home_queue  # this worker's own queue; always read, never reordered
@@ -45,18 +51,51 @@ class Steering:
         files = find_checkpoints(self.models_dir)
         checkpoints: dict[str, str | None] = {name: None for name in files}
         limits: dict[str, int] = {}
+        footprints: dict[tuple[str, tuple], Footprint | str] = {}
+        registry = Registry(self.models_dir)
         for route in routes.values():
             path = files.get(route.checkpoint)
             if path is None:
                 continue
             if route.checkpoint_hash:
                 checkpoints[route.checkpoint] = sha256_file(path)  # cached after the first time
+            # the family from the file's header or the folder's model_index.json alone
+            family_name = checkpoint_family(route.checkpoint, files, {})
             if self.max_pixels is not None:
                 limits[route.checkpoint] = self.max_pixels
-            elif self.vram_gb is not None:
-                # the family from the file's header or the folder's model_index.json alone
-                limits[route.checkpoint] = pixel_budget(self.vram_gb, checkpoint_family(route.checkpoint, files, {}))
-        return Capabilities(checkpoints, limits, self.tags)
+            elif self.vram_gb is not None and not has_parts(family_name):
+                limits[route.checkpoint] = pixel_budget(self.vram_gb, family_name)
+            key = (route.checkpoint, route.parts)
+            if has_parts(family_name) and key not in footprints:
+                held = self.footprint(family_name, path, route.parts, registry)
+                if held is not None:
+                    footprints[key] = held
+        return Capabilities(checkpoints, limits, self.tags, footprints, self.memory)
+
+    def footprint(self, family_name: str, path: Path, parts: tuple[tuple[str, str], ...],
+                  registry: Registry) -> Footprint | str | None:
+        """What a render of this checkpoint with these parts holds here (farm/vram.py), from this
+        worker's own files; a line saying which part is missing here; None when a file cannot be
+        read (the task then fails on load, with the file's own message)."""
+        files: dict[str, Path | None] = {}
+        for role, name in parts:
+            if not name:
+                files[role] = None  # the checkpoint's own
+                continue
+            kind = "vae" if role == "vae" else "text_encoder"
+            try:
+                files[role] = registry.resolve(kind, name, label="VAE" if kind == "vae" else "text encoder").path
+            except ModelFileError:
+                return f"no {'VAE' if kind == 'vae' else role + ' text encoder'} '{name}' here"
+        try:
+            stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime) for p in (path, *filter(None, files.values())))
+            key = (family_name, tuple(sorted(files)), stats)
+            if key not in self._footprints:
+                self._footprints[key] = footprint(family_name, path, files)
+            return self._footprints[key]
+        except (ModelFileError, OSError) as e:
+            log.debug("cannot weigh %s: %s", path, e)
+            return None
 
     def refresh(self, force: bool = True) -> None:
         """Recompute the queue order. Unless forced, skipped while the first queue in the order
