@@ -140,9 +140,7 @@ def _parts_to_task(v: dict, spec) -> dict:
 def _modules_info(task, seed: int) -> dict:
     """Forge's `Module 1: ae, Module 2: clip_l, ...`: the VAE and text encoder files a model built
     from parts rendered with (its own when the checkpoint holds them: then none is written)."""
-    if not task.text_encoders:
-        return {}
-    names = ([task.vae] if task.vae else []) + list(task.text_encoders.values())
+    names = ([task.vae] if task.vae and task.text_encoders else []) + [n for n in task.text_encoders.values() if n]
     return {f"Module {i}": name for i, name in enumerate(names, 1)}
 
 

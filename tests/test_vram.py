@@ -226,3 +226,17 @@ def test_the_docs_table_shows_the_typical_files():
             fp = typical_footprint(family, precision)
             needs = " | ".join(f"{need_gb(fp, MP, mode, 'bf16'):.1f}" for mode in ("high", "med", "low"))
             assert f"| {needs} |" in table, (family, precision, needs)
+
+
+def test_auto_mode_offloads_only_the_models_that_need_it():
+    """`--vram auto` on a 24 GB card: Flux.1 [dev] Q8_0 stays whole on the card, bf16 (23.8 GB
+    denoiser + T5) gets an offloading mode; a mode the user chose is never changed; SD keeps its."""
+    from worker.memory import MemoryProfile, profile_for
+
+    auto = MemoryProfile("high", "fp16", "sdpa", False, "cuda:0", 24.0, auto=True)
+    assert profile_for(auto, FLUX, flux("Q8_0")).vram == "high"
+    assert profile_for(auto, FLUX, flux("bf16")).vram in ("med", "low")
+    assert fits(flux("bf16"), MP, 24, profile_for(auto, FLUX, flux("bf16")).vram)
+    chosen = MemoryProfile("high", "fp16", "sdpa", False, "cuda:0", 24.0)
+    assert profile_for(chosen, FLUX, flux("bf16")).vram == "high"
+    assert profile_for(auto, "SDXL", typical_footprint("SDXL")).vram == "high"

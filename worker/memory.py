@@ -13,7 +13,7 @@ TILE_ABOVE_PIXELS (it changes the image slightly, so a `high` worker never tiles
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -38,6 +38,7 @@ class MemoryProfile:
     vae_fp32: bool  # A1111 --no-half-vae
     device: str  # "cuda:0" ... or "cpu"
     vram_gb: float  # 0 on a CPU-only host
+    auto: bool = False  # the mode came from `--vram auto`: a model that does not fit it may offload more
 
     @property
     def dtype(self) -> torch.dtype:
@@ -70,11 +71,28 @@ def choose_profile(vram: str = "auto", precision: str = "auto", attention: str =
         vram_gb = _gpu_vram_gb(gpu)
     if vram_gb <= 0:  # CPU only: fp16 on a CPU is slow and poorly supported, offload needs a GPU
         return MemoryProfile("high", "fp32", "sdpa", False, "cpu", 0.0)
-    if vram == "auto":
+    auto = vram == "auto"
+    if auto:
         vram = next(mode for floor, mode in AUTO_VRAM_GB if vram_gb >= floor)
     if precision == "auto":
         precision = "fp16"
-    return MemoryProfile(vram, precision, attention, vae_fp32, f"cuda:{gpu or 0}", vram_gb)
+    return MemoryProfile(vram, precision, attention, vae_fp32, f"cuda:{gpu or 0}", vram_gb, auto)
+
+
+def profile_for(profile: MemoryProfile, family_name: str, footprint) -> MemoryProfile:
+    """The profile one model loads under. With `--vram auto`, a model built from parts (Flux,
+    SD3.5 ...) that does not fit the card in the profile's mode gets the lightest mode that holds
+    it (farm/vram.py, for a 1-megapixel render): Flux.1 [dev] bf16 on a 24 GB card renders with
+    model offload, Q8_0 without. A mode the user chose is kept."""
+    from farm.vram import MODES, fits, has_parts
+
+    if not profile.auto or footprint is None or not has_parts(family_name) or profile.vram_gb <= 0:
+        return profile
+    start = MODES.index(profile.vram)
+    for mode in MODES[start:]:
+        if fits(footprint, 1024 * 1024, profile.vram_gb, mode, profile.precision):
+            return replace(profile, vram=mode)
+    return replace(profile, vram=MODES[-1])
 
 
 def _gpu_vram_gb(gpu: int | None) -> float:

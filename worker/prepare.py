@@ -20,9 +20,10 @@ from farm.models import Registry
 from farm.prompts import extract_extra_networks, lora_refs
 from farm.task import RenderTask
 from worker.embeddings import load_embeddings, unload_embeddings, used_embeddings
-from worker.families import of_pipeline
+from worker.families import ModelFiles, PartsFamily, of_pipeline
 from worker.lora import apply_loras, remove_loras
-from worker.memory import MemoryProfile, apply_profile, auto_max_batch, choose_profile, place, prepare_vae, set_vae_tiling
+from worker.memory import (MemoryProfile, apply_profile, auto_max_batch, choose_profile, place, prepare_vae,
+                           profile_for, set_vae_tiling)
 from worker.pipelines import load_pipeline
 from worker.safe_load import ModelLoadError
 from worker.vae import VaeSwap
@@ -35,14 +36,20 @@ class TaskModels:
         self.allow_pickle = allow_pickle
         self._vaes = VaeSwap()
 
-    def load(self, checkpoint: Path):
-        """The PipelineCache's loader: load on the CPU in the profile's dtype, then place it."""
+    def load(self, checkpoint: Path | ModelFiles):
+        """The PipelineCache's loader: load on the CPU in the profile's dtype, then place it under
+        the profile this model gets (profile_for: `--vram auto` offloads a model that needs it)."""
         pipe = load_pipeline(checkpoint, device="cpu", dtype=self.profile.dtype, allow_pickle=self.allow_pickle)
-        return apply_profile(pipe, self.profile)
+        profile = profile_for(self.profile, of_pipeline(pipe).name, _footprint(checkpoint, of_pipeline(pipe).name))
+        pipe.seedfarm_profile = profile
+        return apply_profile(pipe, profile)
+
+    def profile_of(self, pipe) -> MemoryProfile:
+        return getattr(pipe, "seedfarm_profile", self.profile)
 
     def max_batch(self, pipe, task: RenderTask) -> int:
         """Images of this task's size per diffusion call, from the card's pixel budget."""
-        return auto_max_batch(self.profile, of_pipeline(pipe).name, task.width, task.height)
+        return auto_max_batch(self.profile_of(pipe), of_pipeline(pipe).name, task.width, task.height)
 
     def render(self, pipe, kind, slots: list) -> list:
         """The images of `slots` (worker.render.Slot), rendered by the task kind's module."""
@@ -63,9 +70,10 @@ class TaskModels:
         own_vae = pipe.vae
         extra: dict[str, str] = {}
         try:
-            if task.vae:
+            # a family built from parts was built with the task's VAE (worker.context.model_files)
+            if task.vae and not isinstance(of_pipeline(pipe), PartsFamily):
                 extra.update(self._use_vae(pipe, task.vae, task.vae_hash))
-            set_vae_tiling(pipe, self.profile, task.width, task.height)
+            set_vae_tiling(pipe, self.profile_of(pipe), task.width, task.height)
             lora_hashes = apply_loras(pipe, refs, self.registry, self.allow_pickle)
             if lora_hashes:
                 extra["Lora hashes"] = _hash_list(lora_hashes)
@@ -81,7 +89,7 @@ class TaskModels:
             remove_loras(pipe)
             if pipe.vae is not own_vae:
                 pipe.vae = own_vae
-                place(pipe, self.profile)
+                place(pipe, self.profile_of(pipe))
 
     def _use_vae(self, pipe, name: str, expected_hash: str | None) -> dict[str, str]:
         try:
@@ -95,10 +103,21 @@ class TaskModels:
                 f"{expected_hash[:10]}: copy the same file to this worker"
             )
         vae = self._vaes.get(model.path, pipe.seedfarm_config_dir, self.allow_pickle)
-        prepare_vae(vae, self.profile)
+        prepare_vae(vae, self.profile_of(pipe))
         pipe.vae = vae
-        place(pipe, self.profile)
+        place(pipe, self.profile_of(pipe))
         return {"VAE hash": digest[:10], "VAE": model.name}
+
+
+def _footprint(checkpoint: Path | ModelFiles, family_name: str):
+    """What the model holds (farm/vram.py), or None when its files cannot say."""
+    from farm.vram import footprint
+
+    files = checkpoint if isinstance(checkpoint, ModelFiles) else ModelFiles(Path(checkpoint))
+    try:
+        return footprint(family_name, files.checkpoint, dict(files.parts))
+    except (ModelFileError, OSError):
+        return None
 
 
 def _ti_hashes(embeddings: dict[str, Path]) -> dict[str, str]:

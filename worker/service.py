@@ -114,7 +114,9 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     home = worker_queue(name)
     vram = float(static["vram_gb"]) if static["gpu"] != "cpu" else None
     steering.install(app, steering.Steering(ledger, ctx, models, vram, max_pixels, tags, home,
-                                            mode=profile.vram, dtype=profile.precision))
+                                            # --vram auto: a model that needs it is offloaded more
+                                            mode="low" if profile.auto else profile.vram,
+                                            dtype=profile.precision))
     static["tags"] = ",".join(sorted(tags))
     stop = threading.Event()
     # The refresh itself runs in the worker's own thread, after a no-op task sent to itself.
