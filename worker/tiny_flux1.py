@@ -71,15 +71,9 @@ def tiny_pipeline(guidance: bool = True):
         torch.manual_seed(TINY_SEED)
         text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP))
         text_encoder_2 = T5EncoderModel(T5Config(**T5))
-        vae = AutoencoderKL(**VAE)
-        torch.manual_seed(TINY_SEED + 1)  # the same parts for both variants
-        transformer = FluxTransformer2DModel(**TRANSFORMER, guidance_embeds=guidance)
-        # random-init norms are exactly 1 and biases 0; real ones are not
-        for model in (transformer, vae):
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    if p.ndim == 1:
-                        p.add_(torch.randn(p.shape) * 0.1)
+        vae = _real_norms(AutoencoderKL(**VAE))
+        torch.manual_seed(TINY_SEED + 1)  # the same parts for both variants, whatever the transformer draws
+        transformer = _real_norms(FluxTransformer2DModel(**TRANSFORMER, guidance_embeds=guidance))
     with torch.no_grad():
         for p in text_encoder_2.parameters():  # fp16-representable: t5xxl_fp16 loads back exactly
             p.copy_(p.to(torch.float16).to(torch.float32))
@@ -91,6 +85,16 @@ def tiny_pipeline(guidance: bool = True):
         m.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _real_norms(model):
+    """Random-init norms are exactly 1 and biases 0; real ones are not (and a tiny model whose
+    every bias is 0 hides mistakes in their conversion)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn(p.shape) * 0.1)
+    return model
 
 
 # ---- the users' layouts ---------------------------------------------------------------------------
