@@ -283,6 +283,9 @@ def load_transformer(path: Path, config_dir: Path, dtype):
                                       or tensors)
         state = _tensors(path, (DENOISER_PREFIX, ""))
     state = {k.removeprefix(DENOISER_PREFIX): v for k, v in state.items()}
+    if any(k.endswith(".scale_weight") for k in state):  # ComfyUI's "scaled fp8": per-weight scales
+        raise ModelLoadError(f"{path.name}: a \"scaled fp8\" Flux.1 file (.scale_weight tensors) is not supported; "
+                             "use a plain fp8, bf16 or GGUF file")
     has_guidance = "guidance_in.in_layer.weight" in state
     if has_guidance != bool(config["guidance_embeds"]):
         want = "Flux.1 [dev] (guidance_in.* weights)" if config["guidance_embeds"] else "Flux.1 [schnell] (no guidance_in.*)"
