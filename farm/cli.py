@@ -318,7 +318,8 @@ def models() -> None:
 
 @models.command("make-tiny")
 @click.argument("models_dir", type=click.Path(file_okay=False))
-@click.option("--name", default=None, help=f"File name (stem); default: {DEMO_CHECKPOINT} for SD1.5 and SDXL, the family's own otherwise.")
+@click.option("--name", default=None,
+              help=f"File name (stem); default: {DEMO_CHECKPOINT} for SD1.5 and SDXL, the family's own otherwise.")
 @click.option("--family", "family_name", default="SD1.5", show_default=True,
               help='The model family, as `farm models list` names it, e.g. "SDXL", "Flux.1 [dev]".')
 @click.option("--sdxl", is_flag=True, help="Same as --family SDXL.")
