@@ -318,14 +318,25 @@ def models() -> None:
 
 @models.command("make-tiny")
 @click.argument("models_dir", type=click.Path(file_okay=False))
-@click.option("--name", default=DEMO_CHECKPOINT, show_default=True)
-@click.option("--sdxl", is_flag=True, help="An SDXL-family model (two text encoders) instead of SD1.5.")
-def make_tiny_cmd(models_dir: str, name: str, sdxl: bool) -> None:
-    """Write a tiny random-weight checkpoint (A1111 layout) into MODELS_DIR."""
+@click.option("--name", default=None,
+              help=f"File name (stem); default: {DEMO_CHECKPOINT} for SD1.5 and SDXL, the family's own otherwise.")
+@click.option("--family", "family_name", default="SD1.5", show_default=True,
+              help='The model family, as `farm models list` names it, e.g. "SDXL", "Flux.1 [dev]".')
+@click.option("--sdxl", is_flag=True, help="Same as --family SDXL.")
+def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: bool) -> None:
+    """Write a tiny random-weight model of a family into MODELS_DIR, in its users' layout (SD: an
+    A1111 checkpoint; Flux and other families built from parts: the denoiser in diffusion_models/
+    and its text encoders and VAE beside it). Prints the checkpoint's path."""
     need_worker_extra()
-    from worker.tiny import make_tiny
+    from worker.tiny import TINY_WRITERS, write_tiny_family
 
-    click.echo(make_tiny(Path(models_dir), name, sdxl=sdxl))
+    family_name = "SDXL" if sdxl else family_name
+    if family_name not in TINY_WRITERS:
+        raise click.BadParameter(f"no tiny model for '{family_name}'; one of: {', '.join(TINY_WRITERS)}",
+                                 param_hint="--family")
+    if family_name in ("SD1.5", "SDXL") and name is None:  # as before --family
+        name = DEMO_CHECKPOINT
+    click.echo(write_tiny_family(Path(models_dir), family_name, name))
 
 
 @models.command("list")

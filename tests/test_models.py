@@ -145,11 +145,11 @@ def test_the_worker_asks_a_pipeline_its_family():
     assert len(sd15.text_encoders(tiny_pipeline())) == 1 and len(sdxl.text_encoders(tiny_pipeline("SDXL"))) == 2
     assert sdxl.latent_shape(tiny_pipeline("SDXL"), 64, 32) == (4, 16, 32)  # tiny VAE: factor 2
 
-    class FluxPipeline:  # two text encoders too, but no family module: not taken for SDXL
+    class QwenImagePipeline:  # no family module: not taken for another family
         text_encoder_2 = object()
 
-    with pytest.raises(UnknownFamily, match="no model family renders a FluxPipeline"):
-        of_pipeline(FluxPipeline())
+    with pytest.raises(UnknownFamily, match="no model family renders a QwenImagePipeline"):
+        of_pipeline(QwenImagePipeline())
 
 
 def test_models_list_shows_kind_family_size_and_hash(tree):

@@ -100,6 +100,35 @@ def make_tiny_sdxl(models_dir: Path, name: str = "seedfarm-tiny-xl") -> Path:
     return make_tiny(models_dir, name, sdxl=True)
 
 
+def _flux1(guidance: bool):
+    def write(models_dir: Path, name: str | None = None) -> Path:
+        from worker.tiny_flux1 import write_tiny
+
+        return write_tiny(models_dir, guidance, name)["denoiser"]
+    return write
+
+
+# `farm models make-tiny --family NAME`: family name (as farm/families.py spells it) -> a writer
+# `(models_dir, name or None for the family's own default) -> the checkpoint (or denoiser) path`.
+# A family module adds its one line here; the writer imports its module lazily.
+TINY_WRITERS = {
+    "SD1.5": lambda models_dir, name=None: make_tiny(models_dir, name or "seedfarm-tiny"),
+    "SDXL": lambda models_dir, name=None: make_tiny_sdxl(models_dir, name or "seedfarm-tiny-xl"),
+    "Flux.1 [dev]": _flux1(True),
+    "Flux.1 [schnell]": _flux1(False),
+}
+
+
+def write_tiny_family(models_dir: Path, family: str = "SD1.5", name: str | None = None) -> Path:
+    """Write the tiny model of `family` (and, for a family built from parts, its parts) into
+    models_dir in its users' layout. Returns the checkpoint (or denoiser) file. ValueError for a
+    family without a tiny writer."""
+    writer = TINY_WRITERS.get(family)
+    if writer is None:
+        raise ValueError(f"no tiny model for the family '{family}'; families: {', '.join(TINY_WRITERS)}")
+    return writer(Path(models_dir), name)
+
+
 # --- tiny add-ons for the tiny models: LoRA (kohya format), embeddings, VAE ----------------------
 
 def _save(state: dict, path: Path) -> Path:

@@ -1,0 +1,249 @@
+"""Flux.1 [dev] and [schnell] (worker/families/flux1.py): tiny models written in ComfyUI's layout
+(worker/tiny_flux1.py) are recognised, find their parts, load through the worker's own path and
+render what diffusers' FluxPipeline renders itself; fp8 and GGUF Q8_0 files render close to the
+full-precision file; LoRAs (kohya and diffusers layouts) apply and come off again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from farm.families import BY_NAME, NOT_A_CHECKPOINT, file_family, header_family
+from farm.model_files import read_tensor_shapes
+from farm.models import Registry
+from farm.parts import resolve_parts
+from factories import make_task
+
+DEV, SCHNELL = "Flux.1 [dev]", "Flux.1 [schnell]"
+PROMPT = "a red robot in a field"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from worker.tiny_flux1 import write_tiny, write_tiny_lora
+
+    root = tmp_path_factory.mktemp("comfyui") / "models"
+    dev = write_tiny(root, guidance=True)
+    schnell = write_tiny(root, guidance=False, precisions=("fp32",), all_in_one=False)
+    write_tiny_lora(root, "flux-kohya", "kohya")
+    write_tiny_lora(root, "flux-ait", "diffusers", seed=2)
+    return root, dev, schnell
+
+
+def _files(paths, checkpoint=None):
+    from worker.families import ModelFiles
+
+    return ModelFiles(checkpoint or paths["denoiser"],
+                      (("clip_l", paths["clip_l"]), ("t5xxl", paths["t5xxl"]), ("vae", paths["vae"])))
+
+
+_pipes = {}
+
+
+def _load(files):
+    from worker.pipelines import load_pipeline
+
+    if files not in _pipes:
+        _pipes[files] = load_pipeline(files, device="cpu", dtype=torch.float32)
+    return _pipes[files]
+
+
+def _task(**overrides):
+    defaults = dict(checkpoint="flux1-dev-tiny", prompt=PROMPT, negative_prompt="", sampler="Euler",
+                    schedule="Simple", steps=2, cfg=1.0, distilled_cfg=3.5)
+    return make_task(**{**defaults, **overrides})
+
+
+def _render(pipe, task, n=None):
+    from worker.render import Slot, render_batch
+
+    slots = [Slot(task, i) for i in range(n or task.batch_size)]
+    return [np.asarray(image, dtype=np.float64) for image in render_batch(pipe, slots)]
+
+
+def _reference(guidance: bool, task, **call):
+    """The in-memory tiny pipeline's own diffusers call, on the worker's noise for the task's seed."""
+    from worker.families import named
+    from worker.render import Slot, initial_latents
+    from worker.tiny_flux1 import tiny_pipeline
+
+    pipe = tiny_pipeline(guidance)
+    family = named(DEV if guidance else SCHNELL)
+    pipe.seedfarm_family = family.name
+    latents = family.pack_latents(pipe, initial_latents(pipe, [Slot(task)]))
+    with torch.inference_mode():
+        image = pipe(prompt=task.prompt, latents=latents, num_inference_steps=task.steps, height=task.height,
+                     width=task.width, max_sequence_length=family.max_sequence_length, output_type="np",
+                     **call).images[0]
+    return (image * 255).round()
+
+
+def test_every_file_is_recognised_as_its_variant(models):
+    root, dev, schnell = models
+    for key in ("denoiser", "fp8_e4m3fn", "Q8_0", "all_in_one"):
+        assert header_family(read_tensor_shapes(dev[key])) == DEV, key
+        assert file_family(dev[key], "checkpoint") == DEV, key
+    assert file_family(schnell["denoiser"], "checkpoint") == SCHNELL
+    for key in ("clip_l", "t5xxl", "vae"):  # parts are no checkpoints
+        assert header_family(read_tensor_shapes(dev[key])) == NOT_A_CHECKPOINT, key
+
+
+def test_parts_resolve_to_the_default_files(models):
+    root, dev, _ = models
+    registry = Registry(root)
+    for family in (BY_NAME[DEV], BY_NAME[SCHNELL]):
+        parts = resolve_parts(family, dev["denoiser"], registry)
+        assert [(p.role, p.path) for p in parts] == [("clip_l", dev["clip_l"]), ("t5xxl", dev["t5xxl"]), ("vae", dev["vae"])]
+    inside = {p.role: p.path for p in resolve_parts(BY_NAME[DEV], dev["all_in_one"], registry)}
+    assert inside["clip_l"] is None and inside["t5xxl"] is None
+
+
+def test_encode_matches_diffusers_and_emphasis_weights_t5_tokens(models):
+    from worker.families import named
+
+    _, dev, _ = models
+    pipe = _load(_files(dev))
+    family = named(DEV)
+    with torch.inference_mode():  # as the worker's Encoder and the pipeline's call run (grad mode differs by ~1e-5)
+        plain = family.encode(pipe, PROMPT, 1)
+        weighted = family.encode(pipe, "a (red:1.5) robot in a field", 1)
+        embeds, pooled, _ = pipe.encode_prompt(PROMPT, max_sequence_length=512)
+    assert plain.embeds.shape == (1, 512, 32)
+    torch.testing.assert_close(plain.embeds, embeds, rtol=0, atol=1e-6)
+    torch.testing.assert_close(plain.pooled, pooled, rtol=0, atol=1e-6)
+
+    # the same tokens, "red" weighted 1.5: that token x1.5 relative to the rest, the mean restored
+    ids, weights = family.t5_ids(pipe.tokenizer_2, "a (red:1.5) robot in a field")
+    assert ids == family.t5_ids(pipe.tokenizer_2, PROMPT)[0]
+    ratio = (weighted.embeds / plain.embeds)[0, :, 0]
+    red = weights.index(1.5)
+    others = torch.cat([ratio[:red], ratio[red + 1:]])
+    torch.testing.assert_close(others, torch.full_like(others, others[0].item()), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ratio[red] / others[0], torch.tensor(1.5), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(weighted.embeds.mean(), plain.embeds.mean(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(weighted.pooled, plain.pooled)  # the CLIP pooled vector: syntax removed, no weights
+    assert named(SCHNELL).encode(pipe, PROMPT, 1).embeds.shape == (1, 256, 32)
+
+
+def test_dev_render_equals_the_diffusers_pipeline(models):
+    _, dev, _ = models
+    task = _task(distilled_cfg=5.0)
+    (image,) = _render(_load(_files(dev)), task)
+    assert image.std() > 5  # not a flat image: the comparison means something
+    np.testing.assert_allclose(image, _reference(True, task, guidance_scale=5.0), atol=1)
+
+
+def test_schnell_true_cfg_with_a_negative_prompt_equals_the_diffusers_pipeline(models):
+    _, _, schnell = models
+    task = _task(checkpoint="flux1-schnell-tiny", cfg=3.0, negative_prompt="blurry, dark")
+    pipe = _load(_files(schnell))
+    (image,) = _render(pipe, task)
+    np.testing.assert_allclose(image, _reference(False, task, true_cfg_scale=3.0, negative_prompt="blurry, dark"),
+                               atol=1)
+    (without,) = _render(pipe, _task(checkpoint="flux1-schnell-tiny", cfg=1.0, negative_prompt="blurry, dark"))
+    assert np.abs(image - without).max() > 10  # cfg 1: no negative pass
+
+
+def test_all_in_one_file_renders_as_the_separate_files(models):
+    _, dev, _ = models
+    task = _task()
+    (separate,) = _render(_load(_files(dev)), task)
+    from worker.families import ModelFiles
+
+    (aio,) = _render(_load(ModelFiles(dev["all_in_one"], (("clip_l", None), ("t5xxl", None), ("vae", None)))), task)
+    np.testing.assert_allclose(aio, separate, atol=1)
+
+
+# measured on the tiny model: fp8 max 6, mean 0.9; Q8_0 max 1, mean 0.14 (of 255)
+@pytest.mark.parametrize("key, atol", [("fp8_e4m3fn", 12), ("Q8_0", 3)])
+def test_fp8_and_gguf_render_close_to_full_precision(models, key, atol):
+    _, dev, _ = models
+    task = _task()
+    (full,) = _render(_load(_files(dev)), task)
+    pipe = _load(_files(dev, dev[key]))
+    if key == "Q8_0":
+        assert type(pipe.transformer.x_embedder.weight).__name__ == "GGUFParameter"
+    else:  # stored in fp8, computed in fp32
+        assert pipe.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+    (image,) = _render(pipe, task)
+    diff = np.abs(image - full)
+    assert diff.max() <= atol and diff.mean() < atol / 4, (diff.max(), diff.mean())
+    assert diff.max() > 0  # really another precision
+
+
+def test_an_image_in_a_batch_equals_it_rendered_alone(models):
+    _, dev, _ = models
+    pipe = _load(_files(dev))
+    first, second = _render(pipe, _task(batch_size=2))
+    (alone,) = _render(pipe, _task(seed=8))
+    np.testing.assert_allclose(second, alone, atol=1)
+    assert np.abs(first - second).max() > 10
+
+
+@pytest.mark.parametrize("lora", ["flux-kohya", "flux-ait"])
+def test_loras_change_the_image_and_come_off_again(models, lora):
+    from farm.prompts import LoraRef
+    from worker.lora import apply_loras, remove_loras
+
+    root, dev, _ = models
+    pipe = _load(_files(dev))
+    task = _task()
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    (bare,) = _render(pipe, task)
+    hashes = apply_loras(pipe, [LoraRef(lora, 1.0, 1.0)], Registry(root))
+    assert list(hashes) == [lora]
+    try:
+        (styled,) = _render(pipe, task)
+    finally:
+        remove_loras(pipe)
+    assert np.abs(styled - bare).max() > 10
+    after = pipe.transformer.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    (again,) = _render(pipe, task)
+    np.testing.assert_array_equal(again, bare)
+
+
+def test_sizes_not_multiple_of_16_are_refused(models):
+    from worker.render import RenderError
+
+    _, dev, _ = models
+    with pytest.raises(RenderError, match="multiples of 16"):
+        _render(_load(_files(dev)), _task(width=72))
+
+
+def test_truncated_or_wrong_variant_files_fail_in_one_line(models, tmp_path):
+    import shutil
+
+    from worker.families import ModelFiles
+    from worker.pipelines import ModelLoadError
+
+    _, dev, schnell = models
+    broken = tmp_path / "diffusion_models" / "flux1-dev-tiny.safetensors"
+    broken.parent.mkdir()
+    broken.write_bytes(dev["denoiser"].read_bytes()[:-1000])
+    shutil.copytree(dev["denoiser"].with_name("flux1-dev-tiny.config"), broken.with_name("flux1-dev-tiny.config"))
+    with pytest.raises(ModelLoadError, match=r"^flux1-dev-tiny\.safetensors: ") as error:
+        _load(_files(dev, broken))
+    assert "\n" not in str(error.value)
+    # a [schnell] file beside a [dev] config folder
+    other = tmp_path / "diffusion_models" / "flux1-other.safetensors"
+    shutil.copy(schnell["denoiser"], other)
+    shutil.copytree(dev["denoiser"].with_name("flux1-dev-tiny.config"), other.with_name("flux1-other.config"))
+    with pytest.raises(ModelLoadError, match=r"^flux1-other\.safetensors: .*other variant"):
+        _load(ModelFiles(other, _files(dev).parts))
+
+
+def test_make_tiny_cli_writes_a_family(tmp_path):
+    from click.testing import CliRunner
+
+    from farm.cli import main
+
+    result = CliRunner().invoke(main, ["models", "make-tiny", str(tmp_path), "--family", "Flux.1 [schnell]"])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "diffusion_models" / "flux1-schnell-tiny.safetensors"
+    assert result.output.strip() == str(path)
+    assert file_family(path, "checkpoint") == SCHNELL
+    assert (tmp_path / "text_encoders" / "t5xxl_fp16.safetensors").is_file() and (tmp_path / "vae" / "ae.safetensors").is_file()
+    result = CliRunner().invoke(main, ["models", "make-tiny", str(tmp_path), "--family", "Flux.2 [pro]"])
+    assert result.exit_code != 0 and "no tiny model for 'Flux.2 [pro]'" in result.output
