@@ -506,21 +506,22 @@ def tiny_pipeline(variant: str = "medium"):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     configs = tiny_configs(variant)
+    # the encoders and the VAE first, from the seed: both variants share them (and their files)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        transformer = SD3Transformer2DModel(**configs["transformer"])
-        # random-init AdaLN/output projections are zero in diffusers: the image would not depend
-        # on the text; give every weight a small random value so each part matters
-        with torch.no_grad():
-            for name, p in transformer.named_parameters():
-                if p.dim() >= 2 and p.abs().max() == 0:
-                    p.normal_(0, 0.05)
         encoders = {
             "clip_l": CLIPTextModelWithProjection(CLIPTextConfig(**configs["clip_l"])),
             "clip_g": CLIPTextModelWithProjection(CLIPTextConfig(**configs["clip_g"])),
             "t5xxl": T5EncoderModel(T5Config(**configs["t5xxl"])),
         }
         vae = AutoencoderKL(**configs["vae"])
+        transformer = SD3Transformer2DModel(**configs["transformer"])
+        # diffusers zero-initialises some projections: give every weight a small random value so
+        # that each part of the model matters to the image
+        with torch.no_grad():
+            for p in transformer.parameters():
+                if p.dim() >= 2 and p.abs().max() == 0:
+                    p.normal_(0, 0.05)
     give_layer_norms_biases(encoders["clip_l"])
     give_layer_norms_biases(encoders["clip_g"], seed=5)
     for m in (transformer, vae, *encoders.values()):
@@ -652,6 +653,33 @@ def write_tiny(models_dir: Path, variant: str = "medium", name: str | None = Non
         out["checkpoint"] = _save(state, checkpoints / f"{name}_aio.safetensors")
         _write_config_dir(pipe, checkpoints / f"{name}_aio.config", variant)
     return out
+
+
+def write_tiny_lora(models_dir: Path, name: str, variant: str = "medium", layout: str = "kohya",
+                    seed: int = 1, rank: int = 4) -> Path:
+    """A LoRA for the tiny model under models_dir/loras/: every attention projection of the MMDiT.
+    layout "kohya": `lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down/lora_up/alpha` (Stability's
+    module names, qkv fused); "comfyui": the same as `diffusion_model.joint_blocks.0...`;
+    "diffusers": ai-toolkit's `transformer.transformer_blocks.0.attn.to_q.lora_A/lora_B`."""
+    config = tiny_configs(variant)["transformer"]
+    width = config["attention_head_dim"] * config["num_attention_heads"]
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for original, (modules, _) in _table_for(config).items():
+        if not original.endswith((".qkv", ".attn.proj", ".attn2.proj")):
+            continue
+        down = torch.randn(rank, width, generator=generator) * 0.3
+        up = torch.randn(width * len(modules), rank, generator=generator) * 0.3
+        if layout == "diffusers":
+            for target, part in zip(modules, up.chunk(len(modules))):
+                state[f"transformer.{target}.lora_A.weight"] = down
+                state[f"transformer.{target}.lora_B.weight"] = part
+            continue
+        module = "lora_unet_" + original.replace(".", "_") if layout == "kohya" else "diffusion_model." + original
+        state[f"{module}.lora_down.weight"] = down
+        state[f"{module}.lora_up.weight"] = up
+        state[f"{module}.alpha"] = torch.tensor(rank / 2)
+    return _save(state, Path(models_dir) / "loras" / f"{name}.safetensors")
 
 
 def _tiny_large():
