@@ -292,3 +292,58 @@ def test_a_truncated_denoiser_is_one_line(models, tmp_path):
     with pytest.raises(ModelLoadError) as e:
         load_pipeline(_files({**paths["medium"], "diffusion_model": broken}), "cpu", torch.float32)
     assert source.name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_stability_layout_vae_inside_encoders_beside(models, tmp_path):
+    """Stability's sd3.5_*.safetensors hold the MMDiT and the VAE only (the encoders are separate
+    files): the VAE comes from the checkpoint, the encoders from text_encoders/ by their names."""
+    from safetensors.torch import load_file, save_file
+
+    from farm.models import Registry
+    from farm.parts import resolve_parts
+    from worker.families.base import ModelFiles
+    from worker.pipelines import load_pipeline
+
+    root, paths = models
+    aio = paths["medium"]["checkpoint"]
+    state = {k: v for k, v in load_file(str(aio)).items() if not k.startswith("text_encoders.")}
+    target = root / "checkpoints" / "sd3.5_tiny_medium.safetensors"
+    save_file(state, str(target))
+    (target.with_name(target.stem + ".config")).symlink_to(aio.with_name(aio.stem + ".config"))
+    parts = resolve_parts(BY_NAME["SD3.5 Medium"], target, Registry(root))
+    assert [(p.role, p.name) for p in parts] == [
+        ("clip_l", "clip_l"), ("clip_g", "clip_g"), ("t5xxl", "t5xxl_fp16"), ("vae", "")]
+    pipe = load_pipeline(ModelFiles(target, tuple((p.role, p.path) for p in parts)), "cpu", torch.float32)
+    task = _task(seed=11)
+    np.testing.assert_allclose(_render(pipe, (task, 0))[0], _render(_load(paths["medium"]), (task, 0))[0], atol=1.0)
+    target.unlink()
+
+
+def test_a_scaled_fp8_t5_file_is_upcast(models, tmp_path):
+    """ComfyUI's t5xxl_fp8_e4m3fn_scaled: fp8 weights times a per-weight scale_weight."""
+    from safetensors.torch import load_file, save_file
+
+    from worker.families.sd35 import _read, _text_encoder
+
+    _, paths = models
+    source = paths["medium"]["t5xxl"]
+    state = load_file(str(source))
+    scaled = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+    for key, value in state.items():
+        if value.dim() == 2 and key != "shared.weight":
+            scale = value.abs().max() / 448
+            scaled[key] = (value / scale).to(torch.float8_e4m3fn)
+            scaled[key.removesuffix(".weight") + ".scale_weight"] = scale.reshape(1)
+        else:
+            scaled[key] = value
+    target = tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors"
+    save_file(scaled, str(target))
+    (tmp_path / "t5xxl_fp8_e4m3fn_scaled.config.json").write_text(source.with_name("t5xxl_fp16.config.json").read_text())
+    config_dir = Path("/nonexistent")  # the config beside the file is used
+    full = _text_encoder("t5xxl", _read(source, "t5"), source.name, source, config_dir, torch.float32)
+    fp8 = _text_encoder("t5xxl", _read(target, "t5"), target.name, target, config_dir, torch.float32)
+    ids = torch.tensor([[9, 1712, 1, 0, 0]])
+    with torch.inference_mode():
+        a, b = full(ids)[0], fp8(ids)[0]
+    assert fp8.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float32
+    assert (a - b).abs().max() < 0.1 * a.abs().max()

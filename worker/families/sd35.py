@@ -566,7 +566,7 @@ def _write_gguf(state: dict, path: Path) -> Path:
     return path
 
 
-def _write_config_dir(pipe, folder: Path, variant: str) -> Path:
+def _write_config_dir(pipe, folder: Path) -> Path:
     """`<stem>.config/` beside a tiny file: model_index.json, scheduler, transformer, vae and the
     text encoders' configs (the tokenizers come from the shipped configs)."""
     import shutil
@@ -626,15 +626,15 @@ def write_tiny(models_dir: Path, variant: str = "medium", name: str | None = Non
     folder = models_dir / "diffusion_models"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     out["diffusion_model"] = _save({k: v.to(dtype) for k, v in original.items()}, folder / f"{name}.safetensors")
-    _write_config_dir(pipe, folder / f"{name}.config", variant)
+    _write_config_dir(pipe, folder / f"{name}.config")
     if fp8:
         state = {k: v.to(torch.float8_e4m3fn) if v.dim() >= 2 and k != "pos_embed" else v.to(torch.bfloat16)
                  for k, v in original.items()}
         out["fp8"] = _save(state, folder / f"{name}_fp8_e4m3fn.safetensors")
-        _write_config_dir(pipe, folder / f"{name}_fp8_e4m3fn.config", variant)
+        _write_config_dir(pipe, folder / f"{name}_fp8_e4m3fn.config")
     if gguf:
         out["gguf"] = _write_gguf(original, folder / f"{name}-Q8_0.gguf")
-        _write_config_dir(pipe, folder / f"{name}-Q8_0.config", variant)
+        _write_config_dir(pipe, folder / f"{name}-Q8_0.config")
     encoders_dir = models_dir / "text_encoders"
     for role, filename in (("clip_l", "clip_l"), ("clip_g", "clip_g"), ("t5xxl", "t5xxl_fp16")):
         encoder = getattr(pipe, ENCODERS[role][0])
@@ -651,7 +651,7 @@ def write_tiny(models_dir: Path, variant: str = "medium", name: str | None = Non
             state.update({f"{prefix}transformer.{k}": v for k, v in encoder_state.items()})
         checkpoints = models_dir / "checkpoints"
         out["checkpoint"] = _save(state, checkpoints / f"{name}_aio.safetensors")
-        _write_config_dir(pipe, checkpoints / f"{name}_aio.config", variant)
+        _write_config_dir(pipe, checkpoints / f"{name}_aio.config")
     return out
 
 
