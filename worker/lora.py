@@ -67,7 +67,9 @@ def apply_loras(pipe, refs: list[LoraRef], registry: Registry, allow_pickle: boo
             hashes[ref.name] = lora_hash(model.path)[:12]
             continue
         adapter = _adapter_name(ref.name, len(names))
+        convert = getattr(family, "convert_lora", None)  # a family whose files diffusers cannot convert (SD3.5 kohya)
         try:
+            state = convert(pipe, state) if convert is not None else state
             pipe.load_lora_weights(state, adapter_name=adapter)
         except Exception as e:  # diffusers/peft raise many types; one line naming the file
             reason = (str(e).splitlines() or [""])[0][:200]
