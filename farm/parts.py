@@ -83,17 +83,16 @@ def resolve_parts(family: Family, checkpoint: Path, registry: Registry,
         model = registry.resolve("vae", vae, label="VAE")
         named["vae"] = PartFile("vae", model.name, model.path)
 
-    inside = set()
+    names: list[str] = []
     try:
-        inside = {name.split(".")[0] + "." + name.split(".")[1] + "." for name in read_tensor_shapes(checkpoint)
-                  if name.count(".") >= 2}
+        names = list(read_tensor_shapes(checkpoint))
     except ModelFileError:
         pass
     out = []
     for part in family.parts:
         if part.role in named:
             out.append(named[part.role])
-        elif any(prefix in inside for prefix in part.in_checkpoint):
+        elif any(name.startswith(part.in_checkpoint) for name in names):  # one-part prefixes (vae.) too
             out.append(PartFile(part.role, "", None))
         else:
             out.append(default_part(family, part, registry))
