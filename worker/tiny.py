@@ -116,7 +116,22 @@ TINY_WRITERS = {
     "SDXL": lambda models_dir, name=None: make_tiny_sdxl(models_dir, name or "seedfarm-tiny-xl"),
     "Flux.1 [dev]": _flux1(True),
     "Flux.1 [schnell]": _flux1(False),
+    "SD3.5 Medium": lambda models_dir, name=None: _sd35(models_dir, "medium", name),
+    "SD3.5 Large": lambda models_dir, name=None: _sd35(models_dir, "large", name),
+    "Z-Image Turbo": lambda models_dir, name=None: _zimage(models_dir, name),
 }
+
+
+def _sd35(models_dir: Path, variant: str, name: str | None) -> Path:
+    from worker.families.sd35 import write_tiny
+
+    return write_tiny(models_dir, variant, name or f"sd35-{variant}-tiny")["diffusion_model"]
+
+
+def _zimage(models_dir: Path, name: str | None) -> Path:
+    from worker.families.zimage import write_tiny
+
+    return write_tiny(models_dir, name or "zimage-tiny")["checkpoint"]
 
 
 def write_tiny_family(models_dir: Path, family: str = "SD1.5", name: str | None = None) -> Path:

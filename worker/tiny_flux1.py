@@ -12,37 +12,30 @@ models folder), and the same pipeline built in memory for equality tests.
     <models_dir>/text_encoders/t5xxl_fp16.safetensors (+ .config.json)        fp16, `encoder.*` + `shared.weight`
     <models_dir>/vae/ae.safetensors (+ ae.config.json)                         BFL/LDM layout, 16 latent channels
 
-Sizes: transformer width 32 (2 heads of 16), 1 double + 1 single block; CLIP-L width 32 (the real
-49408-token vocabulary); T5 width 32 with the real 32128-row embedding; a 4-level VAE (8x, 32
-channels). Same seed -> same weights on every call; [dev] and [schnell] share every part but the
-transformer's guidance embedding. T5's weights are fp16-representable, so the fp16 file loads back
-exactly.
+Sizes: transformer width 32 (2 heads of 16), 1 double + 1 single block; the text encoders and the
+VAE are the tiny parts every family's tiny model shares (worker/tiny_parts.py: CLIP-L 32 wide, T5
+128 wide, the real vocabularies, a 4-level 16-channel VAE). Same seed -> same weights on every
+call; [dev] and [schnell] differ only in the transformer's guidance embedding.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from farm.families import DENOISER_PREFIX
+from worker import tiny_parts
 from worker.families.base import TINY_SEED
+from worker.tiny_parts import save_safetensors as _save
 
 TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-                   num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
-CLIP = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32, intermediate_size=37,
-            num_attention_heads=4, num_hidden_layers=2, vocab_size=49408, max_position_embeddings=77,
-            projection_dim=32)
-T5 = dict(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, vocab_size=32128, feed_forward_proj="gated-gelu",
-          dense_act_fn="gelu_new", is_gated_act=True, relative_attention_num_buckets=32,
-          relative_attention_max_distance=128, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[32, 32, 32, 32], layers_per_block=1,
-           down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-           norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611,
-           shift_factor=0.1159, force_upcast=True)
+                   num_attention_heads=2, axes_dims_rope=(4, 6, 6),
+                   # the shared tiny parts' widths (worker/tiny_parts.py): T5 128, CLIP-L 32
+                   joint_attention_dim=tiny_parts.CONFIGS["t5xxl"]["d_model"],
+                   pooled_projection_dim=tiny_parts.CONFIGS["clip_l"]["hidden_size"])
 # the real models' scheduler configs (black-forest-labs/FLUX.1-dev and -schnell)
 SCHEDULER = dict(_class_name="FlowMatchEulerDiscreteScheduler", base_image_seq_len=256, base_shift=0.5,
                  max_image_seq_len=4096, max_shift=1.15, num_train_timesteps=1000)
@@ -61,29 +54,22 @@ MODEL_INDEX = {
 
 
 def tiny_pipeline(guidance: bool = True):
-    """The tiny FluxPipeline (CPU, fp32): [dev] with guidance, [schnell] without."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    """The tiny FluxPipeline (CPU, fp32): [dev] with guidance, [schnell] without; its text
+    encoders and VAE are the shared tiny parts (worker/tiny_parts.py)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     from worker.families.flux1 import load_tokenizers
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP))
-        text_encoder_2 = T5EncoderModel(T5Config(**T5))
-        vae = _real_norms(AutoencoderKL(**VAE))
-        torch.manual_seed(TINY_SEED + 1)  # the same parts for both variants, whatever the transformer draws
+        torch.manual_seed(TINY_SEED + 1)
         transformer = _real_norms(FluxTransformer2DModel(**TRANSFORMER, guidance_embeds=guidance))
-    with torch.no_grad():
-        for p in text_encoder_2.parameters():  # fp16-representable: t5xxl_fp16 loads back exactly
-            p.copy_(p.to(torch.float16).to(torch.float32))
     tokenizer, tokenizer_2 = load_tokenizers()
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(SCHEDULERS[guidance])
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
-    for m in (transformer, vae, text_encoder, text_encoder_2):
-        m.eval()
+    pipe = FluxPipeline(scheduler=scheduler, vae=tiny_parts.vae("flux"), text_encoder=tiny_parts.clip_text_model(),
+                        tokenizer=tokenizer, text_encoder_2=tiny_parts.t5xxl(), tokenizer_2=tokenizer_2,
+                        transformer=transformer.eval())
     pipe.set_progress_bar_config(disable=True)
+    pipe.seedfarm_family = "Flux.1 [dev]" if guidance else "Flux.1 [schnell]"  # one class, two families
     return pipe
 
 
@@ -99,48 +85,17 @@ def _real_norms(model):
 
 # ---- the users' layouts ---------------------------------------------------------------------------
 
-def clip_tensors(text_encoder) -> dict:
-    """CLIPTextModel -> ComfyUI clip_l layout (`text_model.*`)."""
-    state = text_encoder.state_dict()
-    return {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()
-            if not k.endswith("position_ids")}
-
-
-def t5_tensors(text_encoder_2) -> dict:
-    """T5EncoderModel -> ComfyUI t5xxl layout (`shared.weight`, `encoder.*`; the tied
-    `encoder.embed_tokens` stored once, as `shared`)."""
-    return {k: v for k, v in text_encoder_2.state_dict().items() if k != "encoder.embed_tokens.weight"}
-
-
-def vae_tensors(vae) -> dict:
-    from worker.ldm_layout import vae_to_ldm
-
-    return vae_to_ldm(vae.state_dict(), vae.config, prefix="")
-
-
 def transformer_tensors(transformer) -> dict:
     from worker.families.flux1 import to_original
 
     return to_original(transformer.state_dict(), transformer.config)
 
 
-def text_encoder_tensors(pipe) -> dict:
+def text_encoder_tensors() -> dict:
     """The text encoders under an all-in-one file's prefixes (Forge's Flux checkpoints)."""
-    out = {f"text_encoders.clip_l.transformer.{k}": v for k, v in clip_tensors(pipe.text_encoder).items()}
-    out.update({f"text_encoders.t5xxl.transformer.{k}": v for k, v in t5_tensors(pipe.text_encoder_2).items()})
+    out = {f"text_encoders.clip_l.transformer.{k}": v for k, v in tiny_parts.part_tensors("clip_l").items()}
+    out.update({f"text_encoders.t5xxl.transformer.{k}": v for k, v in tiny_parts.part_tensors("t5xxl").items()})
     return out
-
-
-def _save(state: dict, path: Path, dtype=None) -> Path:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().clone()
-             for k, v in state.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
-    return path
 
 
 def _encoder_config(model) -> dict:
@@ -164,36 +119,6 @@ def write_config_dir(pipe, folder: Path, guidance: bool) -> Path:
     return folder
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def write_gguf(state: dict, path: Path) -> Path:
-    """A GGUF file as ComfyUI-GGUF's Flux files are: BFL tensor names, 2-D weights Q8_0 (rows whose
-    length is a multiple of 32), everything else F32, general.architecture "flux"."""
-    import gguf
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), "flux")
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    for name, tensor in state.items():
-        array = tensor.detach().to(torch.float32).numpy()
-        if array.ndim >= 2 and array.shape[-1] % 32 == 0:
-            writer.add_tensor(name, gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0),
-                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            writer.add_tensor(name, array.astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(tmp, path)
-    return path
-
-
 def write_tiny(models_dir: Path, guidance: bool = True, name: str | None = None,
                precisions: tuple[str, ...] = ("fp32", "fp8_e4m3fn", "Q8_0"), all_in_one: bool = True) -> dict:
     """Write the tiny Flux.1 model ([dev] with guidance, else [schnell]) and its parts into
@@ -202,14 +127,8 @@ def write_tiny(models_dir: Path, guidance: bool = True, name: str | None = None,
     models_dir = Path(models_dir)
     name = name or ("flux1-dev-tiny" if guidance else "flux1-schnell-tiny")
     pipe = tiny_pipeline(guidance)
-    out: dict[str, Path] = {}
-    encoders = models_dir / "text_encoders"
-    out["clip_l"] = _save(clip_tensors(pipe.text_encoder), encoders / "clip_l.safetensors")
-    _write_json(encoders / "clip_l.config.json", _encoder_config(pipe.text_encoder))
-    out["t5xxl"] = _save(t5_tensors(pipe.text_encoder_2), encoders / "t5xxl_fp16.safetensors", torch.float16)
-    _write_json(encoders / "t5xxl_fp16.config.json", _encoder_config(pipe.text_encoder_2))
-    out["vae"] = _save(vae_tensors(pipe.vae), models_dir / "vae" / "ae.safetensors")
-    _write_json(models_dir / "vae" / "ae.config.json", dict(pipe.vae.config))
+    out: dict[str, Path] = {role: tiny_parts.write_part(models_dir, role) for role in ("clip_l", "t5xxl")}
+    out["vae"] = tiny_parts.write_part(models_dir, "flux")
 
     denoiser = transformer_tensors(pipe.transformer)
     folder = models_dir / "diffusion_models"
@@ -223,15 +142,15 @@ def write_tiny(models_dir: Path, guidance: bool = True, name: str | None = None,
                          folder / f"{name}-{precision}.safetensors")
             out[precision] = path
         elif precision == "Q8_0":
-            path = write_gguf(denoiser, folder / f"{name}-Q8_0.gguf")
+            path = tiny_parts.write_gguf(denoiser, folder / f"{name}-Q8_0.gguf", "flux")
             out[precision] = path
         else:
             raise ValueError(f"unknown precision {precision!r}")
         write_config_dir(pipe, path.with_name(path.stem + ".config"), guidance)
     if all_in_one:
         state = {DENOISER_PREFIX + k: v for k, v in denoiser.items()}
-        state.update(text_encoder_tensors(pipe))
-        state.update({"vae." + k: v for k, v in vae_tensors(pipe.vae).items()})
+        state.update(text_encoder_tensors())
+        state.update({"vae." + k: v for k, v in tiny_parts.part_tensors("flux").items()})
         path = _save(state, models_dir / "checkpoints" / f"{name}-aio.safetensors", torch.float32)
         write_config_dir(pipe, path.with_name(path.stem + ".config"), guidance)
         out["all_in_one"] = path

@@ -87,6 +87,7 @@ class PartsFamily(WorkerFamily):
     equal shapes; images whose conditionings differ in shape are rendered in separate calls."""
 
     denoiser: str = "transformer"
+    ldm_text_encoders: Callable[[object], dict] | None = None  # SD's all-in-one writer only
 
     def load(self, files: ModelFiles, config_dir: Path, dtype) -> object:
         """The pipeline, on the CPU, weights in `dtype` (the compute dtype; a GGUF or fp8 file stays

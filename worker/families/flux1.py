@@ -413,16 +413,10 @@ def _tiny(guidance: bool):
     return build
 
 
-def _ldm_text_encoders(pipe) -> dict:
-    from worker.tiny_flux1 import text_encoder_tensors
-
-    return text_encoder_tensors(pipe)
-
-
 FLUX1_DEV = Flux1Family(facts=DEV, encoders=(("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
-                        lora_prefixes=(), tiny_pipeline=_tiny(True), ldm_text_encoders=_ldm_text_encoders,
+                        lora_prefixes=(), tiny_pipeline=_tiny(True),
                         max_sequence_length=512)
 FLUX1_SCHNELL = Flux1Family(facts=SCHNELL, encoders=FLUX1_DEV.encoders, lora_prefixes=(),
-                            tiny_pipeline=_tiny(False), ldm_text_encoders=_ldm_text_encoders,
+                            tiny_pipeline=_tiny(False),
                             max_sequence_length=256)
 FAMILIES = (FLUX1_DEV, FLUX1_SCHNELL)

@@ -63,8 +63,10 @@ import torch
 
 from farm.families import BY_NAME, DENOISER_PREFIX
 from farm.model_files import ModelFileError, read_tensor_shapes, weights_precision
-from worker.families.base import TINY_SEED, ModelFiles, PartsFamily, give_layer_norms_biases
+from worker import tiny_parts
+from worker.families.base import TINY_SEED, ModelFiles, PartsFamily
 from worker.safe_load import ModelLoadError
+from worker.tiny_parts import save_safetensors as _save
 
 LARGE = BY_NAME["SD3.5 Large"]
 MEDIUM = BY_NAME["SD3.5 Medium"]
@@ -472,7 +474,8 @@ def lora_to_diffusers(state: dict, config) -> dict:
 def tiny_configs(variant: str = "medium") -> dict:
     """The tiny models' configs: a 32-wide MMDiT (Large: 38 blocks, as the real one, so that
     `joint_blocks.37.*` recognises it; Medium: 2 blocks, the first with MMDiT-X's second attention),
-    CLIP-L 32 and CLIP-G 64 wide (real vocab), T5 128 wide (real vocab), an 8x SD3 VAE."""
+    and the tiny parts every family shares (worker/tiny_parts.py: CLIP-L 32 and CLIP-G 64 wide, T5
+    128 wide, real vocabularies, an 8x SD3 VAE)."""
     if variant not in ("large", "medium"):
         raise ValueError(f"variant must be 'large' or 'medium', not {variant!r}")
     transformer = dict(
@@ -482,39 +485,20 @@ def tiny_configs(variant: str = "medium") -> dict:
         pooled_projection_dim=96, pos_embed_max_size=32, qk_norm="rms_norm",
         dual_attention_layers=[] if variant == "large" else [0],
     )
-    clip = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, intermediate_size=64,
-                num_attention_heads=4, num_hidden_layers=4, vocab_size=CLIP_VOCAB, max_position_embeddings=77,
-                hidden_act="gelu")
     return dict(
         transformer=transformer,
-        clip_l=dict(clip, hidden_size=32, projection_dim=32, hidden_act="quick_gelu"),
-        clip_g=dict(clip, hidden_size=64, projection_dim=64, intermediate_size=128),
-        t5xxl=dict(d_model=128, d_ff=256, d_kv=32, num_layers=2, num_heads=4, vocab_size=32128,
-                   feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, is_encoder_decoder=False,
-                   pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
-        vae=dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[32, 32, 32, 32],
-                 down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                 layers_per_block=1, norm_num_groups=32, scaling_factor=1.5305, shift_factor=0.0609,
-                 use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=True),
         scheduler=dict(num_train_timesteps=1000, shift=3.0),
     )
 
 
 def tiny_pipeline(variant: str = "medium"):
     """The tiny SD3.5 pipeline (CPU, fp32) that write_tiny writes. Same seed -> same weights."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     configs = tiny_configs(variant)
-    # the encoders and the VAE first, from the seed: both variants share them (and their files)
+    encoders = {"clip_l": tiny_parts.clip("clip_l"), "clip_g": tiny_parts.clip("clip_g"), "t5xxl": tiny_parts.t5xxl()}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        encoders = {
-            "clip_l": CLIPTextModelWithProjection(CLIPTextConfig(**configs["clip_l"])),
-            "clip_g": CLIPTextModelWithProjection(CLIPTextConfig(**configs["clip_g"])),
-            "t5xxl": T5EncoderModel(T5Config(**configs["t5xxl"])),
-        }
-        vae = AutoencoderKL(**configs["vae"])
         transformer = SD3Transformer2DModel(**configs["transformer"])
         # diffusers zero-initialises some projections: give every weight a small random value so
         # that each part of the model matters to the image
@@ -522,48 +506,12 @@ def tiny_pipeline(variant: str = "medium"):
             for p in transformer.parameters():
                 if p.dim() >= 2 and p.abs().max() == 0:
                     p.normal_(0, 0.05)
-    give_layer_norms_biases(encoders["clip_l"])
-    give_layer_norms_biases(encoders["clip_g"], seed=5)
-    for m in (transformer, vae, *encoders.values()):
-        m.eval()
+    transformer.eval()
+    vae = tiny_parts.vae("sd3")
     scheduler = FlowMatchEulerDiscreteScheduler(**configs["scheduler"])
-    return _pipeline(transformer, vae, encoders, scheduler)
-
-
-def _save(state: dict, path: Path, metadata=None) -> Path:
-    import os
-
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp),
-              metadata=metadata or {"format": "pt"})
-    os.replace(tmp, path)
-    return path
-
-
-def _write_gguf(state: dict, path: Path) -> Path:
-    """ComfyUI-GGUF's layout: Q8_0 for 2-D weights whose rows split into 32-value blocks, F32 for the
-    rest (biases, norms, the patch conv, the positional table)."""
-    import gguf
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), arch=GGUF_ARCH)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    for key, value in state.items():
-        array = value.detach().to(torch.float32).numpy()
-        if array.ndim == 2 and array.shape[1] % 32 == 0:
-            writer.add_tensor(key, gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0),
-                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            writer.add_tensor(key, np.ascontiguousarray(array))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    pipe = _pipeline(transformer, vae, encoders, scheduler)
+    pipe.seedfarm_family = "SD3.5 Large" if variant == "large" else "SD3.5 Medium"
+    return pipe
 
 
 def _write_config_dir(pipe, folder: Path) -> Path:
@@ -598,13 +546,6 @@ def _encoder_config(encoder) -> str:
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
-def _encoder_state(role: str, encoder) -> dict:
-    state = dict(encoder.state_dict())
-    if role == "t5xxl":
-        state.pop("encoder.embed_tokens.weight", None)  # ComfyUI's T5 files keep `shared.weight` only
-    return state
-
-
 def write_tiny(models_dir: Path, variant: str = "medium", name: str | None = None, precision: str = "fp32",
                fp8: bool = True, gguf: bool = True, all_in_one: bool = True) -> dict:
     """The tiny SD3.5 model in ComfyUI's folders, each file in its users' layout:
@@ -615,8 +556,6 @@ def write_tiny(models_dir: Path, variant: str = "medium", name: str | None = Non
     `precision`: fp32 or bf16 for the denoiser file. Returns role -> path ("diffusion_model", "fp8",
     "gguf", "checkpoint", "clip_l", "clip_g", "t5xxl", "vae"). The encoder and VAE files are shared
     by both variants (same seed, same configs)."""
-    from worker.ldm_layout import vae_to_ldm
-
     models_dir = Path(models_dir)
     name = name or f"tiny-sd35-{variant}"
     pipe = tiny_pipeline(variant)
@@ -633,22 +572,17 @@ def write_tiny(models_dir: Path, variant: str = "medium", name: str | None = Non
         out["fp8"] = _save(state, folder / f"{name}_fp8_e4m3fn.safetensors")
         _write_config_dir(pipe, folder / f"{name}_fp8_e4m3fn.config")
     if gguf:
-        out["gguf"] = _write_gguf(original, folder / f"{name}-Q8_0.gguf")
+        out["gguf"] = tiny_parts.write_gguf(original, folder / f"{name}-Q8_0.gguf", GGUF_ARCH)
         _write_config_dir(pipe, folder / f"{name}-Q8_0.config")
-    encoders_dir = models_dir / "text_encoders"
-    for role, filename in (("clip_l", "clip_l"), ("clip_g", "clip_g"), ("t5xxl", "t5xxl_fp16")):
-        encoder = getattr(pipe, ENCODERS[role][0])
-        out[role] = _save(_encoder_state(role, encoder), encoders_dir / f"{filename}.safetensors")
-        (encoders_dir / f"{filename}.config.json").write_text(_encoder_config(encoder))
-    vae_state = vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config, prefix="")
-    out["vae"] = _save(vae_state, models_dir / "vae" / "sd35_vae.safetensors")
-    (models_dir / "vae" / "sd35_vae.config.json").write_text(json.dumps(dict(pipe.vae.config), indent=2) + "\n")
+    for role in ("clip_l", "clip_g", "t5xxl"):
+        out[role] = tiny_parts.write_part(models_dir, role)
+    vae_state = tiny_parts.part_tensors("sd3")
+    out["vae"] = tiny_parts.write_part(models_dir, "sd3")
     if all_in_one:
         state = {DENOISER_PREFIX + k: v for k, v in original.items()}
         state.update({"first_stage_model." + k: v for k, v in vae_state.items()})
-        for role, (attr, _, prefix) in ENCODERS.items():
-            encoder_state = _encoder_state(role, getattr(pipe, attr))
-            state.update({f"{prefix}transformer.{k}": v for k, v in encoder_state.items()})
+        for role, (_, _, prefix) in ENCODERS.items():
+            state.update({f"{prefix}transformer.{k}": v for k, v in tiny_parts.part_tensors(role).items()})
         checkpoints = models_dir / "checkpoints"
         out["checkpoint"] = _save(state, checkpoints / f"{name}_aio.safetensors")
         _write_config_dir(pipe, checkpoints / f"{name}_aio.config")
@@ -690,14 +624,9 @@ def _tiny_medium():
     return tiny_pipeline("medium")
 
 
-def _no_ldm_text_encoders(pipe) -> dict:
-    raise NotImplementedError("SD3.5's text encoders are written by write_tiny, in their own files")
-
-
 _COMMON = dict(
     encoders=(("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3")),
     lora_prefixes=(),
-    ldm_text_encoders=_no_ldm_text_encoders,
     skipped_layers=1,  # clip skip 1 = the penultimate layer, no final LayerNorm (see the docstring)
     final_norm=False,
     pooled_step_input="pooled_prompt_embeds",

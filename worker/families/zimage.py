@@ -43,8 +43,10 @@ import torch
 
 from farm.families import BY_NAME, DENOISER_PREFIX
 from farm.model_files import ModelFileError, read_tensor_shapes, weights_precision
+from worker import tiny_parts
 from worker.families.base import TINY_SEED, ModelFiles, PartsFamily
 from worker.safe_load import ModelLoadError
+from worker.tiny_parts import save_safetensors as _save
 
 FACTS = BY_NAME["Z-Image Turbo"]
 QWEN3_TOKENS = 151669  # Qwen3's tokenizer: 151,643 byte-level BPE tokens + 26 added ones
@@ -222,29 +224,6 @@ def plain_text(text: str) -> str:
 TINY_TRANSFORMER = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=96, n_layers=2,
                         n_refiner_layers=1, n_heads=3, n_kv_heads=3, norm_eps=1e-5, qk_norm=True, cap_feat_dim=32,
                         rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 12, 12], axes_lens=[1536, 512, 512])
-TINY_QWEN3 = dict(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
-                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643,
-                  eos_token_id=151645, attention_bias=False, hidden_act="silu", model_type="qwen3")
-FLUX_VAE_CONFIG = dict(scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
-                       force_upcast=True, mid_block_add_attention=True)
-
-
-def tiny_flux_vae():
-    """A Flux.1-shaped VAE (16 latent channels, 8x downscale, no quant convs), 32 channels wide."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(block_out_channels=[32] * 4, in_channels=3, out_channels=3, layers_per_block=1,
-                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                         latent_channels=16, norm_num_groups=32, **FLUX_VAE_CONFIG)
-
-
-def tiny_qwen3(**overrides):
-    from transformers import Qwen3Config, Qwen3Model
-
-    return Qwen3Model(Qwen3Config(**{**TINY_QWEN3, **overrides}))
-
-
 def _randomize(model, generator, scale: float = 0.1) -> None:
     """Random-init transformers leave zeros (pad tokens, some modulations) and ones (norms):
     perturb every weight so that each of them matters in the tests."""
@@ -260,14 +239,14 @@ def tiny_pipeline():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         transformer = ZImageTransformer2DModel(**TINY_TRANSFORMER)
-        text_encoder = tiny_qwen3()
-        vae = tiny_flux_vae()
+    text_encoder, vae = tiny_parts.qwen3(), tiny_parts.vae("flux")  # the parts every tiny family shares
     generator = torch.Generator().manual_seed(TINY_SEED + 1)
     _randomize(transformer, generator)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
     pipe = ZImagePipeline(scheduler=scheduler, vae=vae.eval(), text_encoder=text_encoder.eval(),
                           tokenizer=load_tokenizer(), transformer=transformer.eval())
     pipe.set_progress_bar_config(disable=True)
+    pipe.seedfarm_family = FACTS.name
     return pipe
 
 
@@ -289,45 +268,6 @@ def transformer_to_original(state: dict) -> dict:
             key = key.replace(old, new)
         out[key] = value
     return out
-
-
-def qwen3_to_file(encoder) -> dict:
-    """A Qwen3Model's weights as ComfyUI's qwen_3_4b.safetensors holds them (`model.` + HF names)."""
-    return {"model." + k: v for k, v in encoder.state_dict().items()}
-
-
-def _save(state: dict, path: Path, dtype=None) -> Path:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().clone()
-             for k, v in state.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(path)
-    return path
-
-
-def write_gguf(state: dict, path: Path, arch: str) -> Path:
-    """A ComfyUI-GGUF style file: 2-D weights whose rows fit Q8_0 blocks quantized to Q8_0, the rest F32."""
-    import gguf
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), arch=arch)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    for name, tensor in state.items():
-        data = tensor.detach().to(torch.float32).numpy()
-        if data.ndim == 2 and name.endswith(".weight") and data.shape[-1] % 32 == 0:
-            q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(name, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            writer.add_tensor(name, np.ascontiguousarray(data))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def write_config_dir(pipe, folder: Path) -> Path:
@@ -356,27 +296,25 @@ def _encoder_config(encoder) -> str:
 
 
 def write_tiny(models_dir: Path, name: str = "zimage-tiny", precision: str = "fp32", fp8: bool = True,
-               gguf: bool = True, all_in_one: bool = True, encoder_name: str = "qwen_3_4b",
-               vae_name: str = "ae") -> dict:
+               gguf: bool = True, all_in_one: bool = True) -> dict:
     """Write the tiny Z-Image Turbo model in ComfyUI's layout under models_dir:
     diffusion_models/<name>.safetensors (precision fp32 or bf16; original keys) with <name>.config/,
     and when asked <name>-fp8.safetensors (e4m3fn), <name>-Q8_0.gguf, checkpoints/<name>-aio.safetensors
     (each with its config folder); text_encoders/qwen_3_4b.safetensors + .config.json;
     vae/ae.safetensors + .config.json. Returns role -> path."""
-    from worker.ldm_layout import vae_to_ldm
-
     models_dir = Path(models_dir)
     pipe = tiny_pipeline()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     denoiser = transformer_to_original(pipe.transformer.state_dict())
-    encoder = qwen3_to_file(pipe.text_encoder)
-    vae = vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config, prefix="")
+    encoder, vae = tiny_parts.part_tensors("qwen3_4b"), tiny_parts.part_tensors("flux")
     paths = {}
     diffusion = models_dir / "diffusion_models"
 
     def denoiser_file(path: Path, state: dict, dtype=None) -> Path:
         write_config_dir(pipe, path.with_name(path.stem + ".config"))
-        return _save(state, path, dtype) if path.suffix == ".safetensors" else write_gguf(state, path, "lumina2")
+        if path.suffix == ".safetensors":
+            return _save(state, path, dtype)
+        return tiny_parts.write_gguf(state, path, "lumina2")
 
     paths["checkpoint"] = denoiser_file(diffusion / f"{name}.safetensors", denoiser, dtype)
     if fp8:
@@ -385,10 +323,8 @@ def write_tiny(models_dir: Path, name: str = "zimage-tiny", precision: str = "fp
                                       for k, v in denoiser.items()})
     if gguf:
         paths["gguf"] = denoiser_file(diffusion / f"{name}-Q8_0.gguf", denoiser)
-    paths[ENCODER_ROLE] = _save(encoder, models_dir / "text_encoders" / f"{encoder_name}.safetensors", dtype)
-    (models_dir / "text_encoders" / f"{encoder_name}.config.json").write_text(_encoder_config(pipe.text_encoder))
-    paths["vae"] = _save(vae, models_dir / "vae" / f"{vae_name}.safetensors", dtype)
-    (models_dir / "vae" / f"{vae_name}.config.json").write_text(json.dumps(dict(pipe.vae.config), indent=2) + "\n")
+    paths[ENCODER_ROLE] = tiny_parts.write_part(models_dir, "qwen3_4b")
+    paths["vae"] = tiny_parts.write_part(models_dir, "flux")
     if all_in_one:
         state = {DENOISER_PREFIX + k: v for k, v in denoiser.items()}
         state.update({_part_prefixes(ENCODER_ROLE)[0] + k: v for k, v in encoder.items()})
@@ -422,10 +358,5 @@ def write_tiny_lora(models_dir: Path, name: str, layout: str = "kohya", seed: in
     return _save(state, Path(models_dir) / "loras" / f"{name}.safetensors")
 
 
-def _unused_ldm_text_encoders(pipe) -> dict:
-    return {}
-
-
-FAMILY = ZImageFamily(facts=FACTS, encoders=(), lora_prefixes=(), tiny_pipeline=tiny_pipeline,
-                      ldm_text_encoders=_unused_ldm_text_encoders)
+FAMILY = ZImageFamily(facts=FACTS, encoders=(), lora_prefixes=(), tiny_pipeline=tiny_pipeline)
 FAMILIES = (FAMILY,)
