@@ -3,7 +3,8 @@ weights (the same compute as the real model), 512x512, 20 steps, fp16, batch 1/4
 SDPA / xformers (when installed) / SDPA + torch.compile: iterations/s and images/s for the plain
 diffusers call and for the farm's worker path (worker/render.py, the code `farm worker` runs).
 Run it on a GPU machine: python benchmarks/gpu.py [--steps 20] [--size 512] [--batches 1,4,8]
-`--tiny` runs the same code on the built-in tiny model (a check that the script works on a CPU)."""
+`--tiny` runs the same code on the built-in tiny model (a check that the script works on a CPU).
+The families built from parts (Flux, SD3.5, Z-Image) at their real width: benchmarks/gpu_families.py."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import emit  # noqa: E402
+from harness import emit, timed  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting, dramatic light"
 
@@ -40,20 +40,6 @@ def build_pipeline(config_dir: Path, device, dtype):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)
-
-
-def timed(fn, repeat: int) -> float:
-    import torch
-
-    fn()  # warm-up (and compilation)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeat
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import emit  # noqa: E402
+from harness import emit, timed  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting, dramatic light"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -126,48 +126,12 @@ def write_denoiser(family: str, config_dir: Path, models: Path, precisions: list
             path = save_safetensors({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in state.items()},
                                     diffusion / f"{stem}.safetensors")
         elif precision in ("Q8_0", "Q4_0"):
-            path = write_gguf(state, diffusion / f"{stem}.gguf", arch) if precision == "Q8_0" else \
-                write_gguf_q4_0(state, diffusion / f"{stem}.gguf", arch)
+            path = write_gguf(state, diffusion / f"{stem}.gguf", arch, precision)
         else:
             raise SystemExit(f"unknown precision {precision}")
         shutil.copytree(own, path.with_name(path.stem + ".config"))
         files[precision] = path
     return files, config
-
-
-def write_gguf_q4_0(state: dict, path: Path, arch: str) -> Path:
-    """As worker/tiny_parts.write_gguf, 2-D weights in Q4_0."""
-    import gguf
-    import numpy as np
-    import torch
-
-    writer = gguf.GGUFWriter(str(path), arch=arch)
-    for name, tensor in state.items():
-        array = tensor.to(torch.float32).numpy()
-        if array.ndim == 2 and name.endswith(".weight") and array.shape[-1] % 32 == 0:
-            q = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q4_0)
-            writer.add_tensor(name, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q4_0)
-        else:
-            writer.add_tensor(name, np.ascontiguousarray(array))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-def timed(fn, repeat: int) -> float:
-    import torch
-
-    fn()  # warm-up
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeat
 
 
 def main() -> None:

@@ -108,3 +108,18 @@ def machine() -> dict:
 
 def emit(name: str, result: dict) -> None:
     print(json.dumps({"benchmark": name, **result, "machine": machine()}), flush=True)
+
+
+def timed(fn, repeat: int) -> float:
+    """Seconds per call of fn, after one warm-up call (and compilation); the GPU synchronised."""
+    import torch
+
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeat

