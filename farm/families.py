@@ -148,6 +148,12 @@ BY_NAME = {f.name: f for f in FAMILIES}
 DEFAULT = BY_NAME["SD1.5"]  # what a file that does not say is taken for (sizes, budgets)
 
 
+# Module names only the transformer families' LoRAs have (BFL's, Stability's MMDiT, diffusers').
+# (SD UNets have `transformer_blocks` too, inside their attentions: no marker.)
+TRANSFORMER_LORA_MARKERS = ("double_blocks", "single_blocks", "joint_blocks", "single_transformer_blocks",
+                            "noise_refiner", "context_refiner")
+
+
 def family(name: str) -> Family | None:
     """The family called `name` ("SD1.5", "Flux.1 [dev]" ...); None for another name (e.g. a
     diffusers folder's class, or "?")."""
@@ -219,6 +225,11 @@ def file_family(path: Path, kind: str) -> str:
     if kind == "checkpoint":
         return header_family({k: (v["dtype"], tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"})
     if kind == "lora":
+        # a LoRA of a transformer family (Flux, SD3.5 ...) may carry SDXL-like lora_te1_ keys
+        # (SD3's two CLIPs): diffusers checks it against the pipeline when it is applied
+        if any(marker in k for k in keys for marker in TRANSFORMER_LORA_MARKERS) or any(
+                k.startswith("transformer.") for k in keys):
+            return UNKNOWN
         for f in FAMILIES:  # SDXL's lora_te1_/lora_te2_ before SD1.5's lora_te_
             if f.lora_keys and any(k.startswith(f.lora_keys) for k in keys):
                 return f.name

@@ -103,7 +103,10 @@ def list_workers(ledger: Ledger, console: Console | None = None) -> None:
         dtype = w.get("precision", "")
         if w.get("max_batch"):
             dtype += f", batch {w['max_batch']}"
+        checkpoint = w.get("checkpoint", "")
+        if checkpoint and w.get("loaded_as"):  # e.g. "Q8_0 as bfloat16, vram low"
+            checkpoint += f" ({w['loaded_as']})"
         table.add_row(w.get("name", ""), w.get("host", ""), w.get("gpu", ""), w.get("vram_gb", ""), worker_mode(w),
-                      dtype, w.get("checkpoint", ""), w.get("images_done", "0"), w.get("loads", "0"),
+                      dtype, checkpoint, w.get("images_done", "0"), w.get("loads", "0"),
                       w.get("load_seconds", "0"), w.get("task", ""), f"{ago:.0f} s ago")
     (console or stdout_console()).print(table)

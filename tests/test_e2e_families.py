@@ -96,3 +96,5 @@ def test_a_worker_renders_flux_and_zimage_through_redis(comfy_models, redis_serv
     assert len(records) == 4 and {r["worker"] for r in records} == {"gamer"}
     models = {parse_infotext(r["parameters"])[2]["Model"] for r in records}
     assert models == {"flux1-schnell-tiny", "zimage-tiny"}
+    # `farm workers` shows how the loaded model sits on the worker: stored precision, compute dtype
+    wait_for(lambda: "as float32" in farm("workers", "--broker", redis_server.url).stdout, 15, "the heartbeat")

@@ -249,3 +249,17 @@ def test_models_list_shows_family_and_precision_of_every_part(comfy):
     assert "Flux.1 [schnell]" in lines["flux1-schnell-Q8_0"] and " Q8_0 " in lines["flux1-schnell-Q8_0"]
     assert lines["t5xxl_fp8_e4m3fn"].startswith("text_encoder") and "fp8_e4m3fn" in lines["t5xxl_fp8_e4m3fn"]
     assert lines["qwen_3_4b"].startswith("text_encoder") and lines["ae"].startswith("vae")
+
+
+def test_loras_of_transformer_families_are_not_taken_for_sdxl(tmp_path):
+    """An SD3.5 kohya LoRA has lora_te1_/lora_te2_ keys like SDXL's; it must not be refused on an
+    SD3.5 checkpoint as "an SDXL LoRA". SD LoRAs keep their family."""
+    from farm.families import file_family
+
+    sd3 = write_safetensors(tmp_path / "sd3.safetensors", {"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": (4, 32),
+                                                           "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 32)})
+    flux = write_safetensors(tmp_path / "flux.safetensors", {"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": (4, 32)})
+    xl = write_safetensors(tmp_path / "xl.safetensors", {
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_k.lora_down.weight": (4, 32),
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": (4, 32)})
+    assert (file_family(sd3, "lora"), file_family(flux, "lora"), file_family(xl, "lora")) == ("?", "?", "SDXL")

@@ -33,6 +33,7 @@ class WorkerContext:
     images_done: int = 0
     current_task: RenderTask | None = None
     loaded_checkpoint: str = ""
+    loaded_as: str = ""  # how it sits here: stored precision, compute dtype, memory mode
     next_checkpoint: str = ""  # where this worker goes when its checkpoint's work runs out
     loads: int = 0
     load_seconds: float = 0.0

@@ -40,9 +40,17 @@ class TaskModels:
         """The PipelineCache's loader: load on the CPU in the profile's dtype, then place it under
         the profile this model gets (profile_for: `--vram auto` offloads a model that needs it)."""
         pipe = load_pipeline(checkpoint, device="cpu", dtype=self.profile.dtype, allow_pickle=self.allow_pickle)
-        profile = profile_for(self.profile, of_pipeline(pipe).name, _footprint(checkpoint, of_pipeline(pipe).name))
+        footprint = _footprint(checkpoint, of_pipeline(pipe).name)
+        profile = profile_for(self.profile, of_pipeline(pipe).name, footprint)
         pipe.seedfarm_profile = profile
+        pipe.seedfarm_stored = footprint.precision() if footprint is not None else "?"
         return apply_profile(pipe, profile)
+
+    def describe(self, pipe) -> str:
+        """How the loaded model sits on this worker, for `farm workers`: 'Q8_0 as bfloat16, vram low'."""
+        profile = self.profile_of(pipe)
+        compute = str(getattr(pipe, "seedfarm_dtype", None) or profile.dtype).removeprefix("torch.")
+        return f"{getattr(pipe, 'seedfarm_stored', '?')} as {compute}, vram {profile.vram}"
 
     def profile_of(self, pipe) -> MemoryProfile:
         return getattr(pipe, "seedfarm_profile", self.profile)

@@ -46,6 +46,7 @@ def heartbeat_loop(ledger: Ledger, ctx: WorkerContext, static: dict, stop: threa
         info = {
             **static,
             "checkpoint": ctx.loaded_checkpoint,
+            "loaded_as": ctx.loaded_as,
             "next": ctx.next_checkpoint,
             "loads": ctx.loads,
             "load_seconds": f"{ctx.load_seconds:.1f}",
