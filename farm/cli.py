@@ -446,6 +446,30 @@ def worker_resume(ctx, name, broker) -> None:
 
 
 @main.command()
+@click.option("--broker", required=True, help="The farm's Redis URL, e.g. redis://:PASSWORD@192.168.1.10:6379/0.")
+@click.option("--models", "models_dir", required=True, help="Your A1111/ComfyUI models folder.")
+@click.option("--name", default=None, help="This worker's name in `farm workers` (default: HOST-gpuN).")
+@click.option("--games", default=None, metavar="EXE,EXE", help="Programs that pause the worker while they run.")
+@click.option("--pause-when-busy", is_flag=True, help="Pause while another process uses the GPU.")
+@click.option("--hours", default=None, metavar="HH:MM-HH:MM", help="Render only in these hours.")
+@click.option("--user-idle", type=float, default=0.0, metavar="SECONDS", help="Render only after this long without input.")
+@click.option("--path", "path", type=click.Path(dir_okay=False), default=None,
+              help="Where to write (default: ~/.config/seedfarm/farm.yaml, where `farm` looks).")
+def setup(broker, models_dir, name, games, pause_when_busy, hours, user_idle, path) -> None:
+    """Write this PC's worker config, so that a bare `farm worker` joins the farm
+    (scripts/install-worker.ps1 runs it)."""
+    from farm.setup_config import SetupError, default_config_path, worker_config, write_config
+
+    try:
+        config = worker_config(broker, models_dir, name, games=games, pause_when_busy=pause_when_busy,
+                               hours=hours, user_idle=user_idle)
+    except SetupError as e:
+        raise FarmError(str(e)) from None
+    written = write_config(Path(path) if path else default_config_path(), config)
+    click.echo(str(written))
+
+
+@main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--broker", default=None, help=BROKER_HELP)
 @click.option("--store", "store_url", default=None, help=STORE_HELP)
