@@ -367,7 +367,7 @@ BROKER_HELP = "Redis URL, e.g. redis://:PASSWORD@HOST:6379/0 (or env FARM_BROKER
 STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--broker", default=None, help=BROKER_HELP)
 @click.option("--models", "models_dir", default=None, help="A1111/ComfyUI models folder (or env FARM_MODELS).")
 @click.option("--name", default=None, help="Worker name shown in `farm workers` (default: HOST-gpuN).")
@@ -388,23 +388,96 @@ STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
 @click.option("--no-half-vae", is_flag=True, default=None, help="Keep the VAE in float32 (A1111 --no-half-vae).")
 @click.option("--allow-pickle", is_flag=True, default=None,
               help="Also read pickled .ckpt/.pt files (weights only, never code). Default: .safetensors only.")
+@click.option("--pause-when-busy", is_flag=True, default=None,
+              help="Take no new task while another process uses this GPU (a game, another AI app).")
+@click.option("--games", default=None, metavar="EXE,EXE",
+              help="Take no new task while one of these programs runs, e.g. eldenring.exe,cs2.exe.")
+@click.option("--hours", default=None, metavar="HH:MM-HH:MM",
+              help="Take tasks only in these hours, e.g. 01:00-08:00 (several: comma-separated).")
+@click.option("--user-idle", type=float, default=None, metavar="SECONDS",
+              help="Take tasks only after this long without keyboard or mouse input (Windows).")
+@click.option("--resume-after", type=float, default=None, metavar="SECONDS",
+              help="After a game, the GPU or the user stops, wait this long before taking tasks (default 60).")
+@click.option("--yield-now", is_flag=True, default=None,
+              help="On a pause, hand the running task back after its diffusion batch instead of finishing it.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(broker, models_dir, name, gpu, store_url, max_pixels, tags, max_batch, vram, precision, attention,
-           no_half_vae, allow_pickle, loglevel) -> None:
-    """Render tasks from the farm's queue until stopped (Ctrl+C finishes the current task first)."""
+@click.pass_context
+def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_batch, vram, precision, attention,
+           no_half_vae, allow_pickle, pause_when_busy, games, hours, user_idle, resume_after, yield_now,
+           loglevel) -> None:
+    """Render tasks from the farm's queue until stopped (Ctrl+C finishes the current task first).
+
+    `farm worker pause NAME` / `farm worker resume NAME` step a worker aside from any PC."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj["broker"] = broker
+        return
     need_worker_extra()
     from farm.ledger import BrokerUnreachable
     from worker.memory import ProfileError
+    from worker.pause import PauseConfigError
     from worker.service import run_worker
 
     try:
         run_worker(settings(broker_url=broker, models=models_dir, vram=vram, precision=precision,
-                            attention=attention, no_half_vae=no_half_vae, allow_pickle=allow_pickle),
+                            attention=attention, no_half_vae=no_half_vae, allow_pickle=allow_pickle,
+                            pause_when_busy=pause_when_busy, games=games, hours=hours, user_idle=user_idle,
+                            resume_after=resume_after, yield_now=yield_now),
                    name, gpu, store_url, loglevel,
                    max_pixels=max_pixels, tags=frozenset(t.strip() for t in tags.split(",") if t.strip()),
                    max_batch=max_batch)
-    except (BrokerUnreachable, FileNotFoundError, ProfileError) as e:
+    except (BrokerUnreachable, FileNotFoundError, ProfileError, PauseConfigError) as e:
         raise FarmError(str(e)) from None
+
+
+@worker.command("pause")
+@click.argument("name")
+@click.option("--broker", default=None, help=BROKER_HELP)
+@click.option("--reason", default=None, help="What `farm workers` shows (default: who paused it).")
+@click.pass_context
+def worker_pause(ctx, name, broker, reason) -> None:
+    """Step worker NAME aside: it finishes its task and takes no new one until `resume`."""
+    import socket
+
+    ledger = ledger_or_exit(settings(broker_url=broker or ctx.obj.get("broker")).broker_url)
+    known = {w.get("name") for w in ledger.workers()}
+    ledger.request_pause(name, reason or f"paused from {socket.gethostname()} (farm worker resume {name})")
+    click.echo(f"paused {name}" + ("" if name in known else " (not running now: it starts paused)"))
+
+
+@worker.command("resume")
+@click.argument("name")
+@click.option("--broker", default=None, help=BROKER_HELP)
+@click.pass_context
+def worker_resume(ctx, name, broker) -> None:
+    """Let worker NAME take tasks again (after `farm worker pause NAME`)."""
+    ledger = ledger_or_exit(settings(broker_url=broker or ctx.obj.get("broker")).broker_url)
+    if not ledger.clear_pause(name):
+        raise FarmError(f"worker {name} was not paused with `farm worker pause`")
+    click.echo(f"resumed {name}")
+
+
+@main.command()
+@click.option("--broker", required=True, help="The farm's Redis URL, e.g. redis://:PASSWORD@192.168.1.10:6379/0.")
+@click.option("--models", "models_dir", required=True, help="Your A1111/ComfyUI models folder.")
+@click.option("--name", default=None, help="This worker's name in `farm workers` (default: HOST-gpuN).")
+@click.option("--games", default=None, metavar="EXE,EXE", help="Programs that pause the worker while they run.")
+@click.option("--pause-when-busy", is_flag=True, help="Pause while another process uses the GPU.")
+@click.option("--hours", default=None, metavar="HH:MM-HH:MM", help="Render only in these hours.")
+@click.option("--user-idle", type=float, default=0.0, metavar="SECONDS", help="Render only after this long without input.")
+@click.option("--path", "path", type=click.Path(dir_okay=False), default=None,
+              help="Where to write (default: ~/.config/seedfarm/farm.yaml, where `farm` looks).")
+def setup(broker, models_dir, name, games, pause_when_busy, hours, user_idle, path) -> None:
+    """Write this PC's worker config, so that a bare `farm worker` joins the farm
+    (scripts/install-worker.ps1 runs it)."""
+    from farm.setup_config import SetupError, default_config_path, worker_config, write_config
+
+    try:
+        config = worker_config(broker, models_dir, name, games=games, pause_when_busy=pause_when_busy,
+                               hours=hours, user_idle=user_idle)
+    except SetupError as e:
+        raise FarmError(str(e)) from None
+    written = write_config(Path(path) if path else default_config_path(), config)
+    click.echo(str(written))
 
 
 @main.command()

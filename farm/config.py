@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from farm.tunables import DEFAULT_RESTORE_INTERVAL, DEFAULT_VISIBILITY_TIMEOUT
 
@@ -33,6 +33,18 @@ class FarmSettings(BaseModel):
     attention: str = "sdpa"
     no_half_vae: bool = False
     allow_pickle: bool = False
+    # Stepping aside while the PC's owner uses it (worker/pause.py, docs/workers.md).
+    pause_when_busy: bool = False  # another process on the worker's GPU
+    games: list[str] = []  # executables whose running pauses the worker (a list, or "a.exe,b.exe")
+    hours: str | None = None  # render only in these hours, e.g. "01:00-08:00"
+    user_idle: float = 0.0  # render only after this many seconds without keyboard/mouse (Windows)
+    resume_after: float = 60.0  # seconds the GPU, the games and the user must stay away first
+    yield_now: bool = False  # on pause, hand the running task back after its diffusion batch
+
+    @field_validator("games", mode="before")
+    @classmethod
+    def _split_games(cls, value: Any) -> Any:
+        return [g.strip() for g in value.split(",") if g.strip()] if isinstance(value, str) else value
 
 
 ENV_VARS = {
@@ -47,6 +59,12 @@ ENV_VARS = {
     "attention": "FARM_ATTENTION",
     "no_half_vae": "FARM_NO_HALF_VAE",
     "allow_pickle": "FARM_ALLOW_PICKLE",
+    "pause_when_busy": "FARM_PAUSE_WHEN_BUSY",
+    "games": "FARM_GAMES",
+    "hours": "FARM_HOURS",
+    "user_idle": "FARM_USER_IDLE",
+    "resume_after": "FARM_RESUME_AFTER",
+    "yield_now": "FARM_YIELD_NOW",
 }
 
 

@@ -287,6 +287,17 @@ class Ledger:
         pipe.expire(key, HEARTBEAT_TTL)
         pipe.execute()
 
+    def request_pause(self, name: str, reason: str) -> None:
+        """`farm worker pause NAME`: the worker takes no new task until `resume` (worker/pause.py).
+        Kept without expiry, so that it holds across the worker's restarts."""
+        self.r.set(f"{PREFIX}pause:{name}", reason)
+
+    def clear_pause(self, name: str) -> bool:
+        return bool(self.r.delete(f"{PREFIX}pause:{name}"))
+
+    def pause_request(self, name: str) -> str | None:
+        return self.r.get(f"{PREFIX}pause:{name}")
+
     def forget_worker(self, name: str) -> None:
         self.r.delete(f"{PREFIX}worker:{name}")
 

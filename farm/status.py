@@ -94,9 +94,16 @@ def worker_mode(w: dict) -> str:
     return f"{mode} ({offload} offload)" if offload and offload != "none" else mode
 
 
+def worker_state(w: dict) -> str:
+    """`paused: game running: eldenring.exe` (worker/pause.py), `rendering` or `idle`."""
+    if w.get("paused"):
+        return f"paused: {w['paused']}" + (" (finishing its task)" if w.get("task") else "")
+    return "rendering" if w.get("task") else "idle"
+
+
 def list_workers(ledger: Ledger, console: Console | None = None) -> None:
     table = Table("worker", "host", "GPU", "VRAM GB", "mode", "dtype, batch", "checkpoint", "images", "loads", "loading s",
-                  "task", "last seen")
+                  "task", "last seen", "state")
     now = time.time()
     for w in ledger.workers():
         ago = now - float(w.get("last_seen", now))
@@ -108,5 +115,5 @@ def list_workers(ledger: Ledger, console: Console | None = None) -> None:
             checkpoint += f" ({w['loaded_as']})"
         table.add_row(w.get("name", ""), w.get("host", ""), w.get("gpu", ""), w.get("vram_gb", ""), worker_mode(w),
                       dtype, checkpoint, w.get("images_done", "0"), w.get("loads", "0"),
-                      w.get("load_seconds", "0"), w.get("task", ""), f"{ago:.0f} s ago")
+                      w.get("load_seconds", "0"), w.get("task", ""), f"{ago:.0f} s ago", worker_state(w))
     (console or stdout_console()).print(table)

@@ -5,8 +5,8 @@ The family (SD1.5 or SDXL) is read from the file's tensor names; the checkpoint 
 hub:
 - DIR is `<stem>.config/` beside the checkpoint when it exists (a checkpoint with a non-standard
   architecture, such as the tiny test models, carries its own diffusers config folder);
-- else the shipped folder for its family, `configs/sd15` or `configs/sdxl` (override the configs
-  root with FARM_CONFIGS_DIR).
+- else the shipped folder for its family, `configs/sd15` or `configs/sdxl` (the repo's configs/, or
+  the copy an installed wheel carries as worker/configs/; override the root with FARM_CONFIGS_DIR).
 
 `.safetensors` loads by default; pickled `.ckpt`/`.pt` only with `allow_pickle`, and then only
 through the weights-only unpickler (worker/safe_load.py). Anything that goes wrong while loading
@@ -48,19 +48,20 @@ __all__ = ["ModelFiles", "ModelLoadError", "PipelineCache", "configs_dir", "load
 
 
 def configs_dir() -> Path:
-    """The folder holding the offline model configs (sd15/, sdxl/: each family's config_folder).
-    FARM_CONFIGS_DIR wins; else the repo's configs/ next to this package (an editable install or a
-    source checkout)."""
+    """The folder holding the offline model configs (sd15/, sdxl/ ...: each family's config_folder).
+    FARM_CONFIGS_DIR wins; else the copy a wheel installs as package data, worker/configs/ (setup.py);
+    else the repo's configs/ next to this package (a source checkout or an editable install)."""
     env = os.environ.get("FARM_CONFIGS_DIR")
-    candidates = [Path(env)] if env else [Path(__file__).resolve().parent.parent / "configs"]
+    here = Path(__file__).resolve().parent
+    candidates = [Path(env)] if env else [here / "configs", here.parent / "configs"]
     probe = family("SD1.5").config_folder
     for d in candidates:
         if (d / probe / "model_index.json").is_file():
             return d
-    where = f"FARM_CONFIGS_DIR={env}" if env else str(candidates[0])
+    where = f"FARM_CONFIGS_DIR={env}" if env else " or ".join(map(str, candidates))
     raise ModelLoadError(
         f"model config folder not found ({where} has no {probe}/model_index.json); "
-        "set FARM_CONFIGS_DIR to the seedfarm repo's configs/ folder"
+        "reinstall seedfarm, or set FARM_CONFIGS_DIR to the seedfarm repo's configs/ folder"
     )
 
 

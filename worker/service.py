@@ -24,6 +24,8 @@ from farm.messages import requeue_orphans, worker_queue
 from farm.tunables import HEARTBEAT_SECONDS, REAP_SECONDS
 from worker import steering, tasks
 from worker.context import WorkerContext, configure
+from worker.pause import PausePolicy, make_gate
+from worker.pause import tick as pause_tick
 
 log = logging.getLogger("seedfarm.worker")
 
@@ -39,7 +41,7 @@ def device_info() -> dict:
 
 
 def heartbeat_loop(ledger: Ledger, ctx: WorkerContext, static: dict, stop: threading.Event,
-                   poke=lambda: None, reap=lambda: None) -> None:
+                   poke=lambda: None, reap=lambda: None, pause=None) -> None:
     next_reap = time.monotonic() + REAP_SECONDS
     while not stop.is_set():
         current = ctx.current_task
@@ -54,6 +56,8 @@ def heartbeat_loop(ledger: Ledger, ctx: WorkerContext, static: dict, stop: threa
             "task": f"{current.job}/{current.id}" if current else "",
         }
         try:
+            if pause is not None:  # why this worker takes no task now, "" when it does (worker/pause.py)
+                info["paused"] = pause_tick(pause, ctx)
             ledger.heartbeat(ctx.name, info)
             if current is None:
                 poke()  # an idle worker re-reads the queues now and then: new work, dead peers
@@ -93,6 +97,8 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
 
     from worker.memory import choose_profile
 
+    policy = PausePolicy.from_settings(settings)  # a bad --hours fails here, before anything starts
+
     # CUDA_VISIBLE_DEVICES already narrows this process to its GPU: it is device 0 here.
     profile = choose_profile(settings.vram, settings.precision, settings.attention, settings.no_half_vae)
     ledger = Ledger(wait_for_redis(settings.broker_url))
@@ -107,6 +113,9 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
              models, safe_url(settings.broker_url))
     log.info("memory profile: %s; pickled model files %s", profile.describe(),
              "allowed (weights only)" if settings.allow_pickle else "refused")
+    log.info("stepping aside: %s", policy.describe())
+    gate = make_gate(policy, gpu, remote=lambda: ledger.pause_request(name))
+    gate.check()  # before the consumer starts: a worker started paused takes no first task
 
     app = make_app(settings.broker_url, settings.visibility_timeout, settings.restore_interval)
     tasks.register(app, ledger=ledger, store_override=store_override)
@@ -117,7 +126,7 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     steering.install(app, steering.Steering(ledger, ctx, models, vram, max_pixels, tags, home,
                                             # --vram auto: a model that needs it is offloaded more
                                             mode="low" if profile.auto else profile.vram,
-                                            dtype=profile.precision))
+                                            dtype=profile.precision, pause=gate))
     static["tags"] = ",".join(sorted(tags))
     stop = threading.Event()
     # The refresh itself runs in the worker's own thread, after a no-op task sent to itself.
@@ -130,7 +139,8 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
             log.warning("re-queued %s: its worker stopped before storing its images", task)
         ledger.prune_routes()
 
-    beat = threading.Thread(target=heartbeat_loop, args=(ledger, ctx, static, stop, poke, reap), daemon=True)
+    beat = threading.Thread(target=heartbeat_loop, args=(ledger, ctx, static, stop, poke, reap, gate),
+                            daemon=True)
     beat.start()
     try:
         app.worker_main(argv=[

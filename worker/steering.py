@@ -33,8 +33,9 @@ log = logging.getLogger("seedfarm.worker")
 class Steering:
     def __init__(self, ledger: Ledger, ctx, models_dir: Path, vram_gb: float | None,
                  max_pixels: int | None, tags: frozenset[str], home_queue: str,
-                 mode: str = "high", dtype: str = "fp16"):
+                 mode: str = "high", dtype: str = "fp16", pause=None):
         self.ledger = ledger
+        self.pause = pause  # worker.pause.PauseGate: while it gives a reason, read no render queue
         self.ctx = ctx
         self.models_dir = models_dir
         self.vram_gb = vram_gb  # None on a CPU worker: no pixel limit
@@ -103,6 +104,12 @@ class Steering:
         rest of the order is, and one Redis call is cheaper than the dozen a full look takes (a
         tiny render lasts tens of milliseconds)."""
         if self.consumer is None:
+            return
+        if self.pause is not None and self.pause.reason:  # stepping aside: take no new task
+            if self.order:
+                self.apply([])
+            self.ctx.next_checkpoint = ""
+            self.ledger.announce(self.ctx.name, self.ctx.loaded_checkpoint, "", [])
             return
         if not force and self.order and self.routes_seen.get(self.order[0]) == self.ctx.loaded_checkpoint:
             if self.ledger.queue_lengths(self.order[:1])[self.order[0]] >= 2:
