@@ -91,15 +91,7 @@ FLUX_KEY = "double_blocks.0.img_attn.norm.key_norm.scale"  # diffusers' marker o
 FAMILIES = (
     Family("Chroma", "Chroma", denoiser_keys=("distilled_guidance_layer.in_proj.bias",),
            default_size="1024x1024", weights_gb=18.0),
-    Family("Flux.1 [dev]", "FLUX.1 [dev]",
-           denoiser_keys=(FLUX_KEY, "guidance_in.in_layer.weight"),
-           parts=(CLIP_L, T5XXL, FLUX_VAE), flow=True, default_size="1024x1024", weights_gb=24.0,
-           config_folder="flux1-dev",
-           defaults=FLOW_DEFAULTS + (("cfg", 1.0), ("steps", 20), ("distilled_cfg", 3.5))),
-    Family("Flux.1 [schnell]", "FLUX.1 [schnell]", denoiser_keys=(FLUX_KEY,), absent_keys=("guidance_in.in_layer.weight",),
-           parts=(CLIP_L, T5XXL, FLUX_VAE), flow=True, default_size="1024x1024", weights_gb=24.0,
-           config_folder="flux1-schnell",
-           defaults=FLOW_DEFAULTS + (("cfg", 1.0), ("steps", 4))),
+    # Flux.2 before Flux.1: Flux.2 files have Flux.1's marker (FLUX_KEY) too, and [dev] its guidance_in.
     # klein 4B / 9B / Flux.2 [dev] by their block counts (configs/flux2-klein-*/transformer):
     # 4B 5 double + 20 single blocks, 9B 8 + 24, [dev] 8 + 48; tiny test models keep the counts
     Family("Flux.2 [klein] 4B", "FLUX.2 [klein] 4B",
@@ -116,6 +108,15 @@ FAMILIES = (
            defaults=FLOW_DEFAULTS + (("cfg", 1.0), ("steps", 4))),
     Family("Flux.2", "FLUX.2 [dev]", denoiser_keys=("single_stream_modulation.lin.weight",),
            default_size="1024x1024", weights_gb=64.0),
+    Family("Flux.1 [dev]", "FLUX.1 [dev]",
+           denoiser_keys=(FLUX_KEY, "guidance_in.in_layer.weight"),
+           parts=(CLIP_L, T5XXL, FLUX_VAE), flow=True, default_size="1024x1024", weights_gb=24.0,
+           config_folder="flux1-dev",
+           defaults=FLOW_DEFAULTS + (("cfg", 1.0), ("steps", 20), ("distilled_cfg", 3.5))),
+    Family("Flux.1 [schnell]", "FLUX.1 [schnell]", denoiser_keys=(FLUX_KEY,), absent_keys=("guidance_in.in_layer.weight",),
+           parts=(CLIP_L, T5XXL, FLUX_VAE), flow=True, default_size="1024x1024", weights_gb=24.0,
+           config_folder="flux1-schnell",
+           defaults=FLOW_DEFAULTS + (("cfg", 1.0), ("steps", 4))),
     Family("SD3.5 Large", "Stable Diffusion 3.5 Large",
            denoiser_keys=("joint_blocks.0.context_block.adaLN_modulation.1.bias", "joint_blocks.37.x_block.mlp.fc1.weight"),
            parts=(CLIP_L, CLIP_G, T5XXL, SD3_VAE), flow=True, default_size="1024x1024", weights_gb=17.0,
