@@ -23,6 +23,8 @@ FAMILIES = {  # family -> the file its sweep renders (each written as make-tiny 
     "SD3.5 Medium": "sd35-medium-tiny_fp8_e4m3fn",
     "SD3.5 Large": "sd35-large-tiny-Q8_0",
     "Z-Image Turbo": "zimage-tiny-fp8",
+    "Flux.2 [klein] 4B": "flux2-klein-4b-tiny-Q8_0",
+    "Flux.2 [klein] 9B": "flux2-klein-9b-tiny",
     "SD1.5": "seedfarm-tiny",
 }
 
@@ -53,6 +55,9 @@ def test_one_sweep_renders_every_family_with_its_own_defaults(comfy_models, tmp_
     assert [dev[f"Module {i}"] for i in (1, 2, 3)] == ["ae", "clip_l", "t5xxl_fp16"]
     assert sd35["CFG scale"] == 4.5 and sd35["Module 1"] == "sd35_vae" and "Distilled CFG Scale" not in sd35
     assert zimage["Module 2"] == "qwen_3_4b"
+    klein4, klein9 = by_model["flux2-klein-4b-tiny-Q8_0"], by_model["flux2-klein-9b-tiny"]
+    assert [klein4[f"Module {i}"] for i in (1, 2)] == ["flux2-vae", "qwen_3_4b"] and klein4["CFG scale"] == 1
+    assert [klein9[f"Module {i}"] for i in (1, 2)] == ["flux2-vae", "qwen_3_8b"] and klein9["Steps"] == 2
     assert by_model["seedfarm-tiny"]["Sampler"] == "DPM++ 2M" and "Module 1" not in by_model["seedfarm-tiny"]
     # a picture, not a flat field, for every family
     for image in (tmp_path / "out").rglob("images/*.png"):

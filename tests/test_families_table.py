@@ -28,9 +28,12 @@ PREFIX = "model.diffusion_model."
 FLUX_DEV = {"double_blocks.0.img_attn.norm.key_norm.scale": (128,), "guidance_in.in_layer.weight": (64, 256),
             "img_in.weight": (64, 64)}
 FLUX_SCHNELL = {"double_blocks.0.img_attn.norm.key_norm.scale": (128,), "img_in.weight": (64, 64)}
-# one tensor with the real width of each variant: what tells 4B from 9B
-KLEIN_4B = {"single_stream_modulation.lin.weight": (9216, 3072)}
-KLEIN_9B = {"single_stream_modulation.lin.weight": (12288, 4096)}
+# what tells 4B from 9B from [dev]: the number of single blocks (20, 24, 48)
+# (Flux.2 files also have Flux.1's marker tensor: they must not be taken for Flux.1)
+KLEIN_4B = {"single_stream_modulation.lin.weight": (9216, 3072), "single_blocks.19.linear1.weight": (96, 32),
+            "double_blocks.0.img_attn.norm.key_norm.scale": (128,)}
+KLEIN_9B = {"single_stream_modulation.lin.weight": (12288, 4096), "single_blocks.23.linear1.weight": (96, 32),
+            "double_blocks.0.img_attn.norm.key_norm.scale": (128,)}
 SD35_LARGE = {"joint_blocks.0.context_block.adaLN_modulation.1.bias": (64,), "joint_blocks.37.x_block.mlp.fc1.weight": (4, 4)}
 SD35_MEDIUM = {"joint_blocks.0.context_block.adaLN_modulation.1.bias": (64,), "joint_blocks.0.x_block.attn2.qkv.weight": (4, 4)}
 ZIMAGE = {"layers.0.adaLN_modulation.0.weight": (64, 32), "cap_pad_token": (1, 32), "cap_embedder.0.weight": (32,)}
@@ -111,6 +114,10 @@ def test_recognition_never_confuses_families():
         assert header_family({k: ("BF16", s) for k, s in other.items()}) == NOT_A_CHECKPOINT
     # Flux.2 [dev] (6144 wide) is recognised as itself, not rendered, and never taken for klein
     assert header_family({"single_stream_modulation.lin.weight": ("BF16", (36864, 6144))}) == "Flux.2"
+    dev = {"single_stream_modulation.lin.weight": ("BF16", (36864, 6144)), "guidance_in.in_layer.weight": ("BF16", (6144, 256)),
+           "double_blocks.0.img_attn.norm.key_norm.scale": ("BF16", (128,))}
+    dev.update({f"single_blocks.{i}.linear1.weight": ("BF16", (96, 32)) for i in range(48)})
+    assert header_family(dev) == "Flux.2"
 
 
 def test_rendered_families_ship_their_config_folder_name():

@@ -119,6 +119,8 @@ TINY_WRITERS = {
     "SD3.5 Medium": lambda models_dir, name=None: _sd35(models_dir, "medium", name),
     "SD3.5 Large": lambda models_dir, name=None: _sd35(models_dir, "large", name),
     "Z-Image Turbo": lambda models_dir, name=None: _zimage(models_dir, name),
+    "Flux.2 [klein] 4B": lambda models_dir, name=None: _flux2(models_dir, "4b", name),
+    "Flux.2 [klein] 9B": lambda models_dir, name=None: _flux2(models_dir, "9b", name),
 }
 
 
@@ -132,6 +134,12 @@ def _zimage(models_dir: Path, name: str | None) -> Path:
     from worker.families.zimage import write_tiny
 
     return write_tiny(models_dir, name or "zimage-tiny")["checkpoint"]
+
+
+def _flux2(models_dir: Path, variant: str, name: str | None) -> Path:
+    from worker.tiny_flux2 import write_tiny
+
+    return write_tiny(models_dir, variant, name)["denoiser"]
 
 
 def write_tiny_family(models_dir: Path, family: str = "SD1.5", name: str | None = None) -> Path:

@@ -32,17 +32,27 @@ CONFIGS = {
                      rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643,
                      eos_token_id=151645, attention_bias=False, hidden_act="silu", model_type="qwen3"),
 }
+# Qwen3-8B (Flux.2 [klein] 9B's encoder) is wider than Qwen3-4B, as the real ones (4096 / 2560)
+CONFIGS["qwen3_8b"] = dict(CONFIGS["qwen3_4b"], hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
 _VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[32, 32, 32, 32],
             layers_per_block=1, down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
             norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=True)
 VAES = {"flux": dict(_VAE, scaling_factor=0.3611, shift_factor=0.1159, force_upcast=True),  # Flux.1's ae
         "sd3": dict(_VAE, scaling_factor=1.5305, shift_factor=0.0609)}
+# Flux.2's VAE (AutoencoderKLFlux2): 32 latent channels, quant convs, a BatchNorm over 2x2 patches
+FLUX2_VAE = dict(in_channels=3, out_channels=3, latent_channels=32, block_out_channels=[32, 32, 32, 32],
+                 layers_per_block=1, down_block_types=["DownEncoderBlock2D"] * 4,
+                 up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=32, use_quant_conv=True,
+                 use_post_quant_conv=True, mid_block_add_attention=True, patch_size=[2, 2], sample_size=64)
 # Each part's own seed: the same weights whichever family builds it, whatever else it draws.
-SEEDS = {"clip_l": 11, "clip_g": 12, "t5xxl": 13, "qwen3_4b": 14, "flux": 15, "sd3": 16}
+SEEDS = {"clip_l": 11, "clip_g": 12, "t5xxl": 13, "qwen3_4b": 14, "flux": 15, "sd3": 16, "qwen3_8b": 17,
+         "flux2": 18}
 # Where the writers put them: ComfyUI's folders and the names its example workflows use.
 FILES = {"clip_l": "text_encoders/clip_l.safetensors", "clip_g": "text_encoders/clip_g.safetensors",
          "t5xxl": "text_encoders/t5xxl_fp16.safetensors", "qwen3_4b": "text_encoders/qwen_3_4b.safetensors",
-         "flux": "vae/ae.safetensors", "sd3": "vae/sd35_vae.safetensors"}
+         "flux": "vae/ae.safetensors", "sd3": "vae/sd35_vae.safetensors",
+         "qwen3_8b": "text_encoders/qwen_3_8b.safetensors", "flux2": "vae/flux2-vae.safetensors"}
 
 
 def _seeded(role: str, build):
@@ -97,16 +107,28 @@ def t5xxl():
     return model.eval()
 
 
-def qwen3():
-    """The tiny Qwen3 (Qwen3Model: what Z-Image's and Flux.2 [klein]'s pipelines read)."""
+def qwen3(role: str = "qwen3_4b"):
+    """The tiny Qwen3 (Qwen3Model: what Z-Image's and Flux.2 [klein]'s pipelines read): "qwen3_4b"
+    (Z-Image, klein 4B) or "qwen3_8b" (klein 9B)."""
     from transformers import Qwen3Config, Qwen3Model
 
-    model = _seeded("qwen3_4b", lambda: Qwen3Model(Qwen3Config(**CONFIGS["qwen3_4b"])))
-    return _perturb_vectors(model, SEEDS["qwen3_4b"]).eval()
+    model = _seeded(role, lambda: Qwen3Model(Qwen3Config(**CONFIGS[role])))
+    return _perturb_vectors(model, SEEDS[role]).eval()
 
 
 def vae(kind: str):
-    """The tiny 16-channel VAE: "flux" (Flux.1's ae, also Z-Image's) or "sd3" (SD3.5's)."""
+    """The tiny 16-channel VAE: "flux" (Flux.1's ae, also Z-Image's) or "sd3" (SD3.5's); or
+    "flux2", the tiny AutoencoderKLFlux2 (32 channels; its BatchNorm's running statistics random,
+    as a trained one's are)."""
+    if kind == "flux2":
+        from diffusers import AutoencoderKLFlux2
+
+        model = _seeded(kind, lambda: AutoencoderKLFlux2(**FLUX2_VAE))
+        generator = torch.Generator().manual_seed(SEEDS[kind] + 100)
+        with torch.no_grad():
+            model.bn.running_mean.copy_(torch.randn(model.bn.running_mean.shape, generator=generator) * 0.2)
+            model.bn.running_var.copy_(torch.rand(model.bn.running_var.shape, generator=generator) + 0.5)
+        return _perturb_vectors(model, SEEDS[kind]).eval()
     from diffusers import AutoencoderKL
 
     model = _seeded(kind, lambda: AutoencoderKL(**VAES[kind]))
@@ -123,8 +145,13 @@ def part_tensors(role: str) -> dict:
         return {k: v for k, v in clip(role).state_dict().items() if not k.endswith("position_ids")}
     if role == "t5xxl":  # the tied token embedding is stored once, as `shared`
         return {k: v for k, v in t5xxl().state_dict().items() if k != "encoder.embed_tokens.weight"}
-    if role == "qwen3_4b":
-        return {"model." + k: v for k, v in qwen3().state_dict().items()}
+    if role in ("qwen3_4b", "qwen3_8b"):
+        return {"model." + k: v for k, v in qwen3(role).state_dict().items()}
+    if role == "flux2":  # BFL's Flux.2 layout (worker/families/flux2.py)
+        from worker.families.flux2 import vae_to_original
+
+        model = vae(role)
+        return vae_to_original(model.state_dict(), model.config)
     from worker.ldm_layout import vae_to_ldm
 
     model = vae(role)
@@ -133,10 +160,10 @@ def part_tensors(role: str) -> dict:
 
 def part_config(role: str) -> dict:
     """The config a part's `<stem>.config.json` holds (what a loader builds it from)."""
-    if role in VAES:
+    if role in VAES or role == "flux2":
         return dict(vae(role).config)
     model = {"clip_l": lambda: clip("clip_l"), "clip_g": lambda: clip("clip_g"), "t5xxl": t5xxl,
-             "qwen3_4b": qwen3}[role]()
+             "qwen3_4b": qwen3, "qwen3_8b": lambda: qwen3("qwen3_8b")}[role]()
     config = model.config.to_dict()
     config["architectures"] = [type(model).__name__]
     return config

@@ -56,7 +56,10 @@ FP8 = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 def _part_prefixes(role: str) -> tuple[str, ...]:
-    return next(p.in_checkpoint for p in FACTS.parts if p.role == role)
+    """A part's prefixes in an all-in-one file (any family's part: Flux.2 [klein] 9B's qwen3_8b too)."""
+    from farm.families import FAMILIES
+
+    return next(p.in_checkpoint for f in FAMILIES for p in f.parts if p.role == role)
 
 
 # ---- reading files ------------------------------------------------------------------------------
