@@ -43,7 +43,7 @@ class TaskModels:
         footprint = _footprint(checkpoint, of_pipeline(pipe).name)
         profile = profile_for(self.profile, of_pipeline(pipe).name, footprint)
         pipe.seedfarm_profile = profile
-        pipe.seedfarm_stored = footprint.precision() if footprint is not None else "?"
+        pipe.seedfarm_stored = footprint.precision if footprint is not None else "?"
         return apply_profile(pipe, profile)
 
     def describe(self, pipe) -> str:
