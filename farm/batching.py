@@ -23,7 +23,12 @@ def batch_key(task: RenderTask) -> tuple:
     """Tasks with equal keys can render in one diffusion call (the images stay as if rendered
     alone: batch invariance). The prompt's extra-network tags are in the key, because LoRAs are
     applied to the model, not to one image; the rest of the prompt is not."""
-    return (task.job, *(getattr(task, field) for field in BATCH_FIELDS), _networks(task.prompt))
+    return (task.job, *(_hashable(getattr(task, field)) for field in BATCH_FIELDS), _networks(task.prompt))
+
+
+def _hashable(value):
+    """A dict field (a model's parts by role) as a sorted tuple, so the key can be a set member."""
+    return tuple(sorted(value.items())) if isinstance(value, dict) else value
 
 
 @lru_cache(maxsize=4096)  # a sweep repeats few prompts many times; keeps enqueueing fast

@@ -69,7 +69,9 @@ def load_embeddings(pipe, used: dict[str, Path], allow_pickle: bool = False) -> 
     for name, path in used.items():
         parts = read_embedding(path, allow_pickle)
         if set(parts) != set(family.facts.embedding_parts):
-            owner = next((f.name for f in FAMILIES if f.config_folder and set(f.embedding_parts) == set(parts)), None)
+            # (families built from parts have no textual-inversion embeddings)
+            owner = next((f.name for f in FAMILIES if f.config_folder and not f.parts
+                          and set(f.embedding_parts) == set(parts)), None)
             kind = f"an {owner}" if owner else "another family's"
             raise ModelLoadError(f"{path.name}: {kind} embedding cannot be used with an {family.name} checkpoint")
         for part, encoder, tokenizer in family.embedding_targets(pipe):
