@@ -103,3 +103,23 @@ def test_a_worker_renders_flux_and_zimage_through_redis(comfy_models, redis_serv
     assert models == {"flux1-schnell-tiny", "zimage-tiny"}
     # `farm workers` shows how the loaded model sits on the worker: stored precision, compute dtype
     wait_for(lambda: "as float32" in farm("workers", "--broker", redis_server.url).stdout, 15, "the heartbeat")
+
+
+def test_a_flux_lora_in_the_prompt_is_applied_and_named_in_the_infotext(comfy_models, tmp_path):
+    from farm.models import lora_hash
+    from worker.tiny_flux1 import write_tiny_lora
+
+    lora = write_tiny_lora(comfy_models, "fluxstyle", layout="kohya")
+    spec = tmp_path / "lora.yaml"
+    spec.write_text("prompt: a cabin\ncheckpoint: flux1-dev-tiny\nseed: 4\nsize: 64x64\nsteps: 2\n"
+                    "lora: [None, fluxstyle]\nlora_weight: 0.8\n")
+    result = farm("run", str(spec), "--out", str(tmp_path / "out"), "--models", str(comfy_models))
+    assert result.returncode == 0, result.stderr
+    images = {}
+    for image in (tmp_path / "out").rglob("images/*.png"):
+        prompt, _, params = parse_infotext(read_parameters(image))
+        images[params.get("Lora hashes")] = np.asarray(Image.open(image)).astype(int)
+        if "<lora:" in prompt:
+            assert params["Lora hashes"] == f"fluxstyle: {lora_hash(lora)[:12]}"
+    assert set(images) == {None, f"fluxstyle: {lora_hash(lora)[:12]}"}
+    assert np.abs(images[None] - images[f"fluxstyle: {lora_hash(lora)[:12]}"]).max() > 3
