@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from farm.hires import DEFAULT_DENOISING, DEFAULT_UPSCALER, upscaler_name
 from farm.samplers import ETA_INFOTEXT_KEYS, USES_ENSD, display_name, effective_eta, flow_sampler, parse_sampler
 
 # A vae/lora axis value meaning "none": the checkpoint's own VAE, no extra LoRA.
@@ -213,6 +214,97 @@ def _variation_from_info(params: dict, notes: list) -> dict:
     return {"variation_seed": params["Variation seed"], "variation_strength": params["Variation seed strength"]}
 
 
+# ---- hires fix (farm/hires.py; the kind worker/kinds/hires.py) ------------------------------------
+# A spec with any of these keys renders kind "hires"; denoising_strength is the second pass's.
+HIRES_KEYS = ("hr_scale", "hr_resize", "hr_upscaler", "hr_steps", "hr_sampler", "hr_schedule", "hr_cfg",
+              "hr_prompt", "hr_negative_prompt")
+
+
+def is_hires(spec) -> bool:
+    return any(key in spec.values for key in HIRES_KEYS)
+
+
+def _kind_to_task(v: dict, spec) -> dict:
+    return {"kind": "hires" if is_hires(spec) else "txt2img"}
+
+
+def _hires_to_task(v: dict, spec) -> dict:
+    """Every hires field of a task (one row sets them all, as the prompt row sets both prompts)."""
+    if not is_hires(spec):
+        return {}
+    out = {"denoising_strength": float(v.get("denoising_strength", DEFAULT_DENOISING)),
+           "hr_upscaler": v.get("hr_upscaler", DEFAULT_UPSCALER), "hr_steps": int(v.get("hr_steps", 0)),
+           "hr_cfg": float(v["hr_cfg"]) if "hr_cfg" in v else None,
+           "hr_prompt": v.get("hr_prompt", ""), "hr_negative_prompt": v.get("hr_negative_prompt", "")}
+    if "hr_resize" in v:
+        x, y = (int(n) for n in v["hr_resize"].split("x"))
+        out.update(hr_resize_x=x, hr_resize_y=y)
+    else:
+        out["hr_scale"] = float(v.get("hr_scale", 2.0))
+    if "hr_sampler" in v:  # 'DPM++ 2M Karras' names the schedule too; else hr_schedule or the first pass's
+        sampler, schedule = parse_sampler(v["hr_sampler"], v.get("hr_schedule"))
+        explicit = "hr_schedule" in v or schedule != "Automatic"
+        out.update(hr_sampler=sampler, hr_schedule=schedule if explicit else "")
+    elif "hr_schedule" in v:
+        out["hr_schedule"] = v["hr_schedule"]
+    return out
+
+
+def _hires_info(task, seed: int) -> dict:
+    """A1111's hires keys: written only for a hires task, the optional ones only when they differ."""
+    if task.kind != "hires":
+        return {}
+    info: dict = {"Denoising strength": _number(task.denoising_strength)}
+    if task.hr_resize_x or task.hr_resize_y:
+        info["Hires resize"] = f"{task.hr_resize_x}x{task.hr_resize_y}"
+    else:
+        info["Hires upscale"] = _number(task.hr_scale)
+    if task.hr_steps:
+        info["Hires steps"] = task.hr_steps
+    info["Hires upscaler"] = task.hr_upscaler
+    if task.hr_sampler and task.hr_sampler != task.sampler:
+        info["Hires sampler"] = task.hr_sampler
+    if task.hr_schedule and task.hr_schedule != task.schedule:
+        info["Hires schedule type"] = task.hr_schedule
+    if task.hr_cfg is not None and task.hr_cfg != task.cfg:
+        info["Hires CFG Scale"] = _number(task.hr_cfg)
+    if task.hr_prompt and task.hr_prompt != task.prompt:
+        info["Hires prompt"] = task.hr_prompt
+    if task.hr_negative_prompt and task.hr_negative_prompt != task.negative_prompt:
+        info["Hires negative prompt"] = task.hr_negative_prompt
+    return info
+
+
+def _hires_from_info(params: dict, notes: list) -> dict:
+    if not any(key in params for key in ("Hires upscaler", "Hires upscale", "Hires resize-1")):
+        return {}
+    entries: dict = {"hr_upscaler": upscaler_name(str(params.get("Hires upscaler", DEFAULT_UPSCALER)))}
+    if "Denoising strength" in params:
+        entries["denoising_strength"] = params["Denoising strength"]
+    if "Hires resize-1" in params:
+        entries["hr_resize"] = f"{params['Hires resize-1']}x{params['Hires resize-2']}"
+    else:
+        entries["hr_scale"] = params.get("Hires upscale", 2)
+    if params.get("Hires steps"):
+        entries["hr_steps"] = params["Hires steps"]
+    if "Hires sampler" in params:
+        sampler, schedule = parse_sampler(str(params["Hires sampler"]), str(params.get("Hires schedule type",
+                                                                                       "Automatic")))
+        entries["hr_sampler"] = display_name(sampler, schedule)
+    elif "Hires schedule type" in params:
+        entries["hr_schedule"] = str(params["Hires schedule type"])
+    for key, entry in (("Hires CFG Scale", "hr_cfg"), ("Hires prompt", "hr_prompt"),
+                       ("Hires negative prompt", "hr_negative_prompt")):
+        if key in params:
+            entries[entry] = params[key]
+    return entries
+
+
+def _field(name: str):
+    """star for a field exported as it is."""
+    return lambda t, s: t.get(name)
+
+
 def _short_hash(sha256: str | None) -> str | None:
     from farm.hashes import short_hash  # imported when used: the table stays light to import
 
@@ -320,6 +412,43 @@ PARAMS: tuple[Param, ...] = (
           write_info=_ensd_info,
           read_info=lambda p, notes: {"ensd": p["ENSD"]} if p.get("ENSD") else {}, info_types=(("ENSD", int),),
           star=lambda t, s: t.get("ensd", 0)),
+    # hires fix: the denoising_strength row sets every hires field and writes/reads every hires key
+    Param("denoising_strength", ("denoising",),
+          read=lambda r, n: r.numbers(n, "denoising_strength", float, 0.01, 1),
+          fields=("denoising_strength",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Denoising strength",
+          to_task=_hires_to_task, write_info=_hires_info, read_info=_hires_from_info,
+          info_types=(("Denoising strength", float), ("Hires upscale", float), ("Hires steps", int),
+                      ("Hires CFG Scale", float), ("Hires resize-1", int), ("Hires resize-2", int)),
+          star=lambda t, s: _number(t["denoising_strength"]) if t.get("denoising_strength") else None),
+    Param("hr_scale", read=lambda r, n: r.numbers(n, "hr_scale", float, 1, 8),
+          fields=("hr_scale",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires upscale",
+          star=lambda t, s: _number(t.get("hr_scale", 2.0))),
+    Param("hr_resize", read=lambda r, n: r.sizes(n, "hr_resize"),
+          fields=("hr_resize_x", "hr_resize_y"), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires resize",
+          star=lambda t, s: f"{t.get('hr_resize_x', 0)}x{t.get('hr_resize_y', 0)}"),
+    Param("hr_upscaler", read=lambda r, n: r.upscalers(n),
+          fields=("hr_upscaler",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires upscaler",
+          star=_field("hr_upscaler")),
+    Param("hr_steps", read=lambda r, n: r.numbers(n, "hr_steps", int, 0, 10_000),
+          fields=("hr_steps",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires steps",
+          star=_field("hr_steps")),
+    Param("hr_sampler", read=lambda r, n: r.samplers(n, "hr_sampler"),
+          fields=("hr_sampler",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires sampler",
+          star=lambda t, s: display_name(t["hr_sampler"], t.get("hr_schedule") or "Automatic")
+          if t.get("hr_sampler") else None),
+    Param("hr_schedule", read=lambda r, n: r.schedules(n, "hr_schedule"),
+          fields=("hr_schedule",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires schedule type",
+          star=lambda t, s: t.get("hr_schedule") if t.get("hr_schedule") and not t.get("hr_sampler") else None),
+    Param("hr_cfg", read=lambda r, n: r.numbers(n, "hr_cfg", float, 0, 100),
+          fields=("hr_cfg",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires CFG Scale",
+          star=lambda t, s: _number(t["hr_cfg"]) if t.get("hr_cfg") is not None else None),
+    Param("hr_prompt", read=lambda r, n: [t for t, _ in r.texts(n, "hr_prompt", "the hires prompt text")],
+          fields=("hr_prompt",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires prompt",
+          star=_field("hr_prompt")),
+    Param("hr_negative_prompt",
+          read=lambda r, n: [t for t, _ in r.texts(n, "hr_negative_prompt", "the hires negative prompt text")],
+          fields=("hr_negative_prompt",), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+          title="Hires negative prompt", star=_field("hr_negative_prompt")),
     Param("seed_resize_from",
           read=lambda r, n: r.sizes(n, "seed_resize_from"),
           fields=("seed_resize_width", "seed_resize_height"), id_rule=UNLESS_DEFAULT,
@@ -370,8 +499,9 @@ PARAMS: tuple[Param, ...] = (
     # not an axis: one value per job (the spec key batch_size)
     Param("batch_size", in_spec=False, fields=("batch_size",), in_batch_key=True,
           to_task=lambda v, spec: {"batch_size": spec.batch_size}),
-    # the task kind the worker dispatches on; txt2img is the only one yet, so no spec key
-    Param("kind", in_spec=False, fields=("kind",), id_rule=UNLESS_DEFAULT, in_batch_key=True),
+    # the task kind the worker dispatches on (worker/kinds/), chosen by the spec's keys: no spec key
+    Param("kind", in_spec=False, fields=("kind",), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+          to_task=_kind_to_task),
 )
 BY_KEY = {p.key: p for p in PARAMS}
 AXIS_ORDER = tuple(p.key for p in PARAMS if p.in_spec)

@@ -60,6 +60,19 @@ class RenderTask(BaseModel):
                                           description="part role -> text encoder file (stem) for a family built from parts")
     part_hashes: dict[str, str] = Field(default_factory=dict, description="part role -> sha256 of its file")
     kind: str = Field(default="txt2img", description="the task kind the worker dispatches on")
+    # hires fix (kind "hires", farm/hires.py): the second pass; "" or None = as the first pass
+    denoising_strength: float | None = Field(default=None, gt=0, le=1,
+                                             description="A1111 'Denoising strength' of an img2img pass")
+    hr_scale: float = Field(default=2.0, gt=0, le=16, description="hires: upscale factor (when hr_resize is 0x0)")
+    hr_resize_x: int = Field(default=0, ge=0, description="hires: resize to width, 0 = from height and aspect")
+    hr_resize_y: int = Field(default=0, ge=0, description="hires: resize to height, 0 = from width and aspect")
+    hr_upscaler: str = Field(default="", description="hires: A1111 upscaler name ('' = not a hires task)")
+    hr_steps: int = Field(default=0, ge=0, description="hires: second-pass steps, 0 = A1111's from steps")
+    hr_sampler: str = Field(default="", description="hires: second-pass sampler, '' = the first pass's")
+    hr_schedule: str = Field(default="", description="hires: second-pass schedule type, '' = the first pass's")
+    hr_prompt: str = Field(default="", description="hires: second-pass prompt, '' = the prompt")
+    hr_negative_prompt: str = Field(default="", description="hires: second-pass negative prompt, '' = the negative")
+    hr_cfg: float | None = Field(default=None, ge=0, le=100, description="hires: second-pass CFG, None = cfg")
     filename: str = Field(default="[seed]-[task_id]", description="output filename pattern")
     axes: dict[str, Any] = Field(default_factory=dict, description="swept axis -> value, for labels")
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, farm
+from farm.hires import output_size
 from farm.infotext import parse_infotext, read_parameters
 from farm.spec import load_spec
 from farm.task import RenderTask
@@ -36,7 +37,7 @@ def check_job_folder(folder: Path, spec_path: Path, models: Path) -> list[dict]:
         assert task.id == task.content_id() == record["task_id"]
         image_path = folder / record["image"]
         with Image.open(image_path) as im:
-            assert im.size == (task.width, task.height)
+            assert im.size == output_size(task)  # the first pass's, or a hires task's second pass's
         text = read_parameters(image_path)
         assert text == record["parameters"]
         prompt, negative, params = parse_infotext(text)

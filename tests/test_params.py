@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from farm.params import (
+    HIRES_KEYS,
     ALIASES, AXIS_ORDER, BATCH_FIELDS, BY_KEY, DEFAULTS, IN_ID_UNLESS_DEFAULT, PARAMS, axis_title, filename_token,
 )
 from farm.task import RenderTask
@@ -43,7 +44,8 @@ GRID_LABELS = {
 
 def test_axis_titles_are_the_grids_labels():
     assert {axis: axis_title(axis) for axis in GRID_LABELS} == GRID_LABELS
-    assert set(AXIS_ORDER) - set(GRID_LABELS) == {"eta", "ensd", "distilled_cfg", "shift"}
+    new_axes = {"eta", "ensd", "distilled_cfg", "shift", "denoising_strength", *HIRES_KEYS}
+    assert set(AXIS_ORDER) - set(GRID_LABELS) == new_axes
 
 
 def test_eta_and_ensd_labels_and_filename_tokens():

@@ -199,7 +199,7 @@ def test_a_task_of_an_unknown_kind_fails_with_one_line(tiny_checkpoint, tmp_path
 
     task = _task(kind="img2img").with_id()
     ctx = WorkerContext(models_dir=tiny_checkpoint.parent.parent)
-    message = r"^task kind 'img2img' is not one this worker renders \(txt2img\); update seedfarm on this worker$"
+    message = r"^task kind 'img2img' is not one this worker renders \(txt2img, hires\); update seedfarm on this worker$"
     with pytest.raises(TaskError, match=message):
         run_task(task, open_store(str(tmp_path)), ctx)
     assert ctx.cache is None  # refused before any checkpoint loads

@@ -57,7 +57,10 @@ class TaskModels:
 
     def max_batch(self, pipe, task: RenderTask) -> int:
         """Images of this task's size per diffusion call, from the card's pixel budget."""
-        return auto_max_batch(self.profile_of(pipe), of_pipeline(pipe).name, task.width, task.height)
+        from farm.hires import output_size
+
+        width, height = output_size(task)  # a hires task's second pass is the larger
+        return auto_max_batch(self.profile_of(pipe), of_pipeline(pipe).name, width, height)
 
     def render(self, pipe, kind, slots: list) -> list:
         """The images of `slots` (worker.render.Slot), rendered by the task kind's module."""

@@ -11,6 +11,7 @@ family (worker/families/).
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,22 +149,67 @@ def render_images(pipe, task: RenderTask) -> list[Image.Image]:
     return render_batch(pipe, [Slot(task, i) for i in range(task.batch_size)])
 
 
-def render_batch(pipe, slots: list[Slot]) -> list[Image.Image]:
+# A pass's pipeline call: (pipe, its slots, the conditioning kwargs) -> one output per slot. It sets
+# the scheduler, makes the starting latents and calls the pipeline; the kwargs hold the prompt
+# embeddings (and the prompt-editing callback) for exactly these slots, in their order.
+Call = Callable[[object, list[Slot], dict], list]
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One diffusion pass over a batch (txt2img's only pass; hires fix's two; img2img's one): the
+    prompts and step count its conditioning is scheduled over, and its pipeline call."""
+
+    call: Call
+    prompts: Callable[[RenderTask], tuple[str, str]] = lambda t: (t.prompt, t.negative_prompt)
+    steps: Callable[[RenderTask], int] = lambda t: t.steps
+
+
+def txt2img_call(pipe, slots: list[Slot], kwargs: dict, output: str = "np") -> list:
+    """The txt2img pipeline call: the sampler's scheduler, worker.rng's starting noise, per-image
+    step generators. output "np": PIL images; "latent": the final latents, one (C, H, W) per slot;
+    "pt": the decoded pixels, one (3, H, W) in [0, 1] per slot."""
+    task = slots[0].task
+    seeds = [slot.seed for slot in slots]
+    pipe.scheduler = make_scheduler(pipe.scheduler.config, task.sampler, task.schedule, seeds=seeds, eta=task.eta)
+    latents = initial_latents(pipe, slots)
+    generators = [step_generator(slot.seed, _latent_shape(pipe, slot.task), slot.task.ensd) for slot in slots]
+    result = pipe(
+        **kwargs,
+        num_images_per_prompt=1,  # the conditioning has one row per image already
+        num_inference_steps=task.steps,
+        guidance_scale=task.cfg,
+        width=task.width,
+        height=task.height,
+        latents=latents,
+        generator=generators,  # per-step noise of ancestral/SDE samplers, per image
+        output_type=output,
+    )
+    if output in ("latent", "pt"):  # latents, or decoded (n, 3, H, W) in [0, 1], for a kind's next step
+        return list(result.images)
+    return to_images(result.images, task)
+
+
+TXT2IMG = Pass(txt2img_call)
+
+
+def render_batch(pipe, slots: list[Slot], how: Pass = TXT2IMG) -> list:
     """Render images of tasks with equal batch keys (farm/batching.py), in as few pipeline calls as
-    their conditioning allows (plan_calls); the images come back in the order of `slots`, each as
-    it would be rendered alone. Raises RenderError on a bad prompt or NaN output."""
+    their conditioning allows (plan_calls); the outputs come back in the order of `slots`, each as
+    it would be rendered alone. `how`: the pass (txt2img by default; the kinds in worker/kinds/
+    give their own calls). Raises RenderError on a bad prompt or NaN output."""
     task = slots[0].task
     if task.width % 8 or task.height % 8:
         raise RenderError(f"width and height must be multiples of 8, got {task.width}x{task.height}")
     schedules: dict[tuple, list[ScheduledPair]] = {}
     for slot in slots:
-        key = _prompt_key(slot.task)
+        key = how.prompts(slot.task)
         if key not in schedules:
             try:
-                schedules[key] = conditioning_schedule(pipe, *key, task.steps, task.clip_skip)
+                schedules[key] = conditioning_schedule(pipe, *key, how.steps(task), task.clip_skip)
             except ConditioningError as e:
                 raise RenderError(str(e)) from None
-    per_slot = [schedules[_prompt_key(slot.task)] for slot in slots]
+    per_slot = [schedules[how.prompts(slot.task)] for slot in slots]
     family = of_pipeline(pipe)
     if isinstance(family, PartsFamily):
         for slot, schedule in zip(slots, per_slot):
@@ -171,15 +217,11 @@ def render_batch(pipe, slots: list[Slot]) -> list[Image.Image]:
                 raise RenderError(
                     f"prompt editing ([a:b:N]), alternation ([a|b]) and AND are not supported on {family.name} "
                     f"(prompt: {slot.task.prompt[:60]!r}); they are on SD1.5 and SDXL")
-    images: list[Image.Image | None] = [None] * len(slots)
+    images: list = [None] * len(slots)
     for call in plan_calls(per_slot):
-        for k, image in zip(call, _render_call(pipe, [slots[k] for k in call], [per_slot[k] for k in call])):
+        for k, image in zip(call, _render_call(pipe, [slots[k] for k in call], [per_slot[k] for k in call], how)):
             images[k] = image
     return images
-
-
-def _prompt_key(task: RenderTask) -> tuple[str, str]:
-    return (task.prompt, task.negative_prompt)
 
 
 def plan_calls(schedules: list[list[ScheduledPair]]) -> list[list[int]]:
@@ -202,15 +244,13 @@ def plan_calls(schedules: list[list[ScheduledPair]]) -> list[list[int]]:
     return list(mixable.values()) + calls
 
 
-def _render_call(pipe, slots: list[Slot], schedules: list[list[ScheduledPair]]) -> list[Image.Image]:
+def _render_call(pipe, slots: list[Slot], schedules: list[list[ScheduledPair]], how: Pass) -> list:
     family = of_pipeline(pipe)
     if isinstance(family, PartsFamily):
+        if how is not TXT2IMG:
+            raise RenderError(f"task kind '{slots[0].task.kind}' is not supported on {family.name} yet; "
+                              "it renders on SD1.5 and SDXL")
         return _render_parts_call(pipe, family, slots, [schedule[0] for schedule in schedules])
-    task = slots[0].task
-    seeds = [slot.seed for slot in slots]
-    pipe.scheduler = make_scheduler(pipe.scheduler.config, task.sampler, task.schedule, seeds=seeds, eta=task.eta)
-    latents = initial_latents(pipe, slots)
-    generators = [step_generator(slot.seed, _latent_shape(pipe, slot.task), slot.task.ensd) for slot in slots]
     first = [schedule[0] for schedule in schedules]
     kwargs = _embeds(first)
     current = [first[0]]
@@ -222,18 +262,7 @@ def _render_call(pipe, slots: list[Slot], schedules: list[list[ScheduledPair]]) 
     guidance = composable_guidance(family.denoiser_of(pipe), current, len(slots)) if composable else nullcontext()
 
     with torch.inference_mode(), guidance:
-        result = pipe(
-            **kwargs,
-            num_images_per_prompt=1,  # the conditioning has one row per image already
-            num_inference_steps=task.steps,
-            guidance_scale=task.cfg,
-            width=task.width,
-            height=task.height,
-            latents=latents,
-            generator=generators,  # per-step noise of ancestral/SDE samplers, per image
-            output_type="np",
-        )
-    return _to_images(result.images, task)
+        return how.call(pipe, slots, kwargs)
 
 
 def _render_parts_call(pipe, family: PartsFamily, slots: list[Slot], entries: list[ScheduledPair]) -> list[Image.Image]:
@@ -253,10 +282,10 @@ def _render_parts_call(pipe, family: PartsFamily, slots: list[Slot], entries: li
             latents=latents,
             output_type="np",
         )
-    return _to_images(result.images, task)
+    return to_images(result.images, task)
 
 
-def _to_images(images, task: RenderTask) -> list[Image.Image]:
+def to_images(images, task: RenderTask) -> list[Image.Image]:
     """float (n, h, w, 3) in [0, 1] -> PIL images; RenderError on NaN."""
     images = np.asarray(images)
     if np.isnan(images).any():

@@ -8,8 +8,9 @@ import math
 import re
 from collections.abc import Sequence
 
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from farm.hires import upscaler_name
 from farm.ranges import LazySequence, RangeError, concat, parse_list
 from farm.samplers import SCHEDULE_TYPES, display_name, parse_sampler
 from farm.spec.nodes import NodeReader, show_number
@@ -144,33 +145,49 @@ class AxisReader(NodeReader):
             )
         return values
 
-    def samplers(self, node: Node) -> list[str]:
+    def samplers(self, node: Node, axis: str = "sampler") -> list[str]:
         names = []
         expect = "an A1111 sampler name like 'Euler a' or 'DPM++ 2M Karras'"
-        for text, item in self.texts(node, "sampler", expect, split=True):
+        for text, item in self.texts(node, axis, expect, split=True):
             try:
                 names.append(display_name(*parse_sampler(text)))
             except ValueError as e:
-                raise self.error(item, str(e)) from None
-        self.unique(names, node, "sampler")
+                raise self.error(item, f"{axis}: {e}" if axis != "sampler" else str(e)) from None
+        self.unique(names, node, axis)
         return names
 
-    def schedules(self, node: Node) -> list[str]:
+    def schedules(self, node: Node, axis: str = "schedule") -> list[str]:
         lookup = {s.lower(): s for s in SCHEDULE_TYPES}
         names = []
-        for text, item in self.texts(node, "schedule", "an A1111 schedule type like 'Karras'", split=True):
+        for text, item in self.texts(node, axis, "an A1111 schedule type like 'Karras'", split=True):
             if text.lower() not in lookup:
                 guess = difflib.get_close_matches(text, SCHEDULE_TYPES, n=1)
                 hint = f" (did you mean '{guess[0]}'?)" if guess else ""
                 valid = ", ".join(SCHEDULE_TYPES)
-                raise self.error(item, f"schedule: unknown schedule type '{text}'{hint}; valid: {valid}")
+                raise self.error(item, f"{axis}: unknown schedule type '{text}'{hint}; valid: {valid}")
             names.append(lookup[text.lower()])
-        self.unique(names, node, "schedule")
+        self.unique(names, node, axis)
+        return names
+
+    def upscalers(self, node: Node) -> list[str]:
+        """hr_upscaler: A1111's hires upscaler names (farm/hires.py)."""
+        names = []
+        for text, item in self.texts(node, "hr_upscaler", "an A1111 hires upscaler like 'Latent'", split=True):
+            try:
+                names.append(upscaler_name(text))
+            except ValueError as e:
+                raise self.error(item, f"hr_upscaler: {e}") from None
+        self.unique(names, node, "hr_upscaler")
         return names
 
     def sizes(self, node: Node, axis: str = "size") -> list[str]:
         sizes = []
-        for text, item in self.texts(node, axis, "WIDTHxHEIGHT like 512x768", split=True):
+        items = node.value if isinstance(node, SequenceNode) else [node]
+        # YAML reads 0x0 and 0x1024 as hexadecimal numbers: such a scalar is read as written
+        raw = [(item.value, item) for item in items if isinstance(item, ScalarNode) and _SIZE.fullmatch(item.value)]
+        texts = raw if len(raw) == len(items) and items else self.texts(node, axis, "WIDTHxHEIGHT like 512x768",
+                                                                            split=True)
+        for text, item in texts:
             m = _SIZE.fullmatch(text)
             if m is None:
                 raise self.error(item, f"{axis}: expected WIDTHxHEIGHT like 512x768, got '{text}'")

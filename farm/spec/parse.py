@@ -16,7 +16,8 @@ from farm.hashes import sha256_file
 from farm.model_files import ModelFileError
 from farm.models import Registry
 from farm.parts import PartError, resolve_parts
-from farm.params import ALIASES, AXIS_ORDER, DEFAULTS, PARAMS
+from farm.hires import size_problem
+from farm.params import ALIASES, AXIS_ORDER, DEFAULTS, HIRES_KEYS, PARAMS
 from farm.samplers import eta_problem, flow_sampler, parse_sampler
 from farm.spec.axes import AxisReader
 from farm.spec.combine import CombineReader
@@ -126,6 +127,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
         self.flow_samplers(f, values, flow)
         self.sampler_eta_pairs(f, values)
         parts = self.parts(f, values["checkpoint"], families, checkpoint_files, models_dir, known or {})
+        self.hires(f, values, rows)
 
         if "combine" in f:
             dims = self.combine(f["combine"][1], values)
@@ -183,6 +185,49 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
                 raise self.error(node, f"checkpoint '{checkpoint}': {e}") from None
             out[checkpoint] = {p.role: (p.name, sha256_file(p.path) if p.path else None) for p in resolved}
         return out
+
+    def hires(self, f: dict, values: dict, rows: list) -> None:
+        """Hires fix (farm/hires.py): its keys together make sense, the second pass's size is
+        renderable for every first-pass size, and every checkpoint's family can render it."""
+        given = [key for key in HIRES_KEYS if key in f]
+        if not given:
+            if "denoising_strength" in f:
+                raise self.error(f["denoising_strength"][0], "denoising_strength: is the strength of a hires fix "
+                                 "second pass here; add hr_scale (or hr_resize, hr_upscaler) for hires fix "
+                                 "(img2img's init_images are not supported yet)")
+            return
+        for row in rows:
+            if row is not None and row.parts:
+                raise self.error(f[given[0]][0], f"{given[0]}: hires fix is not supported on {row.name} yet "
+                                 "(it renders on SD1.5 and SDXL checkpoints)")
+        if "hr_scale" in f and "hr_resize" in f:
+            raise self.error(f["hr_resize"][0], "give either hr_scale (a factor) or hr_resize (WxH), not both")
+        if "hr_resize" in values and "0x0" in values["hr_resize"]:
+            raise self.error(f["hr_resize"][1], "hr_resize: 0x0 has no size; give WxH, with 0 for the side "
+                             "that keeps the aspect ratio (e.g. 1024x0)")
+        for key in ("hr_prompt", "hr_negative_prompt"):
+            for text in values.get(key, ()):
+                if re.search(r"<\w+:[^>]*>", text):
+                    raise self.error(f[key][1], f"{key}: extra-network tags (<lora:...>) are not supported in "
+                                     "the hires prompt yet; the first pass's LoRAs apply to both passes")
+        if "size" in values:
+            sizes = [tuple(int(n) for n in s.split("x")) for s in values["size"]]
+        else:
+            sizes = [(w, h) for w in values["width"] for h in values["height"]]
+        resizes = [tuple(int(n) for n in s.split("x")) for s in values.get("hr_resize", ())]
+        targets = [(0.0, x, y) for x, y in resizes] or [(float(s), 0, 0) for s in values.get("hr_scale", (2.0,))]
+        for width, height in sizes:
+            for scale, x, y in targets:
+                problem = size_problem(width, height, scale, x, y)
+                if problem:
+                    key = "hr_resize" if resizes else "hr_scale" if "hr_scale" in f else "size"
+                    raise self.error(f[key][1] if key in f else f[given[0]][1], problem)
+        for name in values.get("hr_sampler", ()):
+            for schedule in values.get("hr_schedule", ()):
+                try:
+                    parse_sampler(name, schedule)
+                except ValueError as e:
+                    raise self.error(f["hr_schedule"][1], f"hr_schedule: {e}") from None
 
     def sampler_eta_pairs(self, f: dict, values: dict) -> None:
         """Every sampler must render every eta it is swept with (samplers without eta ignore it)."""

@@ -1,5 +1,5 @@
-"""Task kinds: what a task asks the worker to make (RenderTask.kind). Today's one kind is txt2img;
-img2img, inpaint, hires fix and upscale come next.
+"""Task kinds: what a task asks the worker to make (RenderTask.kind). txt2img and hires
+(A1111's hires fix); img2img, inpaint and upscale come next.
 
 A kind is one module here with
 
@@ -15,9 +15,9 @@ from types import ModuleType
 
 from farm.task import RenderTask
 from worker.context import TaskError
-from worker.kinds import txt2img
+from worker.kinds import hires, txt2img
 
-KINDS: dict[str, ModuleType] = {"txt2img": txt2img}
+KINDS: dict[str, ModuleType] = {"txt2img": txt2img, "hires": hires}
 
 
 def kind_of(task: RenderTask) -> ModuleType:
