@@ -7,9 +7,14 @@ to Redis run code on every PC.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from celery import Celery
 
 from farm.tunables import DEFAULT_RESTORE_INTERVAL, DEFAULT_VISIBILITY_TIMEOUT
+
+if TYPE_CHECKING:
+    from farm.guard import Policy
 
 RENDER_TASK = "seedfarm.render"
 # A no-op sent to a worker's own queue: it wakes the worker's blocking read at once, and the worker
@@ -18,8 +23,12 @@ REFRESH_TASK = "seedfarm.refresh"
 
 
 def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
-             restore_interval: float = DEFAULT_RESTORE_INTERVAL) -> Celery:
-    """The Celery app. See farm/tunables.py for why the visibility timeout is what it is."""
+             restore_interval: float = DEFAULT_RESTORE_INTERVAL, policy: "Policy | None" = None) -> Celery:
+    """The Celery app. See farm/tunables.py for why the visibility timeout is what it is.
+
+    A worker passes its `policy` (farm/guard.py): it then reads its queues through the guarded
+    transport (farm/transport.py), which dead-letters any message it may not run, and it takes no
+    remote-control commands (anyone who can write to Redis could send `shutdown`)."""
     app = Celery("seedfarm", broker=broker_url)
     transport = {
         "visibility_timeout": visibility_timeout,
@@ -36,6 +45,8 @@ def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_
         "socket_keepalive": True,
         "health_check_interval": 25,
     }
+    if policy is not None:
+        transport["farm_policy"] = policy
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -55,4 +66,6 @@ def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_
         task_default_queue="seedfarm",
         worker_hijack_root_logger=False,
     )
+    if policy is not None:
+        app.conf.update(broker_transport="farm.transport:Transport", worker_enable_remote_control=False)
     return app

@@ -386,13 +386,15 @@ def worker(broker, models_dir, name, gpu, store_url, max_pixels, tags, max_batch
     from worker.service import run_worker
 
     try:
-        run_worker(settings(broker_url=broker, models=models_dir, vram=vram, precision=precision,
+        code = run_worker(settings(broker_url=broker, models=models_dir, vram=vram, precision=precision,
                             attention=attention, no_half_vae=no_half_vae, allow_pickle=allow_pickle),
                    name, gpu, store_url, loglevel,
                    max_pixels=max_pixels, tags=frozenset(t.strip() for t in tags.split(",") if t.strip()),
                    max_batch=max_batch)
     except (BrokerUnreachable, FileNotFoundError, ProfileError) as e:
         raise FarmError(str(e)) from None
+    if code:  # stopped by an error (Celery logged it): a supervisor must see a failure and restart it
+        raise FarmError(f"worker stopped with exit code {code}")
 
 
 @main.command()
@@ -449,6 +451,26 @@ def workers(broker) -> None:
     from farm.status import list_workers
 
     list_workers(ledger_or_exit(settings(broker_url=broker).broker_url))
+
+
+@main.command("dead-letters")
+@click.option("--broker", default=None, help=BROKER_HELP)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--clear", is_flag=True, help="Delete them all after printing.")
+def dead_letters_cmd(broker, limit, clear) -> None:
+    """Messages the workers refused (not JSON, wrong schema, too large, an untrusted store ...)."""
+    import time
+
+    from farm.guard import DEAD_LETTERS, dead_letter_count, dead_letters
+
+    ledger = ledger_or_exit(settings(broker_url=broker).broker_url)
+    for d in dead_letters(ledger.r, limit):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.get("time", 0)))
+        click.echo(f"{when}  {d.get('queue', '')}  {d.get('bytes', 0)} bytes  {d.get('reason', '')}")
+    count = dead_letter_count(ledger.r)
+    if clear:
+        ledger.r.delete(DEAD_LETTERS)
+    console.print(f"{count} dead letter(s)" + (", cleared" if clear else ""))
 
 
 @main.command()

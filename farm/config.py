@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from farm.tunables import DEFAULT_RESTORE_INTERVAL, DEFAULT_VISIBILITY_TIMEOUT
+from farm.tunables import DEFAULT_RESTORE_INTERVAL, DEFAULT_VISIBILITY_TIMEOUT, MAX_MESSAGE_BYTES
 
 
 class FarmSettings(BaseModel):
@@ -33,6 +33,10 @@ class FarmSettings(BaseModel):
     attention: str = "sdpa"
     no_half_vae: bool = False
     allow_pickle: bool = False
+    # What a worker accepts from its queues (farm/guard.py, docs/security.md): the stores it may
+    # write into besides its own `store` (a queued job names its store), and the largest message.
+    trusted_stores: list[str] = []
+    max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, ge=1024)
 
 
 ENV_VARS = {
@@ -47,7 +51,10 @@ ENV_VARS = {
     "attention": "FARM_ATTENTION",
     "no_half_vae": "FARM_NO_HALF_VAE",
     "allow_pickle": "FARM_ALLOW_PICKLE",
+    "trusted_stores": "FARM_TRUSTED_STORES",  # comma-separated
+    "max_message_bytes": "FARM_MAX_MESSAGE_BYTES",
 }
+LIST_SETTINGS = {"trusted_stores"}
 
 
 class ConfigError(Exception):
@@ -79,7 +86,8 @@ def load_settings(config: str | None = None, **flags: Any) -> FarmSettings:
         values.update(loaded)
     for key, env in ENV_VARS.items():
         if os.environ.get(env):
-            values[key] = os.environ[env]
+            value = os.environ[env]
+            values[key] = [v.strip() for v in value.split(",") if v.strip()] if key in LIST_SETTINGS else value
     values.update({k: v for k, v in flags.items() if v is not None})
     try:
         return FarmSettings(**values)

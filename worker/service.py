@@ -20,7 +20,9 @@ from celery.signals import worker_shutting_down
 from farm.celery_app import REFRESH_TASK, make_app
 from farm.config import FarmSettings
 from farm.ledger import BrokerUnreachable, Ledger, connect, safe_url
+from farm.guard import Policy
 from farm.messages import requeue_orphans, worker_queue
+from farm.store.urls import store_trusted
 from farm.tunables import HEARTBEAT_SECONDS, REAP_SECONDS
 from worker import steering, tasks
 from worker.context import WorkerContext, configure
@@ -77,9 +79,18 @@ def wait_for_redis(url: str):
             delay = min(delay * 2, 30.0)
 
 
+def message_policy(settings: FarmSettings, store_override: str | None) -> Policy:
+    """What this worker accepts from its queues (farm/guard.py): with --store it writes only there
+    whatever a message names; otherwise only into its own `store` and its `trusted_stores`."""
+    if store_override:
+        return Policy(settings.max_message_bytes, lambda url: True)
+    trusted = [settings.store, *settings.trusted_stores]
+    return Policy(settings.max_message_bytes, lambda url: store_trusted(url, trusted))
+
+
 def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_override: str | None,
                loglevel: str = "INFO", max_pixels: int | None = None, tags: frozenset[str] = frozenset(),
-               max_batch: int | None = None) -> None:
+               max_batch: int | None = None) -> int:
     if gpu is not None:
         # Before torch is imported: this process sees only its own GPU, as device 0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -107,7 +118,8 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     log.info("memory profile: %s; pickled model files %s", profile.describe(),
              "allowed (weights only)" if settings.allow_pickle else "refused")
 
-    app = make_app(settings.broker_url, settings.visibility_timeout, settings.restore_interval)
+    app = make_app(settings.broker_url, settings.visibility_timeout, settings.restore_interval,
+                   policy=message_policy(settings, store_override))
     tasks.register(app, ledger=ledger, store_override=store_override)
     # First Ctrl+C: finish the diffusion batch in progress, store it, hand the group's rest back.
     worker_shutting_down.connect(lambda **_: setattr(ctx, "stopping", True), weak=False)
@@ -129,10 +141,12 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     beat = threading.Thread(target=heartbeat_loop, args=(ledger, ctx, static, stop, poke, reap), daemon=True)
     beat.start()
     try:
-        app.worker_main(argv=[
+        # app.start, not app.worker_main: it returns the worker's exit code (worker_main drops it, so
+        # a worker stopped by an unrecoverable error exited 0 and a supervisor did not restart it).
+        return app.start(argv=[
             "worker", "--pool", "solo", "--concurrency", "1", "--hostname", f"{name}@%h", "--queues", home,
             "--loglevel", loglevel, "--without-mingle", "--without-gossip",
-        ])
+        ]) or 0
     finally:
         ctx.writer.close()  # a warm shutdown stores every rendered image before the process ends
         stop.set()
