@@ -29,6 +29,12 @@ class FarmError(click.ClickException):
         console.print(f"[red]error:[/red] {self.format_message()}")
 
 
+class InputRefused(FarmError):
+    """A hostile or broken input file (an image `farm info` will not read): one line, exit code 2."""
+
+    exit_code = 2
+
+
 class SpecErrorExit(click.ClickException):
     """A spec error: `FILE:LINE:COL: message`, exit code 2."""
 
@@ -272,12 +278,14 @@ def review(store_url, host, port, export_job) -> None:
               show_default=True, help="Models folder, to find the image's checkpoint by its hash.")
 def info(image: str, as_json: bool, as_spec: bool, models_dir: str) -> None:
     """Print an image's A1111 parameters (PNG Info; JPEG/WebP EXIF too)."""
-    from farm.infotext import parse_infotext, read_parameters
+    from farm.infotext import ImageReadError, parse_infotext, read_parameters
 
     try:
         text = read_parameters(Path(image))
-    except OSError as e:  # Pillow's UnidentifiedImageError is an OSError
-        raise FarmError(f"{image}: not an image Pillow can read ({e})") from None
+    except ImageReadError as e:
+        raise InputRefused(f"{image}: {e}") from None
+    except OSError as e:  # the file itself (permissions, a folder)
+        raise FarmError(f"{image}: cannot read it ({e.strerror})") from None
     if text is None:
         raise FarmError(f"{image} has no A1111 'parameters' text")
     if as_spec:
