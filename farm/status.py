@@ -55,6 +55,8 @@ def render_status(st: JobStatus) -> Group:
             table.add_row(name, f"{w['images']:.0f}", speed, f"{w['loads']:.0f}", f"{w['load_seconds']:.1f}",
                           rendering.get(name, ""))
         parts.append(table)
+    if st.info.get("reason"):
+        parts.append(f"[red]{st.info['reason']}[/red]")
     for task_id, reason in list(st.failed.items())[:5]:
         parts.append(f"[red]failed[/red] {task_id}: {reason}")
     for sheet in st.sheets:

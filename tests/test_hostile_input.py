@@ -131,3 +131,25 @@ def test_the_spec_parser_accepts_or_refuses_any_text_in_one_line(pieces, noise):
             parse_spec(text, "x.yaml")
         except SpecError as e:
             assert str(e).startswith("x.yaml:") and "\n" not in str(e)
+
+
+# --- a store that fails for good ------------------------------------------------------------------
+
+def test_a_store_failing_for_good_ends_the_job_finished_with_the_reason(redis_server):
+    from farm.jobs import finish_job
+    from farm.ledger import Ledger
+    from farm.status import is_finished
+    from farm.store.memory import MemoryStore
+
+    class DiskFull(MemoryStore):
+        def write_bytes(self, key: str, data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+    ledger = Ledger(redis_server.client())
+    ledger.register_job("j", {"tasks": 2, "store": "memory://full"})
+    ledger.task_finished("j", "t1", "alpha", images=1)
+    assert ledger.task_finished("j", "t2", "alpha", failed="storing the image failed: OSError: No space left")
+    assert finish_job(DiskFull(), ledger, "j") == []
+    st = ledger.status("j")
+    assert is_finished(st) and st.status == "finished, 1 failed"
+    assert "No space left on device" in st.info["reason"]
