@@ -240,9 +240,14 @@ def grid(job, x_axis, y_axis, z_axis, filters, max_size, store_url) -> None:
 @click.option("--port", type=int, default=8188, show_default=True)
 @click.option("--export", "export_job", default=None, metavar="JOB",
               help="Instead of serving, write the page as static files into JOB/review/ (a job id, or OUT_DIR/JOB).")
-def review(store_url, host, port, export_job) -> None:
+@click.option("--token", envvar="FARM_REVIEW_TOKEN", default=None, show_envvar=True,
+              help="Token of the review role (view and star). Needed on any address but 127.0.0.1: "
+                   "one is made and printed when not given.")
+@click.option("--view-token", envvar="FARM_REVIEW_VIEW_TOKEN", default=None, show_envvar=True,
+              help="Token of the view role (look, no stars).")
+def review(store_url, host, port, export_job, token, view_token) -> None:
     """Serve the review page: jobs, live grids, zoom, shared stars, export of the stars."""
-    from farm.review.server import export_page, make_server
+    from farm.review.server import Access, export_page, is_loopback, make_server, new_token
     from farm.store import layout
 
     if export_job and store_url is None and (Path(export_job) / layout.JOB_RECORD).is_file():
@@ -257,11 +262,14 @@ def review(store_url, host, port, export_job) -> None:
             raise FarmError(str(e)) from None
         click.echo(store.describe(keys[0]))
         return
+    if not token and not view_token and not is_loopback(host):
+        token = new_token()
     try:
-        server = make_server(store, host, port)
+        server = make_server(store, host, port, Access(token or None, view_token or None))
     except OSError as e:
         raise FarmError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    console.print(f"reviewing {store.describe()} at http://{host}:{server.server_address[1]}/  (Ctrl+C stops)")
+    query = f"?token={token}" if token else ""
+    console.print(f"reviewing {store.describe()} at http://{host}:{server.server_address[1]}/{query}  (Ctrl+C stops)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
