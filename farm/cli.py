@@ -75,15 +75,35 @@ def need_worker_extra() -> None:
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
     """seedfarm: batch Stable Diffusion sweeps across your PCs, A1111-compatible."""
+    from farm.credentials import scrub_argv
+
     ctx.obj = {"config": config_path}
+    if scrub_argv():
+        console.print("[yellow]warning:[/yellow] a password was given on the command line; it is now hidden "
+                      "from the process list, but was readable there for a moment: use "
+                      "--broker-password-file, FARM_BROKER_PASSWORD or the config file instead")
+
+
+def password_file_option(command):
+    """--broker-password-file on every command that talks to Redis (stored for settings())."""
+
+    def remember(ctx: click.Context, _param, value):
+        if value is not None:
+            ctx.find_object(dict)["broker_password_file"] = value
+
+    return click.option("--broker-password-file", type=click.Path(dir_okay=False), default=None,
+                        expose_value=False, callback=remember, is_eager=True,
+                        help="File whose first line is the Redis password (or env FARM_BROKER_PASSWORD_FILE).")(command)
 
 
 def settings(**flags):
     """Flags > FARM_* env vars > config file > defaults (farm/config.py)."""
     from farm.config import ConfigError, load_settings
 
+    obj = click.get_current_context().obj
+    flags.setdefault("broker_password_file", obj.get("broker_password_file"))
     try:
-        return load_settings(click.get_current_context().obj["config"], **flags)
+        return load_settings(obj["config"], **flags)
     except ConfigError as e:
         raise FarmError(str(e)) from None
 
@@ -373,6 +393,7 @@ STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
 
 @main.command()
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 @click.option("--models", "models_dir", default=None, help="A1111/ComfyUI models folder (or env FARM_MODELS).")
 @click.option("--name", default=None, help="Worker name shown in `farm workers` (default: HOST-gpuN).")
 @click.option("--gpu", type=int, default=None, help="GPU index this process renders on (one process per GPU).")
@@ -416,6 +437,7 @@ def worker(broker, models_dir, name, gpu, store_url, max_pixels, tags, max_batch
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 @click.option("--store", "store_url", default=None, help=STORE_HELP)
 @click.option("--models", "models_dir", default=None,
               help="Models folder, to check checkpoint names and pin their hashes before queueing.")
@@ -440,6 +462,7 @@ def submit(spec, broker, store_url, models_dir) -> None:
 @main.command()
 @click.argument("job")
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 @click.option("--watch", is_flag=True, help="Update live until the job finishes.")
 def status(job, broker, watch) -> None:
     """A job's progress: queued / running / done / failed, per-worker speed, ETA, sheets."""
@@ -453,6 +476,7 @@ def status(job, broker, watch) -> None:
 
 @main.command()
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 def jobs(broker) -> None:
     """List the farm's jobs."""
     from farm.status import list_jobs
@@ -462,6 +486,7 @@ def jobs(broker) -> None:
 
 @main.command()
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 def workers(broker) -> None:
     """List live workers: name, GPU, VRAM, loaded checkpoint, images done, last seen."""
     from farm.status import list_workers
@@ -471,6 +496,7 @@ def workers(broker) -> None:
 
 @main.command("dead-letters")
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--clear", is_flag=True, help="Delete them all after printing.")
 def dead_letters_cmd(broker, limit, clear) -> None:
@@ -492,6 +518,7 @@ def dead_letters_cmd(broker, limit, clear) -> None:
 @main.command()
 @click.argument("job")
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 def cancel(job, broker) -> None:
     """Cancel a job: workers skip its remaining tasks; what is rendered stays in the store."""
     ledger = ledger_or_exit(settings(broker_url=broker).broker_url)
@@ -504,6 +531,7 @@ def cancel(job, broker) -> None:
 @main.command()
 @click.argument("job")
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 @click.option("--store", "store_url", default=None, help=STORE_HELP)
 def resume(job, broker, store_url) -> None:
     """Re-queue every task of JOB whose output is not in the store (after a crash or a Redis loss)."""

@@ -21,6 +21,10 @@ class FarmSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     broker_url: str = "redis://127.0.0.1:6379/0"
+    # The broker password, kept out of the URL (farm/credentials.py): a file holding it, or the
+    # value itself (env FARM_BROKER_PASSWORD or this file, never a flag: flags show in `ps`).
+    broker_password_file: str | None = None
+    broker_password: str | None = None
     store: str = "outputs"
     models: str = "models"
     worker_name: str | None = None
@@ -41,6 +45,8 @@ class FarmSettings(BaseModel):
 
 ENV_VARS = {
     "broker_url": "FARM_BROKER_URL",
+    "broker_password_file": "FARM_BROKER_PASSWORD_FILE",
+    "broker_password": "FARM_BROKER_PASSWORD",
     "store": "FARM_STORE",
     "models": "FARM_MODELS",
     "worker_name": "FARM_WORKER_NAME",
@@ -90,8 +96,24 @@ def load_settings(config: str | None = None, **flags: Any) -> FarmSettings:
             values[key] = [v.strip() for v in value.split(",") if v.strip()] if key in LIST_SETTINGS else value
     values.update({k: v for k, v in flags.items() if v is not None})
     try:
-        return FarmSettings(**values)
+        settings = FarmSettings(**values)
     except ValidationError as e:
         err = e.errors()[0]
         where = f"config {path}" if path else "settings"
         raise ConfigError(f"{where}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return with_broker_password(settings)
+
+
+def with_broker_password(settings: FarmSettings) -> FarmSettings:
+    """The settings with the broker password (from its file, or given alone) put into the URL
+    that the clients use; the URL is never printed whole (farm/ledger.py safe_url)."""
+    from farm.credentials import read_password_file, with_password
+
+    try:
+        password = (read_password_file(settings.broker_password_file) if settings.broker_password_file
+                    else settings.broker_password)
+        if password:
+            return settings.model_copy(update={"broker_url": with_password(settings.broker_url, password)})
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return settings
