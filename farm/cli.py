@@ -68,7 +68,22 @@ def need_worker_extra() -> None:
             )
 
 
-@click.group()
+class FarmGroup(click.Group):
+    """Turns Redis refusing a command for want of an ACL permission into one line naming it."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            if type(e).__name__ in ("NoPermissionError", "AuthenticationError", "AuthenticationWrongNumberOfArgsError"):
+                from farm.credentials import hide_passwords
+
+                raise FarmError(f"Redis refused: {hide_passwords(str(e))} (see `farm redis-acl` for "
+                                "what each role needs)") from None
+            raise
+
+
+@click.group(cls=FarmGroup)
 @click.version_option(__version__, prog_name="seedfarm")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Farm config YAML (default: $FARM_CONFIG, ./farm.yaml, ~/.config/seedfarm/farm.yaml).")
@@ -492,6 +507,19 @@ def workers(broker) -> None:
     from farm.status import list_workers
 
     list_workers(ledger_or_exit(settings(broker_url=broker).broker_url))
+
+
+@main.command("redis-acl")
+@click.option("--role", type=click.Choice(["worker", "submitter", "viewer"]), default=None,
+              help="Only this role's line (default: all three).")
+def redis_acl(role) -> None:
+    """Print Redis ACL users (aclfile lines) that grant each role only the farm's keys and commands."""
+    from farm.acl import ROLES, acl_line
+
+    click.echo("# put these in Redis' aclfile (or run ACL SETUSER with the part after 'user'),")
+    click.echo("# each with its own long random password, and switch the default user off: user default off")
+    for name in [role] if role else ROLES:
+        click.echo(acl_line(name))
 
 
 @main.command("dead-letters")

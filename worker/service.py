@@ -146,6 +146,9 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
         return app.start(argv=[
             "worker", "--pool", "solo", "--concurrency", "1", "--hostname", f"{name}@%h", "--queues", home,
             "--loglevel", loglevel, "--without-mingle", "--without-gossip",
+            # liveness is our own heartbeat (farm workers); Celery's would PUBLISH events that nobody
+            # reads, and need a pub/sub grant in the worker's Redis ACL (farm/acl.py)
+            "--without-heartbeat",
         ]) or 0
     finally:
         ctx.writer.close()  # a warm shutdown stores every rendered image before the process ends
