@@ -27,8 +27,10 @@ def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_
     """The Celery app. See farm/tunables.py for why the visibility timeout is what it is.
 
     A worker passes its `policy` (farm/guard.py): it then reads its queues through the guarded
-    transport (farm/transport.py), which dead-letters any message it may not run, and it takes no
-    remote-control commands (anyone who can write to Redis could send `shutdown`)."""
+    transport (farm/transport.py), which dead-letters any message it may not run, and answers only
+    the `ping` remote-control command (anyone who can write to Redis could send `shutdown`). Remote
+    control itself stays on: without its pub/sub consumer a solo worker did not notice a Redis
+    restart and stopped consuming for good (benchmarks/faults.py, redis-restart-aof)."""
     app = Celery("seedfarm", broker=broker_url)
     transport = {
         "visibility_timeout": visibility_timeout,
@@ -67,5 +69,8 @@ def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_
         worker_hijack_root_logger=False,
     )
     if policy is not None:
-        app.conf.update(broker_transport="farm.transport:Transport", worker_enable_remote_control=False)
+        from farm.transport import restrict_remote_control
+
+        app.conf.update(broker_transport="farm.transport:Transport")
+        restrict_remote_control()
     return app

@@ -512,14 +512,16 @@ def workers(broker) -> None:
 @main.command("redis-acl")
 @click.option("--role", type=click.Choice(["worker", "submitter", "viewer"]), default=None,
               help="Only this role's line (default: all three).")
-def redis_acl(role) -> None:
+@click.option("--db", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The database number in the farm's broker URL (redis://HOST:6379/DB).")
+def redis_acl(role, db) -> None:
     """Print Redis ACL users (aclfile lines) that grant each role only the farm's keys and commands."""
     from farm.acl import ROLES, acl_line
 
     click.echo("# put these in Redis' aclfile (or run ACL SETUSER with the part after 'user'),")
     click.echo("# each with its own long random password, and switch the default user off: user default off")
     for name in [role] if role else ROLES:
-        click.echo(acl_line(name))
+        click.echo(acl_line(name, db=db))
 
 
 @main.command("dead-letters")

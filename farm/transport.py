@@ -76,5 +76,30 @@ class Channel(kombu_redis.Channel):
             raise Empty()
 
 
+    def _deliver_fanout_message(self, message, exchange):
+        """Remote-control broadcasts (pub/sub): kombu already drops what is not JSON; a JSON message
+        that is not an envelope would stop the worker in Message(), so it is dropped here too."""
+        try:
+            self.Message(message, channel=self)
+        except Exception as e:
+            log.error("dropped a broadcast on %s: not a message (%s)", exchange, type(e).__name__)
+            raise Empty() from None
+        return super()._deliver_fanout_message(message, exchange)
+
+
+# Remote-control commands a worker answers: none that changes it (shutdown, pool_restart,
+# add_consumer, revoke, rate_limit ...). seedfarm steers queues itself (worker/steering.py).
+ALLOWED_CONTROL = frozenset({"ping"})
+
+
+def restrict_remote_control() -> None:
+    from celery.worker.control import Panel
+
+    for name in list(Panel.data):
+        if name not in ALLOWED_CONTROL:
+            del Panel.data[name]
+            Panel.meta.pop(name, None)
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel

@@ -171,6 +171,11 @@ def test_a_worker_dead_letters_rogue_messages_mid_job_and_finishes_the_job(redis
     for raw in rogue[3:]:  # in the middle of the job, on its own route queue
         queue = next(iter(Ledger(r).routes()))
         r.lpush(queue, raw)
+    # remote control: broadcasts that are not messages, and a well-formed `shutdown` (refused: the
+    # worker answers only ping)
+    for raw in ("not json {{{", "[1,2,3]", '{"foo":1}'):
+        r.publish("/0.celery.pidbox", raw)
+    make_app(redis_server.url).control.shutdown()
     ledger = Ledger(r)
     deadline = time.monotonic() + 120
     while ledger.job_info(job).get("status") != "complete":
@@ -185,6 +190,7 @@ def test_a_worker_dead_letters_rogue_messages_mid_job_and_finishes_the_job(redis
     assert worker.proc.poll() is None  # still serving
     log = worker.text()
     assert log.count("dead letter from queue") == len(rogue) and "Unrecoverable" not in log
+    assert "dropped a broadcast" in log and "shutdown" not in log.lower().replace("worker_shutting", "")
     assert len([k for k in Path(store, job, "images").iterdir()]) == 4
     assert not (tmp_path.parent / "elsewhere").exists()
     listed = farm("jobs", "--broker", redis_server.url)

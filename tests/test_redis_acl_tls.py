@@ -82,3 +82,12 @@ def test_a_job_over_tls_with_one_acl_user_per_role(tls_redis, tiny_models, start
     errors = [line for line in denied.stderr.splitlines() if not line.startswith("warning: a password")]
     assert denied.returncode == 1 and len(errors) == 1, denied.stderr  # (the URL held the password)
     assert "Redis refused" in denied.stderr and "no permissions to run the 'hset' command" in denied.stderr
+
+
+def test_a_worker_that_stops_on_an_error_exits_non_zero(tls_redis, tiny_models, start_worker):
+    """Here the error is a worker started with the viewer's user: Celery stops on the refused
+    command; the process must exit non-zero so that a supervisor restarts it (it exited 0)."""
+    url, _, _ = tls_redis
+    worker = start_worker(url("farm-viewer"), tiny_models, "wrong-user")
+    assert worker.proc.wait(120) != 0
+    assert "no permissions" in worker.text()

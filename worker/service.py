@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from celery.signals import worker_shutting_down
+from celery.signals import worker_init, worker_shutting_down
 
 from farm.celery_app import REFRESH_TASK, make_app
 from farm.config import FarmSettings
@@ -140,16 +140,17 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
 
     beat = threading.Thread(target=heartbeat_loop, args=(ledger, ctx, static, stop, poke, reap), daemon=True)
     beat.start()
+    # Celery's worker_main and start both drop the worker's exit code, so a worker stopped by an
+    # "Unrecoverable error" exited 0 and a supervisor did not restart it: keep the controller and
+    # read its exit code.
+    controllers = []
+    worker_init.connect(lambda sender=None, **_: controllers.append(sender), weak=False)
     try:
-        # app.start, not app.worker_main: it returns the worker's exit code (worker_main drops it, so
-        # a worker stopped by an unrecoverable error exited 0 and a supervisor did not restart it).
-        return app.start(argv=[
+        app.worker_main(argv=[
             "worker", "--pool", "solo", "--concurrency", "1", "--hostname", f"{name}@%h", "--queues", home,
             "--loglevel", loglevel, "--without-mingle", "--without-gossip",
-            # liveness is our own heartbeat (farm workers); Celery's would PUBLISH events that nobody
-            # reads, and need a pub/sub grant in the worker's Redis ACL (farm/acl.py)
-            "--without-heartbeat",
-        ]) or 0
+        ])
+        return (controllers[-1].exitcode or 0) if controllers else 0
     finally:
         ctx.writer.close()  # a warm shutdown stores every rendered image before the process ends
         stop.set()
