@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -135,24 +136,34 @@ def run_scenario(name: str, redis: Redis, farm: Farm, store: Path, images: int, 
                     f"seed: 1-{images}\n")
     started = time.perf_counter()
     result = farm_cmd("submit", str(spec), "--broker", redis.url, "--store", str(store),
-                      "--models", str(store.parent / "models"))
+                      "--models", str(spec.parent / "models"))
     assert result.returncode == 0, result.stderr
     job = result.stdout.strip()
-    notes = fault(job) or {}
-    human = notes.pop("human", False)
+    fault_done = threading.Event()
+    ended: dict = {}
 
-    def finished():
+    def finished():  # complete; or finished with failures once the fault (and any resume) is over
         try:
             status = Ledger(redis.client).job_info(job).get("status", "")
-        except Exception:
+        except Exception:  # Redis down for the moment
             return False
-        return status if status == "complete" or status.startswith("finished") else False
+        return status if status == "complete" or (fault_done.is_set() and status.startswith("finished")) else False
 
-    try:
-        status = wait_until(finished, 600, f"job {name}", 0.2)
-    except TimeoutError:
-        status = "timed out"
-    elapsed = time.perf_counter() - started
+    def watch():  # the job's end, timed while the fault is still being played
+        try:
+            ended["status"] = wait_until(finished, 900, f"job {name}", 0.1)
+        except TimeoutError:
+            ended["status"] = "timed out"
+        ended["at"] = time.perf_counter()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    notes = fault(job) or {}
+    fault_done.set()
+    watcher.join()
+    human = notes.pop("human", False)
+    status = ended["status"]
+    elapsed = ended["at"] - started
     workers = Ledger(redis.client).status(job)
     rendered = sum(int(w["images"]) for w in workers.workers.values()) if workers else None
     shown = farm_cmd("status", job, "--broker", redis.url).stdout.splitlines()
@@ -226,6 +237,21 @@ def main() -> None:
         result = farm_cmd("resume", job, "--broker", redis.url, "--store", str(store))
         return {"human": f"farm resume: {result.stdout.strip() or result.stderr.strip()}"}
 
+    full = work / "full"  # a store on a 400 kB tmpfs (root only): fills up mid-job
+
+    def disk_full(job):
+        from farm.ledger import Ledger
+
+        started = time.perf_counter()
+        seen = wait_until(lambda: (Ledger(redis.client).job_info(job).get("status", "") or "").startswith("finished")
+                          and Ledger(redis.client).job_info(job)["status"], 600, "the job to end", 0.2)
+        ended = round(time.perf_counter() - started, 1)
+        reason = Ledger(redis.client).job_info(job).get("reason", "")
+        subprocess.run(["mount", "-o", "remount,size=20M", str(full)], check=True)  # the user frees space
+        result = farm_cmd("resume", job, "--broker", redis.url, "--store", str(full))
+        return {"human": f"freed space, then farm resume: {result.stdout.strip() or result.stderr.strip()}",
+                "seen_before_resume": f"{seen} after {ended} s" + (f" ({reason[:80]})" if reason else "")}
+
     def rogue(job):
         from farm.ledger import Ledger
 
@@ -235,13 +261,15 @@ def main() -> None:
             redis.client.lpush(queue, raw)
         return {"rogue_messages": 4}
 
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(full)]).returncode == 0
     try:
         for name, fault in (("baseline", none), ("kill9", kill9), ("sigstop", sigstop),
                             ("redis-restart-aof", redis_restart), ("rogue-messages", rogue),
-                            ("redis-lost-resume", redis_lost)):
-            if only and name != "baseline" and name not in only:
+                            ("disk-full-resume", disk_full), ("redis-lost-resume", redis_lost)):
+            if only and name != "baseline" and name not in only or name.startswith("disk") and not mounted:
                 continue
-            row = run_scenario(name, redis, farm, store, images, seconds, fault)
+            row = run_scenario(name, redis, farm, full if name.startswith("disk") else store, images, seconds, fault)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
             for i, p in enumerate(farm.procs):  # a worker that died on its own would show here
@@ -251,6 +279,8 @@ def main() -> None:
     finally:
         farm.stop()
         redis.stop()
+        if mounted:
+            subprocess.run(["umount", str(full)])
     base = rows[0]["seconds"]
     for row in rows:
         row["time_vs_baseline"] = round(row["seconds"] / base, 2)
