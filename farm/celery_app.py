@@ -7,9 +7,14 @@ to Redis run code on every PC.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from celery import Celery
 
 from farm.tunables import DEFAULT_RESTORE_INTERVAL, DEFAULT_VISIBILITY_TIMEOUT
+
+if TYPE_CHECKING:
+    from farm.guard import Policy
 
 RENDER_TASK = "seedfarm.render"
 # A no-op sent to a worker's own queue: it wakes the worker's blocking read at once, and the worker
@@ -18,8 +23,14 @@ REFRESH_TASK = "seedfarm.refresh"
 
 
 def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
-             restore_interval: float = DEFAULT_RESTORE_INTERVAL) -> Celery:
-    """The Celery app. See farm/tunables.py for why the visibility timeout is what it is."""
+             restore_interval: float = DEFAULT_RESTORE_INTERVAL, policy: "Policy | None" = None) -> Celery:
+    """The Celery app. See farm/tunables.py for why the visibility timeout is what it is.
+
+    A worker passes its `policy` (farm/guard.py): it then reads its queues through the guarded
+    transport (farm/transport.py), which dead-letters any message it may not run, and answers only
+    the `ping` remote-control command (anyone who can write to Redis could send `shutdown`). Remote
+    control itself stays on: without its pub/sub consumer a solo worker did not notice a Redis
+    restart and stopped consuming for good (benchmarks/faults.py, redis-restart-aof)."""
     app = Celery("seedfarm", broker=broker_url)
     transport = {
         "visibility_timeout": visibility_timeout,
@@ -36,6 +47,8 @@ def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_
         "socket_keepalive": True,
         "health_check_interval": 25,
     }
+    if policy is not None:
+        transport["farm_policy"] = policy
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -55,4 +68,9 @@ def make_app(broker_url: str = "memory://", visibility_timeout: float = DEFAULT_
         task_default_queue="seedfarm",
         worker_hijack_root_logger=False,
     )
+    if policy is not None:
+        from farm.transport import restrict_remote_control
+
+        app.conf.update(broker_transport="farm.transport:Transport")
+        restrict_remote_control()
     return app

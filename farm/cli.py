@@ -29,6 +29,12 @@ class FarmError(click.ClickException):
         console.print(f"[red]error:[/red] {self.format_message()}")
 
 
+class InputRefused(FarmError):
+    """A hostile or broken input file (an image `farm info` will not read): one line, exit code 2."""
+
+    exit_code = 2
+
+
 class SpecErrorExit(click.ClickException):
     """A spec error: `FILE:LINE:COL: message`, exit code 2."""
 
@@ -62,22 +68,57 @@ def need_worker_extra() -> None:
             )
 
 
-@click.group()
+class FarmGroup(click.Group):
+    """Turns Redis refusing a command for want of an ACL permission into one line naming it."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            if type(e).__name__ in ("NoPermissionError", "AuthenticationError", "AuthenticationWrongNumberOfArgsError"):
+                from farm.credentials import hide_passwords
+
+                raise FarmError(f"Redis refused: {hide_passwords(str(e))} (see `farm redis-acl` for "
+                                "what each role needs)") from None
+            raise
+
+
+@click.group(cls=FarmGroup)
 @click.version_option(__version__, prog_name="seedfarm")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Farm config YAML (default: $FARM_CONFIG, ./farm.yaml, ~/.config/seedfarm/farm.yaml).")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
     """seedfarm: batch Stable Diffusion sweeps across your PCs, A1111-compatible."""
+    from farm.credentials import scrub_argv
+
     ctx.obj = {"config": config_path}
+    if scrub_argv():
+        console.print("[yellow]warning:[/yellow] a password was given on the command line; it is now hidden "
+                      "from the process list, but was readable there for a moment: use "
+                      "--broker-password-file, FARM_BROKER_PASSWORD or the config file instead")
+
+
+def password_file_option(command):
+    """--broker-password-file on every command that talks to Redis (stored for settings())."""
+
+    def remember(ctx: click.Context, _param, value):
+        if value is not None:
+            ctx.find_object(dict)["broker_password_file"] = value
+
+    return click.option("--broker-password-file", type=click.Path(dir_okay=False), default=None,
+                        expose_value=False, callback=remember, is_eager=True,
+                        help="File whose first line is the Redis password (or env FARM_BROKER_PASSWORD_FILE).")(command)
 
 
 def settings(**flags):
     """Flags > FARM_* env vars > config file > defaults (farm/config.py)."""
     from farm.config import ConfigError, load_settings
 
+    obj = click.get_current_context().obj
+    flags.setdefault("broker_password_file", obj.get("broker_password_file"))
     try:
-        return load_settings(click.get_current_context().obj["config"], **flags)
+        return load_settings(obj["config"], **flags)
     except ConfigError as e:
         raise FarmError(str(e)) from None
 
@@ -234,9 +275,14 @@ def grid(job, x_axis, y_axis, z_axis, filters, max_size, store_url) -> None:
 @click.option("--port", type=int, default=8188, show_default=True)
 @click.option("--export", "export_job", default=None, metavar="JOB",
               help="Instead of serving, write the page as static files into JOB/review/ (a job id, or OUT_DIR/JOB).")
-def review(store_url, host, port, export_job) -> None:
+@click.option("--token", envvar="FARM_REVIEW_TOKEN", default=None, show_envvar=True,
+              help="Token of the review role (view and star). Needed on any address but 127.0.0.1: "
+                   "one is made and printed when not given.")
+@click.option("--view-token", envvar="FARM_REVIEW_VIEW_TOKEN", default=None, show_envvar=True,
+              help="Token of the view role (look, no stars).")
+def review(store_url, host, port, export_job, token, view_token) -> None:
     """Serve the review page: jobs, live grids, zoom, shared stars, export of the stars."""
-    from farm.review.server import export_page, make_server
+    from farm.review.server import Access, export_page, is_loopback, make_server, new_token
     from farm.store import layout
 
     if export_job and store_url is None and (Path(export_job) / layout.JOB_RECORD).is_file():
@@ -251,11 +297,14 @@ def review(store_url, host, port, export_job) -> None:
             raise FarmError(str(e)) from None
         click.echo(store.describe(keys[0]))
         return
+    if not token and not view_token and not is_loopback(host):
+        token = new_token()
     try:
-        server = make_server(store, host, port)
+        server = make_server(store, host, port, Access(token or None, view_token or None))
     except OSError as e:
         raise FarmError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    console.print(f"reviewing {store.describe()} at http://{host}:{server.server_address[1]}/  (Ctrl+C stops)")
+    query = f"?token={token}" if token else ""
+    console.print(f"reviewing {store.describe()} at http://{host}:{server.server_address[1]}/{query}  (Ctrl+C stops)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -272,12 +321,14 @@ def review(store_url, host, port, export_job) -> None:
               show_default=True, help="Models folder, to find the image's checkpoint by its hash.")
 def info(image: str, as_json: bool, as_spec: bool, models_dir: str) -> None:
     """Print an image's A1111 parameters (PNG Info; JPEG/WebP EXIF too)."""
-    from farm.infotext import parse_infotext, read_parameters
+    from farm.infotext import ImageReadError, parse_infotext, read_parameters
 
     try:
         text = read_parameters(Path(image))
-    except OSError as e:  # Pillow's UnidentifiedImageError is an OSError
-        raise FarmError(f"{image}: not an image Pillow can read ({e})") from None
+    except ImageReadError as e:
+        raise InputRefused(f"{image}: {e}") from None
+    except OSError as e:  # the file itself (permissions, a folder)
+        raise FarmError(f"{image}: cannot read it ({e.strerror})") from None
     if text is None:
         raise FarmError(f"{image} has no A1111 'parameters' text")
     if as_spec:
@@ -369,6 +420,7 @@ STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
 
 @main.group(invoke_without_command=True)
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 @click.option("--models", "models_dir", default=None, help="A1111/ComfyUI models folder (or env FARM_MODELS).")
 @click.option("--name", default=None, help="Worker name shown in `farm workers` (default: HOST-gpuN).")
 @click.option("--gpu", type=int, default=None, help="GPU index this process renders on (one process per GPU).")
@@ -418,15 +470,17 @@ def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_
     from worker.service import run_worker
 
     try:
-        run_worker(settings(broker_url=broker, models=models_dir, vram=vram, precision=precision,
-                            attention=attention, no_half_vae=no_half_vae, allow_pickle=allow_pickle,
-                            pause_when_busy=pause_when_busy, games=games, hours=hours, user_idle=user_idle,
-                            resume_after=resume_after, yield_now=yield_now),
+        code = run_worker(settings(broker_url=broker, models=models_dir, vram=vram, precision=precision,
+                                   attention=attention, no_half_vae=no_half_vae, allow_pickle=allow_pickle,
+                                   pause_when_busy=pause_when_busy, games=games, hours=hours, user_idle=user_idle,
+                                   resume_after=resume_after, yield_now=yield_now),
                    name, gpu, store_url, loglevel,
                    max_pixels=max_pixels, tags=frozenset(t.strip() for t in tags.split(",") if t.strip()),
                    max_batch=max_batch)
     except (BrokerUnreachable, FileNotFoundError, ProfileError, PauseConfigError) as e:
         raise FarmError(str(e)) from None
+    if code:  # stopped by an error (Celery logged it): a supervisor must see a failure and restart it
+        raise FarmError(f"worker stopped with exit code {code}")
 
 
 @worker.command("pause")
@@ -483,6 +537,7 @@ def setup(broker, models_dir, name, games, pause_when_busy, hours, user_idle, pa
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 @click.option("--store", "store_url", default=None, help=STORE_HELP)
 @click.option("--models", "models_dir", default=None,
               help="Models folder, to check checkpoint names and pin their hashes before queueing.")
@@ -510,6 +565,7 @@ def submit(spec, broker, store_url, models_dir) -> None:
 @main.command()
 @click.argument("job")
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 @click.option("--watch", is_flag=True, help="Update live until the job finishes.")
 def status(job, broker, watch) -> None:
     """A job's progress: queued / running / done / failed, per-worker speed, ETA, sheets."""
@@ -523,6 +579,7 @@ def status(job, broker, watch) -> None:
 
 @main.command()
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 def jobs(broker) -> None:
     """List the farm's jobs."""
     from farm.status import list_jobs
@@ -532,6 +589,7 @@ def jobs(broker) -> None:
 
 @main.command()
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 def workers(broker) -> None:
     """List live workers: name, GPU, VRAM, loaded checkpoint, images done, last seen."""
     from farm.status import list_workers
@@ -539,9 +597,46 @@ def workers(broker) -> None:
     list_workers(ledger_or_exit(settings(broker_url=broker).broker_url))
 
 
+@main.command("redis-acl")
+@click.option("--role", type=click.Choice(["worker", "submitter", "viewer"]), default=None,
+              help="Only this role's line (default: all three).")
+@click.option("--db", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The database number in the farm's broker URL (redis://HOST:6379/DB).")
+def redis_acl(role, db) -> None:
+    """Print Redis ACL users (aclfile lines) that grant each role only the farm's keys and commands."""
+    from farm.acl import ROLES, acl_line
+
+    click.echo("# put these in Redis' aclfile (or run ACL SETUSER with the part after 'user'),")
+    click.echo("# each with its own long random password, and switch the default user off: user default off")
+    for name in [role] if role else ROLES:
+        click.echo(acl_line(name, db=db))
+
+
+@main.command("dead-letters")
+@click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--clear", is_flag=True, help="Delete them all after printing.")
+def dead_letters_cmd(broker, limit, clear) -> None:
+    """Messages the workers refused (not JSON, wrong schema, too large, an untrusted store ...)."""
+    import time
+
+    from farm.guard import DEAD_LETTERS, dead_letter_count, dead_letters
+
+    ledger = ledger_or_exit(settings(broker_url=broker).broker_url)
+    for d in dead_letters(ledger.r, limit):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.get("time", 0)))
+        click.echo(f"{when}  {d.get('queue', '')}  {d.get('bytes', 0)} bytes  {d.get('reason', '')}")
+    count = dead_letter_count(ledger.r)
+    if clear:
+        ledger.r.delete(DEAD_LETTERS)
+    console.print(f"{count} dead letter(s)" + (", cleared" if clear else ""))
+
+
 @main.command()
 @click.argument("job")
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 def cancel(job, broker) -> None:
     """Cancel a job: workers skip its remaining tasks; what is rendered stays in the store."""
     ledger = ledger_or_exit(settings(broker_url=broker).broker_url)
@@ -554,6 +649,7 @@ def cancel(job, broker) -> None:
 @main.command()
 @click.argument("job")
 @click.option("--broker", default=None, help=BROKER_HELP)
+@password_file_option
 @click.option("--store", "store_url", default=None, help=STORE_HELP)
 def resume(job, broker, store_url) -> None:
     """Re-queue every task of JOB whose output is not in the store (after a crash or a Redis loss)."""

@@ -12,15 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from farm.tunables import DEFAULT_RESTORE_INTERVAL, DEFAULT_VISIBILITY_TIMEOUT
+from farm.tunables import DEFAULT_RESTORE_INTERVAL, DEFAULT_VISIBILITY_TIMEOUT, MAX_MESSAGE_BYTES
 
 
 class FarmSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     broker_url: str = "redis://127.0.0.1:6379/0"
+    # The broker password, kept out of the URL (farm/credentials.py): a file holding it, or the
+    # value itself (env FARM_BROKER_PASSWORD or this file, never a flag: flags show in `ps`).
+    broker_password_file: str | None = None
+    broker_password: str | None = None
     store: str = "outputs"
     models: str = "models"
     worker_name: str | None = None
@@ -40,6 +44,10 @@ class FarmSettings(BaseModel):
     user_idle: float = 0.0  # render only after this many seconds without keyboard/mouse (Windows)
     resume_after: float = 60.0  # seconds the GPU, the games and the user must stay away first
     yield_now: bool = False  # on pause, hand the running task back after its diffusion batch
+    # What a worker accepts from its queues (farm/guard.py, docs/security.md): the stores it may
+    # write into besides its own `store` (a queued job names its store), and the largest message.
+    trusted_stores: list[str] = []
+    max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, ge=1024)
 
     @field_validator("games", mode="before")
     @classmethod
@@ -49,6 +57,8 @@ class FarmSettings(BaseModel):
 
 ENV_VARS = {
     "broker_url": "FARM_BROKER_URL",
+    "broker_password_file": "FARM_BROKER_PASSWORD_FILE",
+    "broker_password": "FARM_BROKER_PASSWORD",
     "store": "FARM_STORE",
     "models": "FARM_MODELS",
     "worker_name": "FARM_WORKER_NAME",
@@ -65,7 +75,10 @@ ENV_VARS = {
     "user_idle": "FARM_USER_IDLE",
     "resume_after": "FARM_RESUME_AFTER",
     "yield_now": "FARM_YIELD_NOW",
+    "trusted_stores": "FARM_TRUSTED_STORES",  # comma-separated
+    "max_message_bytes": "FARM_MAX_MESSAGE_BYTES",
 }
+LIST_SETTINGS = {"trusted_stores"}
 
 
 class ConfigError(Exception):
@@ -97,11 +110,28 @@ def load_settings(config: str | None = None, **flags: Any) -> FarmSettings:
         values.update(loaded)
     for key, env in ENV_VARS.items():
         if os.environ.get(env):
-            values[key] = os.environ[env]
+            value = os.environ[env]
+            values[key] = [v.strip() for v in value.split(",") if v.strip()] if key in LIST_SETTINGS else value
     values.update({k: v for k, v in flags.items() if v is not None})
     try:
-        return FarmSettings(**values)
+        settings = FarmSettings(**values)
     except ValidationError as e:
         err = e.errors()[0]
         where = f"config {path}" if path else "settings"
         raise ConfigError(f"{where}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return with_broker_password(settings)
+
+
+def with_broker_password(settings: FarmSettings) -> FarmSettings:
+    """The settings with the broker password (from its file, or given alone) put into the URL
+    that the clients use; the URL is never printed whole (farm/ledger.py safe_url)."""
+    from farm.credentials import read_password_file, with_password
+
+    try:
+        password = (read_password_file(settings.broker_password_file) if settings.broker_password_file
+                    else settings.broker_password)
+        if password:
+            return settings.model_copy(update={"broker_url": with_password(settings.broker_url, password)})
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return settings

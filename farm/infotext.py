@@ -13,6 +13,8 @@ import io
 import json
 import os
 import re
+import struct
+import zlib
 
 from PIL import Image, PngImagePlugin
 
@@ -44,7 +46,7 @@ READER_DEFAULTS = {"Clip skip": 1, "RNG": "GPU", "Schedule type": "Automatic"}
 
 # One `key: value` pair: a key is a word char then word chars, spaces, '-' or '/'; a value is a
 # double-quoted JSON string or anything up to the next comma.
-_KEY = r"\w[\w \-/]*"
+_KEY = r"\w[\w \-/]{0,63}"  # bounded: an unbounded key made reading a long line quadratic
 _PAIR = re.compile(r'\s*(' + _KEY + r'):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 # A bare key (written alone because its value equals it), e.g. ", Tiling,".
 _BARE = re.compile(r"\s*(" + _KEY + r")\s*(?:,|$)")
@@ -164,11 +166,43 @@ def png_bytes(image: Image.Image, infotext: str) -> bytes:
     return buffer.getvalue()
 
 
+# An image larger than this is not decoded to look for a text chunk after its pixels: a hostile
+# file can claim a size whose pixels would take gigabytes (A1111 renders are a few megapixels).
+MAX_READ_PIXELS = 64 * 2**20
+# Infotext longer than this is not parsed: the longest real ones (two 20,000-character prompts) fit.
+MAX_INFOTEXT_CHARS = 100_000
+
+
+class ImageReadError(ValueError):
+    """An image seedfarm will not read, as one line."""
+
+
 def read_parameters(data: bytes | str | os.PathLike) -> str | None:
     """The infotext of an image (bytes or a path), or None when it has none: a PNG's `parameters`
-    text chunk, or the EXIF UserComment of a JPEG/WebP (A1111's "Save as JPEG/WebP")."""
+    text chunk, or the EXIF UserComment of a JPEG/WebP (A1111's "Save as JPEG/WebP").
+    Raises ImageReadError (one line) for a file Pillow cannot read or refuses (decompression
+    bombs, text chunks that inflate past Pillow's limit, a truncated file) and for oversized text."""
+    try:
+        text = _read_parameters(data)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"refused as a decompression bomb: {e}".split(" could be")[0].rstrip(", ")) from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, MemoryError,
+            struct.error, zlib.error) as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ImageReadError(f"not an image Pillow can read ({reason})") from None
+    if text is not None and len(text) > MAX_INFOTEXT_CHARS:
+        raise ImageReadError(f"its parameters text is {len(text):,} characters; the limit is {MAX_INFOTEXT_CHARS:,}")
+    return text
+
+
+def _read_parameters(data: bytes | str | os.PathLike) -> str | None:
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     with Image.open(source) as image:
+        if image.width * image.height > MAX_READ_PIXELS:
+            raise ImageReadError(f"the image is {image.width}x{image.height} pixels; seedfarm reads images "
+                                 f"up to {MAX_READ_PIXELS // 2**20} megapixels")
         text = image.info.get("parameters")
         if text is None:
             image.load()  # a text chunk after the pixel data is read only with the pixels

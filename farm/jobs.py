@@ -8,6 +8,7 @@ can be resumed from the store alone (`farm resume`), even after Redis lost every
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ from farm.store import Store, layout, write_manifest
 if TYPE_CHECKING:  # the review page reads jobs without the Redis client
     from farm.ledger import Ledger
 
+
+log = logging.getLogger("seedfarm")
 
 def job_record(spec: JobSpec, store: Store) -> dict:
     return {
@@ -119,8 +122,18 @@ def _parsed_or_none(stored: StoredJob | None) -> JobSpec | None:
 def finish_job(store: Store, ledger: Ledger, job: str) -> list[str]:
     """The job's last task has landed on the farm: write the manifest and the contact sheets, then
     mark the job finished in the live state. Called by exactly one worker (see
-    Ledger.task_finished), and by `farm resume` of a job already whole. Returns the sheets' keys."""
-    outputs = write_job_outputs(store, job)
+    Ledger.task_finished), and by `farm resume` of a job already whole. Returns the sheets' keys.
+
+    A store that fails for good here (disk full, bucket gone) still ends the job: `finished, N
+    failed` with the reason, never `running` forever; `farm resume` writes the outputs later."""
+    try:
+        outputs = write_job_outputs(store, job)
+    except Exception as e:
+        reason = f"manifest and sheets not written: {type(e).__name__}: {e}"[:500]
+        log.error("job %s: %s", job, reason)
+        ledger.set_status(job, f"finished, {ledger.failed_count(job)} failed", reason=reason,
+                          finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return []
     failed = ledger.failed_count(job)
     status = "complete" if not failed else f"finished, {failed} failed"
     ledger.set_status(job, status, sheets=json.dumps([store.describe(k) for k in outputs.sheets]),

@@ -145,7 +145,7 @@ class Ledger:
         pipe.zadd(f"{PREFIX}jobs", {job: time.time()}, nx=True)
         pipe.hset(job_key(job), mapping={k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()})
         pipe.hset(job_key(job), "status", "queued")
-        pipe.hdel(job_key(job), "sheets", "finished_at")
+        pipe.hdel(job_key(job), "sheets", "finished_at", "reason")
         for part in ("done", "failed", "running", "held", "sheets-claim"):
             pipe.delete(job_key(job, part))
         done = list(done)

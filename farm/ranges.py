@@ -14,11 +14,12 @@ from itertools import accumulate
 
 _NUM = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
 # start - end, then an optional step `(+2)` or an optional count `[5]`.
+# re.ASCII: \d would also match fullwidth and other scripts' digits, which int() then reads.
 _RANGE = re.compile(
     rf"\s*(?P<start>{_NUM})\s*-\s*(?P<end>{_NUM})\s*"
-    rf"(?:\(\s*(?P<step>{_NUM})\s*\)|\[\s*(?P<count>{_NUM})\s*\])?\s*"
+    rf"(?:\(\s*(?P<step>{_NUM})\s*\)|\[\s*(?P<count>{_NUM})\s*\])?\s*", re.ASCII
 )
-_SINGLE = re.compile(rf"\s*({_NUM})\s*")
+_SINGLE = re.compile(rf"\s*({_NUM})\s*", re.ASCII)
 # Lists shorter than this are made concrete: cheap, and equal to the lists a user writes.
 _MATERIALISE_UP_TO = 10_000
 
@@ -81,6 +82,39 @@ class Concat(LazySequence):
         return f"Concat({self.parts!r})"
 
 
+def safe_len(seq: Sequence) -> int:
+    """len() that also works for a range longer than sys.maxsize (len() raises OverflowError)."""
+    try:
+        return len(seq)
+    except OverflowError:
+        r = seq
+        return max(0, (r.stop - r.start + r.step - (1 if r.step > 0 else -1)) // r.step)
+
+
+def certain_repeat(parts: list[Sequence]):
+    """A value that surely comes twice in these monotonic parts, found without listing them (for
+    axes too long to put in a set), else None: an int part with more values than whole numbers
+    between its ends (`1-10 [2000000]`), or two overlapping parts counting by one."""
+    spans = []
+    for part in parts:
+        n = safe_len(part)
+        if n < 2:
+            spans.append((part[0], part[0], 1)) if n else None
+            continue
+        lo, hi = sorted((part[0], part[-1]))
+        step = part.step if isinstance(part, range) else getattr(part, "step", None)
+        if isinstance(part, Progression) and part.as_int and hi - lo + 1 < n:
+            return part[n - 1]
+        if isinstance(part, Progression) and not part.as_int and part.step == 0:
+            return part[0]
+        spans.append((lo, hi, abs(step) if step is not None else None))
+    spans.sort()
+    for (lo1, hi1, s1), (lo2, hi2, s2) in zip(spans, spans[1:]):
+        if lo2 <= hi1 and s1 == 1 and s2 == 1:
+            return lo2
+    return None
+
+
 def concat(parts: list[Sequence]) -> Sequence:
     """One sequence from several: the part itself, a list when small, else a lazy Concat."""
     if len(parts) == 1:
@@ -92,7 +126,7 @@ def concat(parts: list[Sequence]) -> Sequence:
 
 def _number(text: str, kind: type, what: str) -> int | float:
     if kind is int:
-        if not re.fullmatch(r"[+-]?\d+", text):
+        if not re.fullmatch(r"[+-]?\d+", text, re.ASCII):
             raise RangeError(f"{what} must be a whole number, got '{text}'")
         return int(text)
     return float(text)

@@ -55,6 +55,8 @@ def render_status(st: JobStatus) -> Group:
             table.add_row(name, f"{w['images']:.0f}", speed, f"{w['loads']:.0f}", f"{w['load_seconds']:.1f}",
                           rendering.get(name, ""))
         parts.append(table)
+    if st.info.get("reason"):
+        parts.append(f"[red]{st.info['reason']}[/red]")
     for task_id, reason in list(st.failed.items())[:5]:
         parts.append(f"[red]failed[/red] {task_id}: {reason}")
     for sheet in st.sheets:
@@ -69,6 +71,7 @@ def show_status(ledger: Ledger, job: str, watch: bool, console: Console | None =
         return False
     if not watch:
         console.print(render_status(st))
+        print_dead_letters(ledger, console)
         return True
     with Live(render_status(st), console=console, refresh_per_second=2) as live:
         while not is_finished(st):
@@ -85,6 +88,19 @@ def list_jobs(ledger: Ledger) -> None:
         if st is not None:
             table.add_row(job, st.status, str(st.tasks), str(st.done), str(len(st.failed)), st.info.get("store", ""))
     stdout_console().print(table)
+    print_dead_letters(ledger, stdout_console())
+
+
+def print_dead_letters(ledger: Ledger, console: Console) -> None:
+    """One line when the workers refused messages (farm/guard.py): how many, the newest's reason."""
+    from farm.guard import dead_letter_count, dead_letters
+
+    count = dead_letter_count(ledger.r)
+    if count:
+        newest = dead_letters(ledger.r, 1)
+        why = f"; newest from {newest[0]['queue']}: {newest[0]['reason']}" if newest else ""
+        console.print(f"[yellow]{count} dead letter(s)[/yellow] refused by workers{why} (farm dead-letters)",
+                      markup=True)
 
 
 def worker_mode(w: dict) -> str:

@@ -87,3 +87,14 @@ LOW_RESIDENT_FRACTION = 0.10
 MAX_AUTO_BATCH = 8
 # A CPU worker's batch budget in pixels: its RAM holds this easily, and more buys no speed on a CPU.
 CPU_BATCH_PIXELS = 2 * 1024 * 1024
+
+# --- what a worker accepts from its queues (farm/guard.py) -----------------------------------------
+
+# The largest queue message a worker decodes. A message of 8 tasks is about 10 KB; 1 MB leaves room
+# for long prompts (MAX_PROMPT_CHARS each) and refuses the 50 MB message that held a worker for
+# minutes at gigabytes of memory. Setting: max_message_bytes / FARM_MAX_MESSAGE_BYTES.
+MAX_MESSAGE_BYTES = 1_000_000
+# Dead letters kept in Redis (newest first), and how much of each message is kept: enough to see
+# what it was, never the 50 MB.
+DEAD_LETTERS_KEPT = 1000
+DEAD_LETTER_HEAD = 2000

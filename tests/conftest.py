@@ -196,10 +196,13 @@ TEST_WORKER_ENV = {"FARM_VISIBILITY_TIMEOUT": "8", "FARM_RESTORE_INTERVAL": "1",
 
 @pytest.fixture
 def start_worker(tmp_path):
+    """A worker trusts only stores under the test's tmp_path (farm/guard.py), plus `trusted`."""
     started: list[WorkerProcess] = []
 
-    def start(broker: str, models: Path, name: str, env: dict | None = None, args: tuple[str, ...] = ()) -> WorkerProcess:
-        w = WorkerProcess(broker, models, name, tmp_path, {**TEST_WORKER_ENV, **(env or {})}, args)
+    def start(broker: str, models: Path, name: str, env: dict | None = None, args: tuple[str, ...] = (),
+              trusted: tuple[str, ...] = ()) -> WorkerProcess:
+        trust = {"FARM_TRUSTED_STORES": ",".join([str(tmp_path), *trusted])}
+        w = WorkerProcess(broker, models, name, tmp_path, {**TEST_WORKER_ENV, **trust, **(env or {})}, args)
         started.append(w)
         return w
 

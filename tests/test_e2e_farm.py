@@ -88,8 +88,11 @@ def queued_tasks(r, ledger: Ledger) -> int:
 
 
 @pytest.fixture
-def two_workers(redis_server, tiny_models, start_worker):
-    workers = [start_worker(redis_server.url, tiny_models, name) for name in ("alpha", "beta")]
+def two_workers(redis_server, tiny_models, start_worker, request):
+    # the S3 case's bucket is a store the workers must be told to trust (farm/guard.py)
+    s3 = getattr(request.node, "callspec", None) and request.node.callspec.params.get("backend") == "s3"
+    trusted = (f"s3://farm-e2e?endpoint_url={request.getfixturevalue('s3_endpoint')}",) if s3 else ()
+    workers = [start_worker(redis_server.url, tiny_models, name, trusted=trusted) for name in ("alpha", "beta")]
     for w in workers:
         w.wait_ready()
     return workers

@@ -15,12 +15,14 @@ import threading
 import time
 from pathlib import Path
 
-from celery.signals import worker_shutting_down
+from celery.signals import worker_init, worker_shutting_down
 
 from farm.celery_app import REFRESH_TASK, make_app
 from farm.config import FarmSettings
 from farm.ledger import BrokerUnreachable, Ledger, connect, safe_url
+from farm.guard import Policy
 from farm.messages import requeue_orphans, worker_queue
+from farm.store.urls import store_trusted
 from farm.tunables import HEARTBEAT_SECONDS, REAP_SECONDS
 from worker import steering, tasks
 from worker.context import WorkerContext, configure
@@ -82,9 +84,18 @@ def wait_for_redis(url: str):
             delay = min(delay * 2, 30.0)
 
 
+def message_policy(settings: FarmSettings, store_override: str | None) -> Policy:
+    """What this worker accepts from its queues (farm/guard.py): with --store it writes only there
+    whatever a message names; otherwise only into its own `store` and its `trusted_stores`."""
+    if store_override:
+        return Policy(settings.max_message_bytes, lambda url: True)
+    trusted = [settings.store, *settings.trusted_stores]
+    return Policy(settings.max_message_bytes, lambda url: store_trusted(url, trusted))
+
+
 def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_override: str | None,
                loglevel: str = "INFO", max_pixels: int | None = None, tags: frozenset[str] = frozenset(),
-               max_batch: int | None = None) -> None:
+               max_batch: int | None = None) -> int:
     if gpu is not None:
         # Before torch is imported: this process sees only its own GPU, as device 0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -117,7 +128,8 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     gate = make_gate(policy, gpu, remote=lambda: ledger.pause_request(name))
     gate.check()  # before the consumer starts: a worker started paused takes no first task
 
-    app = make_app(settings.broker_url, settings.visibility_timeout, settings.restore_interval)
+    app = make_app(settings.broker_url, settings.visibility_timeout, settings.restore_interval,
+                   policy=message_policy(settings, store_override))
     tasks.register(app, ledger=ledger, store_override=store_override)
     # First Ctrl+C: finish the diffusion batch in progress, store it, hand the group's rest back.
     worker_shutting_down.connect(lambda **_: setattr(ctx, "stopping", True), weak=False)
@@ -142,11 +154,17 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     beat = threading.Thread(target=heartbeat_loop, args=(ledger, ctx, static, stop, poke, reap, gate),
                             daemon=True)
     beat.start()
+    # Celery's worker_main and start both drop the worker's exit code, so a worker stopped by an
+    # "Unrecoverable error" exited 0 and a supervisor did not restart it: keep the controller and
+    # read its exit code.
+    controllers = []
+    worker_init.connect(lambda sender=None, **_: controllers.append(sender), weak=False)
     try:
         app.worker_main(argv=[
             "worker", "--pool", "solo", "--concurrency", "1", "--hostname", f"{name}@%h", "--queues", home,
             "--loglevel", loglevel, "--without-mingle", "--without-gossip",
         ])
+        return (controllers[-1].exitcode or 0) if controllers else 0
     finally:
         ctx.writer.close()  # a warm shutdown stores every rendered image before the process ends
         stop.set()

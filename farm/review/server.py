@@ -11,16 +11,31 @@ credentials). `export_page` writes the same page as static files next to a job i
     GET  /api/jobs/JOB/stars.yaml          the starred images as a new job spec
     GET  /api/jobs/JOB/stars.png           a sheet of the starred images
     GET  /store/JOB/images/NAME.png        an image (also sheets/)
+
+Access (docs/security.md): the standard library's server kept, with what makes it safe to open on
+a LAN, because the API is seven routes and the page polls every few seconds; an ASGI stack would
+add two dependencies to the coordinator for no point the issue asks for. `Access` holds the
+tokens: a `review` token may read and mark, a `view` token only read. A request shows its token as
+`Authorization: Bearer TOKEN`, or once as `?token=TOKEN`, which sets an HttpOnly, SameSite=Strict
+cookie and redirects to the URL without it. Without a token configured (127.0.0.1 only) every
+request is a reviewer, but the Host header must then name the loopback address (DNS rebinding).
+Writes need an `Origin` (when the browser sends one) equal to the page's own and a JSON body of at
+most MAX_BODY bytes with a valid Content-Length; every connection times out after TIMEOUT seconds.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import re
+import secrets
+from dataclasses import dataclass
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from farm.jobs import read_job_record
 from farm.review.catalog import Catalog, job_payload, list_jobs
@@ -34,6 +49,43 @@ TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=u
          ".css": "text/css; charset=utf-8", ".png": "image/png", ".yaml": "application/yaml; charset=utf-8"}
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 MAX_BODY = 4096  # a mark is a few bytes
+TIMEOUT = 30  # seconds a connection may sit idle or trickle a request: a slow client holds no thread
+COOKIE = "farm_review"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may do what: tokens for the `review` (read and mark) and `view` (read) roles. No token at
+    all is allowed only on a loopback address (make_server refuses otherwise)."""
+
+    review_token: str | None = None
+    view_token: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return not self.review_token and not self.view_token
+
+    def role(self, token: str | None) -> str | None:
+        if self.open:
+            return "review"
+        for role, want in (("review", self.review_token), ("view", self.view_token)):
+            if want and token and hmac.compare_digest(token.encode(), want.encode()):
+                return role
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
 
 
 def static_file(name: str) -> bytes:
@@ -60,6 +112,8 @@ def stars_png(store: Store, job: str) -> bytes:
 
 class Handler(BaseHTTPRequestHandler):
     catalog: Catalog  # set on the subclass made by make_server
+    access: Access = Access()
+    timeout = TIMEOUT  # socket timeout for each connection (StreamRequestHandler)
 
     def log_request(self, code="-", size="-") -> None:  # quiet: the terminal shows only errors
         pass
@@ -86,9 +140,49 @@ class Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self.route("PUT")
 
+    def token(self) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            return auth[7:].strip()
+        try:
+            jar = SimpleCookie(self.headers.get("Cookie", ""))
+        except CookieError:
+            return None
+        return jar[COOKIE].value if COOKIE in jar else None
+
+    def host_ok(self) -> bool:
+        """Without tokens the page trusts every request from this PC, so the Host must be the
+        loopback name it was opened with: a DNS-rebinding page on another name is refused."""
+        if not self.access.open:
+            return True
+        host = self.headers.get("Host") or ""
+        return (host if host.endswith("]") else host.rsplit(":", 1)[0]) in LOOPBACK_NAMES
+
+    def origin_ok(self) -> bool:
+        origin = self.headers.get("Origin")
+        return origin is None or origin == f"http://{self.headers.get('Host', '')}"
+
     def route(self, method: str) -> None:
-        path = unquote(urlparse(self.path).path)
+        url = urlparse(self.path)
+        path = unquote(url.path)
         store = self.catalog.store
+        if not self.host_ok():
+            return self.error(HTTPStatus.FORBIDDEN, "unknown Host: open the page as http://127.0.0.1:PORT/")
+        given = parse_qs(url.query).get("token", [None])[0]
+        if given is not None and method == "GET":
+            if self.access.role(given) is None:
+                return self.error(HTTPStatus.UNAUTHORIZED, "wrong token")
+            cookie = f"{COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/"
+            return self.send(HTTPStatus.SEE_OTHER, b"", "text/plain", {"Location": url.path or "/", "Set-Cookie": cookie})
+        role = self.access.role(self.token())
+        if role is None:
+            return self.error(HTTPStatus.UNAUTHORIZED, "this review page needs its token: open the URL "
+                              "`farm review` printed (…/?token=…) or send Authorization: Bearer TOKEN")
+        if method != "GET":
+            if role != "review":
+                return self.error(HTTPStatus.FORBIDDEN, "this token may view, not mark")
+            if not self.origin_ok():
+                return self.error(HTTPStatus.FORBIDDEN, "a write from another site's page is refused (Origin)")
         try:
             if method == "GET" and path in ("/", "/index.html"):
                 return self.send(200, static_file("index.html"), TYPES[".html"])
@@ -130,8 +224,15 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
 
     def put_mark(self, job: str, stem: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        text = self.headers.get("Content-Length")
+        if text is None:
+            return self.error(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+        if not text.isascii() or not text.isdigit():
+            self.close_connection = True  # what follows is not a request we can find the end of
+            return self.error(HTTPStatus.BAD_REQUEST, f"Content-Length {text[:20]!r} is not a size")
+        length = int(text)
         if length > MAX_BODY:
+            self.close_connection = True
             return self.error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "a mark is {\"mark\": \"star\"}")
         try:
             mark = json.loads(self.rfile.read(length) or b"{}").get("mark")
@@ -144,9 +245,13 @@ class Handler(BaseHTTPRequestHandler):
         return self.send_json({"id": stem, "mark": mark})
 
 
-def make_server(store: Store, host: str = "127.0.0.1", port: int = 8188) -> ThreadingHTTPServer:
-    """The review server, bound but not yet serving (serve_forever() runs it)."""
-    handler = type("ReviewHandler", (Handler,), {"catalog": Catalog(store)})
+def make_server(store: Store, host: str = "127.0.0.1", port: int = 8188,
+                access: Access = Access()) -> ThreadingHTTPServer:
+    """The review server, bound but not yet serving (serve_forever() runs it). Any address but a
+    loopback one needs a token (`farm review` makes one when none is given)."""
+    if access.open and not is_loopback(host):
+        raise ValueError(f"the review page on {host} needs a token (--token or FARM_REVIEW_TOKEN)")
+    handler = type("ReviewHandler", (Handler,), {"catalog": Catalog(store), "access": access})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

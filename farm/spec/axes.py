@@ -11,13 +11,15 @@ from collections.abc import Sequence
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from farm.hires import upscaler_name
-from farm.ranges import LazySequence, RangeError, concat, parse_list
+from farm.ranges import LazySequence, RangeError, concat, parse_list, safe_len
 from farm.samplers import SCHEDULE_TYPES, display_name, parse_sampler
-from farm.spec.nodes import NodeReader, show_number
+from farm.spec.nodes import MAX_AXIS_VALUES, NodeReader, show_number
+from farm.spec.nodes import kind as describe
 
 RNG_SOURCES = ("cpu", "nv")  # A1111's "GPU" source differs between GPU makers: not offered
 MAX_MATRIX_PARTS = 16  # 2^16 prompts per matrix prompt is already far past any useful grid
-_SIZE = re.compile(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*")
+_SIZE = re.compile(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", re.ASCII)
+MAX_SIDE = 16384  # pixels a side, as for width and height
 
 
 class PromptMatrix(LazySequence):
@@ -59,6 +61,7 @@ class AxisReader(NodeReader):
         a mapping {start, count, step}. Ranges stay lazy."""
         if isinstance(node, MappingNode) and kind is int:
             seq = self.start_count(node, axis)
+            self.size_limit(seq, node, axis)
             self.bounds(seq, node, axis, lo, hi)
             return seq
         items = node.value if isinstance(node, SequenceNode) else [node]
@@ -75,13 +78,18 @@ class AxisReader(NodeReader):
             elif isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int)):
                 item_parts = [[kind(v)]]
             else:
-                raise self.error(item, f"{axis}: expected {self._EXPECT[kind]}; got {kind(v)}")
+                raise self.error(item, f"{axis}: expected {self._EXPECT[kind]}; got {describe(v)}")
             for part in item_parts:
+                self.size_limit(part, item, axis)
                 self.bounds(part, item, axis, lo, hi)
             parts += item_parts
         seq = concat(parts)
         self.unique(seq, node, axis)
         return seq
+
+    def size_limit(self, part: Sequence, node: Node, axis: str) -> None:
+        if safe_len(part) > MAX_AXIS_VALUES:
+            raise self.error(node, f"{axis}: {safe_len(part):,} values; an axis holds at most {MAX_AXIS_VALUES:,}")
 
     def bounds(self, part: Sequence, node: Node, axis: str, lo: float, hi: float) -> None:
         """Checks the ends of a monotonic part (a number, a range) against [lo, hi]."""
@@ -192,6 +200,8 @@ class AxisReader(NodeReader):
             if m is None:
                 raise self.error(item, f"{axis}: expected WIDTHxHEIGHT like 512x768, got '{text}'")
             for v in (int(m[1]), int(m[2])):
+                if not 8 <= v <= MAX_SIDE:  # the bounds width and height have
+                    raise self.error(item, f"{axis}: {v} is out of range; expected 8 to {MAX_SIDE} pixels a side")
                 self.pixels(v, item, axis)
             sizes.append(f"{int(m[1])}x{int(m[2])}")
         self.unique(sizes, node, axis)
@@ -225,7 +235,7 @@ class AxisReader(NodeReader):
                 if axis not in f:
                     values[axis] = [512]
                     continue
-                values[axis] = self.numbers(f[axis][1], axis, int, 8, 16384)
+                values[axis] = self.numbers(f[axis][1], axis, int, 8, MAX_SIDE)
                 for v in values[axis]:
                     self.pixels(v, f[axis][1], axis)
 

@@ -79,7 +79,11 @@ class CombineReader(NodeReader):
                 picked.append(None)
                 continue
             word = self.text(fields[key][1], f"grid.{key}")
-            picked.append(self.axis_name(fields[key][1], word, values, f"grid.{key}"))
+            axis = self.axis_name(fields[key][1], word, values, f"grid.{key}")
+            if len(values[axis]) < 2:
+                message = f"grid.{key}: '{word}' has one value in this job; a grid axis must be swept (a list or a range)"
+                raise self.error(fields[key][1], message)
+            picked.append(axis)
         if picked[0] and picked[0] == picked[1]:
             raise self.error(fields["y"][1], f"grid: x and y are both '{picked[0]}'; pick two different axes")
         return picked[0], picked[1]

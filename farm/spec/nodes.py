@@ -14,6 +14,14 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from farm.ranges import certain_repeat, safe_len
+
+# Limits that keep a hostile or mistyped spec bounded in time and memory (docs/job-spec.md "Limits").
+MAX_SPEC_BYTES = 1_000_000  # a spec file; the largest real sweeps are a few kB
+MAX_TEXT_CHARS = 20_000  # one prompt (or any text value): A1111 prompts of 75 x 100 tokens fit
+MAX_AXIS_VALUES = 10_000_000  # values on one axis
+MAX_JOB_TASKS = 10_000_000  # tasks in one job: months of rendering on a farm of gaming PCs
+MAX_NAME_CHARS = 100  # a job name or output folder: part of file names (255 bytes at most)
 _UNIQUE_CHECK_UP_TO = 100_000  # longer axes are ranges (seldom repeating); a set of millions costs too much
 
 
@@ -74,6 +82,9 @@ class NodeReader:
             raise self.error(node, f"cannot read this value: {e.problem}") from None
 
     def compose(self) -> MappingNode:
+        if len(self.source) > MAX_SPEC_BYTES:
+            raise SpecError(self.file, 1, 1, f"the spec is {len(self.source):,} characters; the limit is "
+                                             f"{MAX_SPEC_BYTES:,} (a prompt may hold {MAX_TEXT_CHARS:,})")
         try:
             self.loader = yaml.SafeLoader(self.source)
             root = self.loader.get_single_node()
@@ -88,6 +99,8 @@ class NodeReader:
             what = f"{e.context}: {e.problem}" if e.context else str(e.problem)
             message = f"YAML syntax error: {what}{hint}"
             raise SpecError(self.file, mark.line + 1, mark.column + 1, message) from None
+        except RecursionError:
+            raise SpecError(self.file, 1, 1, "YAML nested too deeply; a job spec is a flat mapping") from None
         except yaml.YAMLError as e:  # a reader error: a character YAML does not allow
             pos = getattr(e, "position", 0) or 0
             line = self.source.count("\n", 0, pos) + 1
@@ -140,7 +153,18 @@ class NodeReader:
         v = self.plain(node)
         if not isinstance(v, str):
             raise self.error(node, f"{what}: expected text, got {kind(v)}")
+        self.check_text(v, node, what)
         return v
+
+    def check_text(self, v: str, node: Node, what: str) -> None:
+        """Text that fits the farm: bounded, and encodable (YAML's "\\ud800" makes a lone surrogate)."""
+        if len(v) > MAX_TEXT_CHARS:
+            raise self.error(node, f"{what}: {len(v):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise self.error(node, f"{what}: character #{e.start + 1} is a lone surrogate "
+                                   f"(\\u{ord(v[e.start]):04x}), not text") from None
 
     def texts(self, node: Node, axis: str, expect: str, split: bool = False) -> list[tuple[str, Node]]:
         """A text axis: one string or a list of them; `split` also splits "a, b" like A1111."""
@@ -153,6 +177,7 @@ class NodeReader:
             if not isinstance(v, str):
                 quote = " (put it in quotes)" if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
                 raise self.error(item, f"{axis}: expected {expect}, got {kind(v)}{quote}")
+            self.check_text(v, item, axis)
             values = csv_words(v) if split else [v]
             if not values:
                 raise self.error(item, f"{axis}: empty value; give {expect}")
@@ -160,7 +185,11 @@ class NodeReader:
         return out
 
     def unique(self, seq: Sequence, node: Node, axis: str) -> None:
-        if len(seq) > _UNIQUE_CHECK_UP_TO:
+        if safe_len(seq) > _UNIQUE_CHECK_UP_TO:  # too long for a set: the repeats ranges make for sure
+            v = certain_repeat(getattr(seq, "parts", [seq]))
+            if v is not None:
+                message = f"{axis}: the value {show_number(v)} comes twice; it would render the same images again: list it once"
+                self.repeats.setdefault(axis, self.error(node, message))
             return
         seen = set()
         for v in seq:

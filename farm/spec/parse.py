@@ -5,6 +5,7 @@ docs/job-spec.md."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,8 @@ from farm.spec.axes import AxisReader
 from farm.spec.combine import CombineReader
 from farm.spec.jobspec import DEFAULT_FILENAME, SPEC_VERSION, JobSpec, job_id
 from farm.spec.models import ModelChecks
-from farm.spec.nodes import SpecError, kind
+from farm.ranges import safe_len
+from farm.spec.nodes import MAX_JOB_TASKS, MAX_NAME_CHARS, MAX_SPEC_BYTES, SpecError, kind
 from farm.task import filename_pattern_problem
 
 OTHER_KEYS = ("version", "name", "prompt_matrix", "batch_size", "combine", "grid", "output", "priority", "requires",
@@ -31,6 +33,7 @@ OTHER_KEYS = ("version", "name", "prompt_matrix", "batch_size", "combine", "grid
 # Keys a checkpoint's family may default when the spec leaves them out (farm/families.py `defaults`).
 FAMILY_DEFAULTED = ("sampler", "schedule", "steps", "cfg", "distilled_cfg")
 REQUIRED = ("prompt", "checkpoint", "seed")
+MAX_BATCH_SIZE = 64  # images in one render (A1111's UI stops at 8); more images: sweep seeds
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -38,6 +41,9 @@ def load_spec(
     path: str | Path, models_dir: Path | None = None, checkpoint_hashes: dict[str, str] | None = None
 ) -> JobSpec:
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_SPEC_BYTES:  # refused before reading: a 50 MB spec costs nothing
+            raise SpecError(str(path), 1, 1, f"the spec is {size:,} bytes; the limit is {MAX_SPEC_BYTES:,}")
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(str(path), 1, 1, f"cannot read the job spec: {e}") from None
@@ -63,7 +69,12 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
 
     def parse(self, models_dir: Path | None, known: dict[str, str] | None = None) -> JobSpec:
         """known: a job record's checkpoint_hashes (it also pins each checkpoint's family)."""
-        root = self.compose()
+        try:
+            return self.parse_root(self.compose(), models_dir, known)
+        except RecursionError:
+            raise SpecError(self.file, 1, 1, "YAML nested too deeply; a job spec is a flat mapping") from None
+
+    def parse_root(self, root, models_dir: Path | None, known: dict[str, str] | None) -> JobSpec:
         f = self.keys(root, [*AXIS_ORDER, *OTHER_KEYS], "the job spec", ALIASES)
         for need in REQUIRED:
             if need not in f:
@@ -83,6 +94,9 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
                 message = f"prompt_matrix: expected true or false, got {kind(matrix)}"
                 raise self.error(f["prompt_matrix"][1], message)
         batch_size = self.integer(f["batch_size"][1], "batch_size", lo=1) if "batch_size" in f else 1
+        if batch_size > MAX_BATCH_SIZE:
+            message = f"batch_size: {batch_size} images in one render; at most {MAX_BATCH_SIZE} (sweep seeds for more)"
+            raise self.error(f["batch_size"][1], message)
 
         # The keys whose values depend on other keys or on the models folder, then the table's.
         values: dict[str, Sequence] = {}
@@ -135,6 +149,9 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
             dims = [(a,) for a in AXIS_ORDER if a in values]
         self.check_repeats(dims, values, f["combine"][1] if "combine" in f else None)
         ordered = {a: values[a] for group in dims for a in group}
+        tasks = math.prod(safe_len(ordered[group[0]]) for group in dims)
+        if tasks > MAX_JOB_TASKS:
+            raise self.error(root, f"the job has {tasks:,} tasks; at most {MAX_JOB_TASKS:,} (split it into jobs)")
         grid_x, grid_y = self.grid(f["grid"][1], ordered) if "grid" in f else (None, None)
         folder, filename = self.output(f["output"][1]) if "output" in f else (None, DEFAULT_FILENAME)
         priority = self.priority(f["priority"][1]) if "priority" in f else "normal"
@@ -249,16 +266,18 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
             if not _SAFE_NAME.fullmatch(name):
                 message = f"name: '{name}' cannot be a folder name; use letters, digits, '.', '_' and '-'"
                 raise self.error(f["name"][1], message)
+            if len(name) > MAX_NAME_CHARS:
+                raise self.error(f["name"][1], f"name: {len(name)} characters; at most {MAX_NAME_CHARS}")
             return name
         # The file stem, made safe: it becomes part of the job folder's name.
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.file).stem).strip("-.") or "job"
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.file).stem).strip("-.")[:MAX_NAME_CHARS] or "job"
 
     def output(self, node: Node) -> tuple[str | None, str]:
         fields = self.keys(node, ("folder", "filename"), "output")
         folder = None
         if "folder" in fields:
             folder = self.text(fields["folder"][1], "output.folder")
-            if not _SAFE_NAME.fullmatch(folder):
+            if not _SAFE_NAME.fullmatch(folder) or len(folder) > MAX_NAME_CHARS:
                 message = f"output.folder: '{folder}' must be one folder name of letters, digits, '.', '_' and '-'"
                 raise self.error(fields["folder"][1], message)
         filename = DEFAULT_FILENAME
