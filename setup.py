@@ -13,7 +13,7 @@ setup(
     package_data={
         "farm": ["data/*", "review/static/*"],
         # every config folder and tokenizer file; the folders are data, not Python packages
-        "worker.configs": ["**/*.json", "**/*.txt", "**/*.model", "*.md", "*.yaml"],
+        "worker.configs": ["**/*.json", "**/*.txt", "**/*.model", "*.md", "*.yaml", "**/*.sh"],
     },
     exclude_package_data={"worker.configs": ["*.py"]},
 )

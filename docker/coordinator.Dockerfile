@@ -23,6 +23,6 @@ USER 1000:1000
 WORKDIR /home/farm
 EXPOSE 8188
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8188/', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8188/healthz', timeout=4)"]
 ENTRYPOINT ["farm"]
 CMD ["review", "--host", "0.0.0.0", "--port", "8188"]

@@ -117,7 +117,7 @@ def test_the_coordinator_image_command_serves_the_review_page_and_passes_its_hea
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
                     assert r.status == 200
                 break
             except OSError:

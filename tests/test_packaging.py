@@ -32,9 +32,15 @@ PURELIB = Path(sysconfig.get_paths()["purelib"])
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The wheel, built as pip builds it for `pip install .` (isolated build, pyproject's backend)."""
+    import fcntl
+
     out = tmp_path_factory.mktemp("wheel")
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
-                          capture_output=True, text=True, timeout=600)
+    # setuptools builds in the source tree (build/, *.egg-info): two test processes building at
+    # once (pytest -n 4 may run this file's tests in two) would trip over each other
+    with open(tmp_path_factory.getbasetemp().parent / "seedfarm-wheel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
+                              capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"building the wheel failed:\n{done.stdout}\n{done.stderr}"
     (path,) = out.glob("seedfarm-*.whl")
     return path

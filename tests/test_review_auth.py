@@ -107,3 +107,27 @@ def test_an_idle_connection_is_dropped_after_the_timeout(serve, monkeypatch):
     assert conn.recv(4096) == b""  # the server closed it
     assert time.monotonic() - started < 5 and TIMEOUT == 30
     conn.close()
+
+
+def test_healthz_answers_without_a_token_and_says_nothing_else(tmp_path):
+    """Container healthchecks probe /healthz: no token needed, no data given."""
+    import urllib.request
+
+    from conftest import FARM_BIN, free_port, wait_for_port
+    import subprocess
+
+    port = free_port()
+    proc = subprocess.Popen([str(FARM_BIN), "review", "--store", str(tmp_path), "--host", "0.0.0.0", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(port, proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert r.status == 200 and r.read() == b"ok"
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/jobs", timeout=5)
+            raise AssertionError("the API answered without a token")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -157,13 +157,17 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     # Celery's worker_main and start both drop the worker's exit code, so a worker stopped by an
     # "Unrecoverable error" exited 0 and a supervisor did not restart it: keep the controller and
     # read its exit code.
-    controllers = []
+    controllers, signals = [], []
     worker_init.connect(lambda sender=None, **_: controllers.append(sender), weak=False)
+    # Celery gives a Ctrl+C/SIGTERM shutdown exit code 1 too: a stop someone asked for is 0
+    worker_shutting_down.connect(lambda sig=None, **_: signals.append(sig), weak=False)
     try:
         app.worker_main(argv=[
             "worker", "--pool", "solo", "--concurrency", "1", "--hostname", f"{name}@%h", "--queues", home,
             "--loglevel", loglevel, "--without-mingle", "--without-gossip",
         ])
+        if signals and signals[-1] in ("SIGINT", "SIGTERM", "SIGQUIT"):
+            return 0
         return (controllers[-1].exitcode or 0) if controllers else 0
     finally:
         ctx.writer.close()  # a warm shutdown stores every rendered image before the process ends

@@ -200,7 +200,9 @@ class AxisReader(NodeReader):
             if m is None:
                 raise self.error(item, f"{axis}: expected WIDTHxHEIGHT like 512x768, got '{text}'")
             for v in (int(m[1]), int(m[2])):
-                if not 8 <= v <= MAX_SIDE:  # the bounds width and height have
+                # the bounds width and height have; a 0 side means "off" in seed_resize_from (0x0) and
+                # "keep the aspect" in hr_resize (A1111's)
+                if not (8 <= v <= MAX_SIDE or (v == 0 and axis in ("seed_resize_from", "hr_resize"))):
                     raise self.error(item, f"{axis}: {v} is out of range; expected 8 to {MAX_SIDE} pixels a side")
                 self.pixels(v, item, axis)
             sizes.append(f"{int(m[1])}x{int(m[2])}")
