@@ -25,42 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import FARM, emit, free_port, wait_until  # noqa: E402
+from harness import FARM, Redis, emit, wait_until  # noqa: E402
 
 # Short timeouts, as in the tests: a task of a dead worker is back on the queue after ~8 s.
 TEST_ENV = {"FARM_VISIBILITY_TIMEOUT": "8", "FARM_RESTORE_INTERVAL": "1", "OMP_NUM_THREADS": "1",
             "HF_HUB_OFFLINE": "1"}
-
-
-class Redis:
-    """A redis-server that can be stopped and started again on the same port and folder."""
-
-    def __init__(self, work: Path, aof: bool):
-        self.binary = shutil.which("redis-server") or sys.exit("needs redis-server")
-        self.dir, self.aof, self.port = work / "redis", aof, free_port()
-        self.dir.mkdir(exist_ok=True)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.start()
-
-    def start(self) -> None:
-        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]
-        self.proc = subprocess.Popen([self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                                      *aof, "--dir", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        self.client = redis.Redis(port=self.port, decode_responses=True)
-        wait_until(self._ping, 20, "redis-server", 0.05)
-
-    def _ping(self) -> bool:
-        try:
-            return self.client.ping()
-        except Exception:
-            return False
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 class Farm:
@@ -183,7 +152,7 @@ def main() -> None:
     (work / "models" / "Stable-diffusion" / "standin.safetensors").write_bytes(b"\0" * 16)
     store = work / "store"
     rng = random.Random(14)
-    redis = Redis(work, aof=True)
+    redis = Redis(aof=True)
     farm = Farm(3, redis, work, seconds)
     farm.wait_ready()
     rows = []
@@ -221,16 +190,15 @@ def main() -> None:
 
     def redis_restart(job):
         wait_until(lambda: after()(job), 120, "first images", 0.1)
-        redis.stop()
+        redis.stop(keep=True)
         time.sleep(2)
         redis.start()
         return {"redis_down_seconds": 2}
 
     def redis_lost(job):
         wait_until(lambda: after()(job), 120, "first images", 0.1)
-        redis.stop()
-        shutil.rmtree(redis.dir)
-        redis.dir.mkdir()
+        redis.stop()  # and its folder: it starts empty, as a Redis without persistence does
+        Path(redis.dir).mkdir()
         redis.aof = False
         redis.start()
         time.sleep(3)  # the user notices, then:

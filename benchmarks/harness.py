@@ -35,20 +35,27 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.02):
 
 
 class Redis:
-    def __init__(self):
-        binary = shutil.which("redis-server")
-        if not binary:
+    """A redis-server on 127.0.0.1 and a free port. `aof`: with an append-only file (fsync always),
+    so a restart (`stop(keep=True)`, `start()`) keeps the data; without, a restart empties it."""
+
+    def __init__(self, aof: bool = False):
+        self.binary = shutil.which("redis-server")
+        if not self.binary:
             sys.exit("benchmarks need redis-server (Debian: apt-get install redis-server)")
         self.dir = tempfile.mkdtemp(prefix="farm-bench-redis-")
-        self.port = free_port()
+        self.aof, self.port = aof, free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                                      "--appendonly", "no", "--dir", self.dir],
+        self.start()
+
+    def start(self) -> None:
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]
+        self.proc = subprocess.Popen([self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                                      *aof, "--dir", self.dir],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
         self.client = redis.Redis(port=self.port, decode_responses=True)
-        wait_until(lambda: self._ping(), 20, "redis-server")
+        wait_until(self._ping, 20, "redis-server", 0.05)
 
     def _ping(self) -> bool:
         try:
@@ -56,10 +63,12 @@ class Redis:
         except Exception:
             return False
 
-    def stop(self) -> None:
+    def stop(self, keep: bool = False) -> None:
+        """Stop the server; its folder (and AOF) is removed unless `keep` (to start it again)."""
         self.proc.terminate()
         self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Workers:
