@@ -395,11 +395,22 @@ def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: boo
               show_default=True, help=f"Models folder(s), several joined by '{os.pathsep}'.")
 @click.option("--kind", type=click.Choice(["checkpoint", "lora", "vae", "embedding"]), default=None,
               help="Only this kind of file.")
-def models_list(models_dir: str, kind: str | None) -> None:
+@click.option("--store", "store_url", default=None, help="List the model depot in this store instead (farm models push).")
+def models_list(models_dir: str, kind: str | None, store_url: str | None) -> None:
     """List checkpoints, text encoders, LoRAs, VAEs and embeddings: kind, family, precision, size,
     A1111 hash, name."""
     from farm.models import KINDS, ModelFileError, Registry, human_size
 
+    if store_url:
+        from farm.depot import Depot
+
+        depot = Depot(store_or_exit(store_url))
+        records = [r for r in depot.records() if not kind or r.kind == kind]
+        for r in records:
+            click.echo(f"{r.kind:<12} {r.family:<17} {human_size(r.size):>9}  {r.a1111_hash:<12}  {r.sha256[:16]}  {r.name}")
+        if not records:
+            raise FarmError(f"no {kind or 'model'} files in the depot of {depot.describe()} (farm models push)")
+        return
     registry = Registry(models_dir)
     count = 0
     for k in [kind] if kind else KINDS:
@@ -412,6 +423,44 @@ def models_list(models_dir: str, kind: str | None) -> None:
             count += 1
     if not count:
         raise FarmError(f"no {kind or 'model'} files in {models_dir}")
+
+
+@models.command("push")
+@click.argument("refs", nargs=-1, required=True, metavar="NAME|PATH...")
+@click.option("--store", "store_url", default=None, help="The store holding the depot (or env FARM_STORE).")
+@click.option("--models", "models_dir", type=click.Path(file_okay=False), default=DEFAULT_MODELS,
+              show_default=True, help=f"Models folder(s) NAMEs are looked up in, several joined by '{os.pathsep}'.")
+@click.option("--kind", type=click.Choice(["checkpoint", "lora", "vae", "embedding", "text_encoder"]), default=None,
+              help="What the NAMEs are (default: the first kind that has the name; a PATH's folder says).")
+def models_push(refs: tuple[str, ...], store_url: str | None, models_dir: str, kind: str | None) -> None:
+    """Upload models into the store's model depot, under their sha256, so workers that lack them
+    fetch them (farm worker --model-cache). Skips what the depot has; a stopped upload resumes."""
+    from farm.depot import Depot, DepotError, model_to_push
+    from farm.models import Registry
+
+    depot = Depot(store_or_exit(store_url or settings().store))
+    registry = Registry(models_dir)
+    try:
+        push_to_depot(depot, [model_to_push(ref, registry, kind) for ref in refs])
+    except DepotError as e:
+        raise FarmError(str(e)) from None
+
+
+def push_to_depot(depot, files: list) -> None:
+    """Push model files with a progress bar (MB/s); a line per file: sent, or already there."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True) as progress:
+        for model in files:
+            bar = progress.add_task(f"{model.kind} {model.name}", total=model.size)
+            try:
+                record, sent = depot.push(model, lambda n, bar=bar: progress.advance(bar, n))
+            except OSError as e:
+                raise FarmError(f"cannot push {model.path} to {depot.describe()}: {e}") from None
+            progress.remove_task(bar)
+            console.print(f"{'pushed' if sent else 'in the depot already'}: {model.kind} {record.name} "
+                          f"({record.a1111_hash}, sha256 {record.sha256[:16]})")
 
 
 BROKER_HELP = "Redis URL, e.g. redis://:PASSWORD@HOST:6379/0 (or env FARM_BROKER_URL)."
@@ -534,6 +583,21 @@ def setup(broker, models_dir, name, games, pause_when_busy, hours, user_idle, pa
     click.echo(str(written))
 
 
+def push_job_models(job, store, models: Path) -> None:
+    """`farm submit --push-models`: the job's models that the depot lacks, pushed first."""
+    from farm.depot import Depot, DepotError, job_models
+    from farm.expand import expand
+    from farm.models import Registry
+
+    files, problems = job_models(expand(job), Registry(models))
+    for line in problems:
+        console.print(f"[yellow]warning:[/yellow] not pushed: {line}", markup=True)
+    try:
+        push_to_depot(Depot(store), files)
+    except DepotError as e:
+        raise FarmError(str(e)) from None
+
+
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--broker", default=None, help=BROKER_HELP)
@@ -541,7 +605,9 @@ def setup(broker, models_dir, name, games, pause_when_busy, hours, user_idle, pa
 @click.option("--store", "store_url", default=None, help=STORE_HELP)
 @click.option("--models", "models_dir", default=None,
               help="Models folder, to check checkpoint names and pin their hashes before queueing.")
-def submit(spec, broker, store_url, models_dir) -> None:
+@click.option("--push-models", is_flag=True,
+              help="First push the models the job names and the store's depot lacks (farm models push).")
+def submit(spec, broker, store_url, models_dir, push_models) -> None:
     """Queue a job's tasks for the farm's workers; prints the job id."""
     from rich.markup import escape
 
@@ -552,6 +618,8 @@ def submit(spec, broker, store_url, models_dir) -> None:
     models = Path(conf.models)
     job = load_spec_or_exit(spec, models if models.is_dir() else None)
     store = store_or_exit(conf.store)
+    if push_models:
+        push_job_models(job, store, models)
     try:
         count = submit_job(job, store, conf.broker_url, models if models.is_dir() else None,
                            warn=lambda line: console.print(f"[yellow]warning:[/yellow] {escape(line)}", markup=True))
