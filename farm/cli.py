@@ -501,11 +501,17 @@ STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
               help="After a game, the GPU or the user stops, wait this long before taking tasks (default 60).")
 @click.option("--yield-now", is_flag=True, default=None,
               help="On a pause, hand the running task back after its diffusion batch instead of finishing it.")
+@click.option("--model-cache", default=None, type=click.Path(file_okay=False),
+              help="Folder for models fetched from the depot (default: the user's cache folder, "
+                   "~/.cache/seedfarm/models); never your models folder.")
+@click.option("--cache-size", default="200G", show_default=True, help="Most bytes the model cache holds (K, M, G, T).")
+@click.option("--depot", "depot_url", default=None,
+              help="Store whose model depot this worker fetches from (default: --store, else the farm's store).")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.pass_context
 def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_batch, vram, precision, attention,
            no_half_vae, allow_pickle, pause_when_busy, games, hours, user_idle, resume_after, yield_now,
-           loglevel) -> None:
+           model_cache, cache_size, depot_url, loglevel) -> None:
     """Render tasks from the farm's queue until stopped (Ctrl+C finishes the current task first).
 
     `farm worker pause NAME` / `farm worker resume NAME` step a worker aside from any PC."""
@@ -516,8 +522,13 @@ def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_
     from farm.ledger import BrokerUnreachable
     from worker.memory import ProfileError
     from worker.pause import PauseConfigError
+    from worker.model_cache import parse_size
     from worker.service import run_worker
 
+    try:
+        cache_bytes = parse_size(cache_size)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--cache-size") from None
     try:
         code = run_worker(settings(broker_url=broker, models=models_dir, vram=vram, precision=precision,
                                    attention=attention, no_half_vae=no_half_vae, allow_pickle=allow_pickle,
@@ -525,7 +536,7 @@ def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_
                                    resume_after=resume_after, yield_now=yield_now),
                    name, gpu, store_url, loglevel,
                    max_pixels=max_pixels, tags=frozenset(t.strip() for t in tags.split(",") if t.strip()),
-                   max_batch=max_batch)
+                   max_batch=max_batch, model_cache=model_cache, cache_size=cache_bytes, depot_url=depot_url)
     except (BrokerUnreachable, FileNotFoundError, ProfileError, PauseConfigError) as e:
         raise FarmError(str(e)) from None
     if code:  # stopped by an error (Celery logged it): a supervisor must see a failure and restart it

@@ -112,11 +112,10 @@ class Depot:
         existing = self.record(sha)
         if existing is None:
             try:
-                family = model.family()
-            except ModelFileError:
-                family = "?"
-            record = DepotRecord(sha, stem, model.kind, family, model.size, model.a1111_hash(),
-                                 model.path.suffix.lower())
+                family, a1111 = model.family(), model.a1111_hash()
+            except ModelFileError:  # a header this version cannot read: the file still travels
+                family, a1111 = "?", sha[:10]
+            record = DepotRecord(sha, stem, model.kind, family, model.size, a1111, model.path.suffix.lower())
             self.store.write_file(layout.model_object_key(sha), model.path, progress)
             self.store.write_text(layout.model_record_key(sha), record.to_json())  # last: the file is whole
         else:

@@ -114,6 +114,8 @@ def worker_state(w: dict) -> str:
     """`paused: game running: eldenring.exe` (worker/pause.py), `rendering` or `idle`."""
     if w.get("paused"):
         return f"paused: {w['paused']}" + (" (finishing its task)" if w.get("task") else "")
+    if w.get("download"):  # a model fetched from the depot (worker/model_cache.py): NAME 45% 80 MB/s
+        return f"fetching {w['download']}"
     return "rendering" if w.get("task") else "idle"
 
 
