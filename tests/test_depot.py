@@ -104,14 +104,26 @@ def cache_with(tmp_path: Path, *models: ModelFile, limit: int = 10**9, store=Non
     return ModelCache(tmp_path / "cache", limit, depot)
 
 
-def test_fetch_verifies_and_renames_and_the_registry_finds_the_file_by_name(tmp_path):
-    model = model_file(tmp_path / "models", "Deliberate_v2", 200_000)
-    cache = cache_with(tmp_path, model)
+@pytest.mark.parametrize("backend", ["folder", "s3"])
+def test_fetch_verifies_and_renames_and_the_registry_finds_the_file_by_name(backend, tmp_path, request):
+    model = model_file(tmp_path / "models", "Deliberate_v2", 3 << 20)
+    store = None if backend == "folder" else open_store(request.getfixturevalue("bucket_url"))
+    reports = []
+    cache = cache_with(tmp_path, model, store=store)
+    cache.report = reports.append
     sha = sha256_file(model.path)
     path = cache.fetch(cache.depot.record(sha))
     assert path.read_bytes() == model.path.read_bytes() and cache.cached(sha) == path
     assert Registry(cache.root).resolve("checkpoint", "Deliberate_v2").path == path
     assert not list(path.parent.glob(".seedfarm-tmp-*"))
+    assert reports[0].startswith("Deliberate_v2 ") and "MB/s" in reports[0] and reports[-1] == ""
+
+
+def test_farm_workers_shows_a_download():
+    from farm.status import worker_state
+
+    assert worker_state({"download": "Deliberate_v2 45% 80 MB/s", "task": "j/t"}) == "fetching Deliberate_v2 45% 80 MB/s"
+    assert worker_state({"download": "", "task": ""}) == "idle"
 
 
 def test_a_corrupted_depot_object_is_refused_and_nothing_is_left(tmp_path):
