@@ -22,8 +22,10 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -279,7 +281,7 @@ class ModelCache:
     def _chunks(self, record: DepotRecord):
         """The depot object's chunks. Its errors are the depot's (_DepotHiccup), not the cache's; a
         missing object fails the task: the record says it should be there."""
-        chunks = self.depot.chunks(record.sha256)
+        chunks = _read_ahead(self.depot.chunks(record.sha256))
         while True:
             try:
                 chunk = next(chunks)
@@ -328,3 +330,43 @@ class ModelCache:
             return not entry.exists()
         finally:
             lock.release()
+
+
+def _read_ahead(chunks, depth: int = 16):
+    """The chunks, read by a thread up to `depth` ahead (16 MiB), so that the network read overlaps
+    hashing and writing; the reader's error is raised here, in order. Closing this generator (an
+    oversized object, a failed write) stops the reader."""
+    ahead: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(done)
+        except BaseException as e:  # handed to the consumer, which classifies it
+            put(e)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close:
+                close()
+
+    threading.Thread(target=read, daemon=True, name="depot-read-ahead").start()
+    try:
+        while (item := ahead.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

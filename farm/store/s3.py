@@ -15,6 +15,7 @@ from farm.store.base import CHUNK, Store, check_key
 # more than 256 MiB in memory.
 PART_BYTES = 64 << 20
 THREADS = 4
+COMPLETE_TIMEOUT = 1800
 
 
 class S3Store(Store):
@@ -39,12 +40,9 @@ class S3Store(Store):
             raise ValueError(f"{url}: unknown option(s) {', '.join(sorted(unknown))}; known: endpoint_url, region")
         # botocore retries throttling and connection errors with exponential backoff.
         config = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=10, read_timeout=60)
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=query.get("endpoint_url", [None])[0],
-            region_name=query.get("region", [None])[0],
-            config=config,
-        )
+        where = {"endpoint_url": query.get("endpoint_url", [None])[0], "region_name": query.get("region", [None])[0]}
+        self.client = boto3.client("s3", **where, config=config)
+        self._slow = (where, config.merge(Config(read_timeout=COMPLETE_TIMEOUT)))
 
     @property
     def url(self) -> str:
@@ -86,7 +84,12 @@ class S3Store(Store):
 
         with ThreadPoolExecutor(THREADS) as pool:
             parts = list(pool.map(send, range(1, -(-size // PART_BYTES) + 1)))
-        self.client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload,
+        import boto3
+
+        # Completing a multipart upload of many GB makes the server assemble it (minutes on MinIO on
+        # a NAS): that one call gets a long read timeout instead of retries that find it gone.
+        completer = boto3.client("s3", **self._slow[0], config=self._slow[1])
+        completer.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload,
                                               MultipartUpload={"Parts": parts})
 
     def _unfinished_upload(self, full_key: str) -> tuple[str | None, dict[int, tuple[int, str]]]:
