@@ -85,7 +85,7 @@ def main() -> None:
 
         def plain_get() -> None:
             with open(copy, "wb") as f:
-                for chunk in depot.chunks(sha):
+                for chunk in depot.chunks(depot.record(sha)):
                     f.write(chunk)
                 os.fsync(f.fileno())
 

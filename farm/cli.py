@@ -407,7 +407,9 @@ def models_list(models_dir: str, kind: str | None, store_url: str | None) -> Non
         depot = Depot(store_or_exit(store_url))
         records = [r for r in depot.records() if not kind or r.kind == kind]
         for r in records:
-            click.echo(f"{r.kind:<12} {r.family:<17} {human_size(r.size):>9}  {r.a1111_hash:<12}  {r.sha256[:16]}  {r.name}")
+            source = f"  <- {r.url}" if r.url else ""
+            click.echo(f"{r.kind:<12} {r.family:<17} {human_size(r.size):>9}  {r.a1111_hash:<12}  {r.sha256[:16]}  "
+                       f"{r.name}{source}")
         if not records:
             raise FarmError(f"no {kind or 'model'} files in the depot of {depot.describe()} (farm models push)")
         return
@@ -444,6 +446,28 @@ def models_push(refs: tuple[str, ...], store_url: str | None, models_dir: str, k
         push_to_depot(depot, [model_to_push(ref, registry, kind) for ref in refs])
     except DepotError as e:
         raise FarmError(str(e)) from None
+
+
+@models.command("link")
+@click.argument("name")
+@click.argument("url")
+@click.option("--sha256", "sha256", required=True, help="The file's SHA-256 (64 hex): what workers verify.")
+@click.option("--kind", type=click.Choice(["checkpoint", "lora", "vae", "embedding", "text_encoder"]),
+              default="checkpoint", show_default=True)
+@click.option("--size", type=click.IntRange(min=1), default=None, help="Bytes (default: asked of the URL).")
+@click.option("--store", "store_url", default=None, help="The store holding the depot (or env FARM_STORE).")
+def models_link(name, url, sha256, kind, size, store_url) -> None:
+    """Put a model kept at a URL into the depot under NAME, pinned by its sha256:
+    hf://ORG/REPO/FILE.safetensors (the Hugging Face hub) or any https URL (e.g. a civitai download
+    link). Workers that lack it fetch it from there, verify the pin and cache it."""
+    from farm.depot import Depot, DepotError
+
+    depot = Depot(store_or_exit(store_url or settings().store))
+    try:
+        record = depot.link(kind, name, url, sha256, size)
+    except DepotError as e:
+        raise FarmError(str(e)) from None
+    console.print(f"linked: {record.kind} {record.name} -> {record.url} (sha256 {record.sha256[:16]})")
 
 
 def push_to_depot(depot, files: list) -> None:

@@ -12,6 +12,7 @@ names without a hash (LoRAs in `<lora:...>` tags). Pure Python, no torch: `farm 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,9 +22,12 @@ from pathlib import Path
 from farm.model_files import ModelFileError
 from farm.models import KIND_DIRS, KINDS, SUFFIXES, ModelFile, Registry
 from farm.store import Store
+from farm.store.base import CHUNK
 from farm.store import layout
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
+URL = re.compile(r"(hf://[^/\s]+/[^/\s]+/\S+|https?://\S+)$")
+URL_TIMEOUT = 30  # seconds without a byte before a URL download counts as a failed try
 RECORD_MAX_BYTES = 64 << 10  # a record is a few hundred bytes; a store may be shared with others
 ALL_SUFFIXES = tuple(sorted({s for kind in KINDS for s in SUFFIXES[kind]}))
 
@@ -41,9 +45,13 @@ class DepotRecord:
     size: int
     a1111_hash: str  # what A1111 shows: 10 hex for checkpoints and VAEs, 12 for LoRAs and embeddings
     suffix: str  # .safetensors, .gguf ...: how a worker's loader reads the file
+    url: str = ""  # a model kept elsewhere (hf://, https://): workers fetch it from there, pinned by sha256
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if not self.url:
+            del data["url"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, data: bytes) -> DepotRecord | None:
@@ -52,13 +60,14 @@ class DepotRecord:
             return None
         try:
             raw = json.loads(data)
-            record = cls(**{k: raw[k] for k in cls.__dataclass_fields__})
+            record = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k != "url"}, url=raw.get("url", ""))
         except (ValueError, TypeError, KeyError):
             return None
         ok = (isinstance(record.sha256, str) and SHA256.fullmatch(record.sha256) and record.kind in KINDS
               and isinstance(record.size, int) and record.size >= 0 and record.suffix in SUFFIXES[record.kind]
               and isinstance(record.name, str) and 0 < len(record.name) <= 200
-              and all(isinstance(v, str) for v in (record.family, record.a1111_hash)))
+              and all(isinstance(v, str) for v in (record.family, record.a1111_hash, record.url))
+              and (not record.url or URL.match(record.url)))
         return record if ok else None
 
 
@@ -97,9 +106,38 @@ class Depot:
                     found.append(record)
         return sorted(found, key=lambda r: (KINDS.index(r.kind), r.name.lower(), r.sha256))
 
-    def chunks(self, sha256: str) -> Iterator[bytes]:
-        """The model file's bytes as they arrive (verified by the reader: worker/model_cache.py)."""
-        return self.store.read_chunks(layout.model_object_key(sha256))
+    def chunks(self, record: DepotRecord) -> Iterator[bytes]:
+        """The model file's bytes as they arrive, from the store or the record's URL (verified by
+        the reader: worker/model_cache.py)."""
+        if record.url:
+            return url_chunks(record.url)
+        return self.store.read_chunks(layout.model_object_key(record.sha256))
+
+    def where(self, record: DepotRecord) -> str:
+        """Where a model's bytes come from, for messages."""
+        return record.url or self.describe()
+
+    def link(self, kind: str, name: str, url: str, sha256: str, size: int | None = None) -> DepotRecord:
+        """Record a model kept at a URL (`hf://org/repo/file.safetensors`, https://...), pinned by
+        its sha256: workers fetch it from there like a depot file. The size, unless given, from a
+        HEAD request."""
+        if not URL.match(url):
+            raise DepotError(f"{url}: expected hf://ORG/REPO/FILE or an http(s):// URL")
+        sha256 = sha256.lower()
+        if not SHA256.fullmatch(sha256):
+            raise DepotError(f"sha256 '{sha256}': expected 64 hex digits (the file's SHA-256)")
+        suffix = Path(url.split("?")[0]).suffix.lower()
+        if suffix not in SUFFIXES[kind]:
+            raise DepotError(f"{url}: a {kind} file ends in {', '.join(SUFFIXES[kind])}")
+        if size is None:
+            size = url_size(url)
+        stem = name.rsplit("/", 1)[-1]
+        # A1111's hash of a LoRA is of its tensors, unknown until it is read
+        a1111 = "" if kind == "lora" else sha256[: 12 if kind == "embedding" else 10]
+        record = DepotRecord(sha256, stem, kind, "?", size, a1111, suffix, url)
+        self.store.write_text(layout.model_record_key(sha256), record.to_json())
+        self.store.write_text(layout.model_name_key(kind, stem), json.dumps({"sha256": sha256, "pushed": time.time()}))
+        return record
 
     def push(self, model: ModelFile, progress: Callable[[int], None] = lambda n: None) -> tuple[DepotRecord, bool]:
         """Upload one model file unless the depot has it: (its record, whether it was sent)."""
@@ -123,6 +161,48 @@ class Depot:
         pointer = json.dumps({"sha256": sha, "pushed": time.time()})
         self.store.write_text(layout.model_name_key(model.kind, stem), pointer)
         return record, existing is None
+
+
+def resolve_url(url: str) -> str:
+    """The https URL of a model URL: `hf://ORG/REPO[@REVISION]/PATH` is the Hugging Face hub's
+    resolve URL (HF_ENDPOINT, as huggingface_hub reads it, for a mirror); others are as given."""
+    if not url.startswith("hf://"):
+        return url
+    org, repo, *path = url.removeprefix("hf://").split("/")
+    repo, _, revision = repo.partition("@")
+    if not path:
+        raise DepotError(f"{url}: expected hf://ORG/REPO/FILE")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    return f"{endpoint}/{org}/{repo}/resolve/{revision or 'main'}/{'/'.join(path)}"
+
+
+def _open_url(url: str, method: str = "GET"):
+    import urllib.request
+
+    request = urllib.request.Request(resolve_url(url), method=method, headers={"User-Agent": "seedfarm"})
+    return urllib.request.urlopen(request, timeout=URL_TIMEOUT)  # noqa: S310 (http(s) only: URL)
+
+
+def url_size(url: str) -> int:
+    try:
+        with _open_url(url, "HEAD") as response:
+            return int(response.headers["Content-Length"])
+    except (OSError, KeyError, ValueError) as e:
+        raise DepotError(f"cannot read the size of {url} ({e}): pass --size") from None
+
+
+def url_chunks(url: str) -> Iterator[bytes]:
+    """A URL's bytes in chunks; a 404 is FileNotFoundError, as for a store."""
+    import urllib.error
+
+    try:
+        response = _open_url(url)
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            raise FileNotFoundError(url) from None
+        raise
+    with response:
+        yield from iter(lambda: response.read(CHUNK), b"")
 
 
 def kind_of_path(path: Path) -> str:

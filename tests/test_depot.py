@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -56,7 +57,7 @@ def test_push_stores_the_file_under_its_sha256_with_a_record_and_skips_it_the_se
     assert store.read_bytes(layout.model_object_key(sha)) == model.path.read_bytes()
     assert depot.record(sha) == record and depot.by_name("checkpoint", "Deliberate_v2") == record
     assert depot.records() == [record]
-    assert b"".join(depot.chunks(sha)) == model.path.read_bytes()
+    assert b"".join(depot.chunks(depot.record(sha))) == model.path.read_bytes()
     assert depot.push(model) == (record, False)  # already there: nothing sent
 
 
@@ -76,7 +77,7 @@ def test_s3_push_is_multipart_and_resumes_an_unfinished_upload(bucket_url, tmp_p
     monkeypatch.setattr(store.client, "upload_part", lambda **kw: sent_parts.append(kw["PartNumber"]) or real(**kw))
     Depot(store).push(model)
     assert sorted(sent_parts) == [2, 3, 4]  # part 1 was not sent again
-    assert b"".join(Depot(store).chunks(sha256_file(model.path))) == model.path.read_bytes()
+    assert b"".join(Depot(store).chunks(Depot(store).record(sha256_file(model.path)))) == model.path.read_bytes()
 
 
 def test_cli_push_and_list(tmp_path):
@@ -299,3 +300,82 @@ def test_a_hostile_record_is_ignored(tmp_path):
                                                                "family": "", "size": 1, "a1111_hash": "",
                                                                "suffix": ".sh"}))
     assert Depot(store).record(sha) is None and Depot(store).records() == []
+
+
+# --- models kept at a URL, pinned by hash: a local HTTP server stands in for the internet -----------
+
+@pytest.fixture
+def web(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/web (HEAD and GET): the internet of these tests."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    root = tmp_path / "web"
+    root.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_hf_urls_map_to_the_hub_resolve_url(monkeypatch):
+    from farm.depot import resolve_url
+
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    assert resolve_url("hf://org/repo/sub/m.safetensors") == "https://huggingface.co/org/repo/resolve/main/sub/m.safetensors"
+    assert resolve_url("hf://org/repo@v2/m.safetensors") == "https://huggingface.co/org/repo/resolve/v2/m.safetensors"
+    assert resolve_url("https://civitai.com/api/download/models/1?type=Model") == \
+        "https://civitai.com/api/download/models/1?type=Model"
+
+
+def test_a_linked_hf_model_is_fetched_from_the_url_verified_and_cached(web, tmp_path, monkeypatch):
+    root, base = web
+    model = model_file(tmp_path / "models", "flux-lora", 300_000, kind="lora")
+    (root / "org/repo/resolve/main").mkdir(parents=True)
+    shutil.copy(model.path, root / "org/repo/resolve/main/flux-lora.safetensors")
+    monkeypatch.setenv("HF_ENDPOINT", base)
+    depot = Depot(LocalStore(tmp_path / "depot"))
+    record = depot.link("lora", "flux-lora", "hf://org/repo/flux-lora.safetensors", sha256_file(model.path))
+    assert record.size == 300_000 and depot.by_name("lora", "flux-lora") == record  # size from a HEAD
+    cache = ModelCache(tmp_path / "cache", 10**9, depot)
+    assert cache.fetch(record).read_bytes() == model.path.read_bytes()
+    assert Registry(cache.root).resolve("lora", "flux-lora").path == cache.cached(record.sha256)
+
+
+def test_a_url_whose_file_is_not_the_pin_is_refused(web, tmp_path):
+    root, base = web
+    model = model_file(tmp_path / "models", "m", 50_000)
+    (root / "m.safetensors").write_bytes(b"x" * 50_000)  # the file at the URL changed
+    depot = Depot(LocalStore(tmp_path / "depot"))
+    record = depot.link("checkpoint", "m", f"{base}/m.safetensors", sha256_file(model.path))
+    with pytest.raises(TaskError, match="corrupted"):
+        ModelCache(tmp_path / "cache", 10**9, depot).fetch(record)
+
+
+def test_a_worker_that_cannot_reach_the_url_says_so_in_one_line(tmp_path, monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.setattr("worker.model_cache.DEPOT_RETRY_DELAYS", (0.0,))
+    depot = Depot(LocalStore(tmp_path / "depot"))
+    url = f"http://127.0.0.1:{free_port()}/m.safetensors"  # nothing listens: offline
+    record = depot.link("checkpoint", "m", url, "b" * 64, size=1000)
+    with pytest.raises(DepotUnreachable) as error:
+        ModelCache(tmp_path / "cache", 10**9, depot).fetch(record)
+    assert str(error.value).startswith(f"cannot reach {url} to fetch checkpoint 'm'")
+    assert "is this PC online?" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_cli_link_and_list(web, tmp_path):
+    root, base = web
+    (root / "m.safetensors").write_bytes(b"y" * 1234)
+    store = tmp_path / "store"
+    result = farm("models", "link", "civitai-m", f"{base}/m.safetensors", "--sha256", "c" * 64, "--store", str(store))
+    assert result.returncode == 0, result.stderr
+    listed = farm("models", "list", "--store", str(store))
+    assert f"civitai-m  <- {base}/m.safetensors" in listed.stdout and "1.2 KB" in listed.stdout
+    bad = farm("models", "link", "x", "ftp://host/x.safetensors", "--sha256", "c" * 64, "--store", str(store))
+    assert bad.returncode == 1 and "expected hf://" in bad.stderr and "Traceback" not in bad.stderr

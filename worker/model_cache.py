@@ -234,9 +234,9 @@ class ModelCache:
             except _DepotHiccup as e:
                 if delay is None:
                     self.down_until = time.time() + DEPOT_DOWN_SECONDS
-                    raise DepotUnreachable(f"model depot {self.depot.describe()} unreachable while fetching "
-                                           f"{record.kind} '{record.name}': {e.__cause__}") from None
-                log.warning("model depot %s: %s; trying again in %.0f s", self.depot.describe(), e.__cause__, delay)
+                    raise DepotUnreachable(f"cannot reach {self.depot.where(record)} to fetch {record.kind} "
+                                           f"'{record.name}' ({e.__cause__}): is this PC online?") from None
+                log.warning("cannot reach %s: %s; trying again in %.0f s", self.depot.where(record), e.__cause__, delay)
                 time.sleep(delay)
 
     def _download_once(self, record: DepotRecord, entry: Path, target: Path) -> None:
@@ -281,15 +281,15 @@ class ModelCache:
     def _chunks(self, record: DepotRecord):
         """The depot object's chunks. Its errors are the depot's (_DepotHiccup), not the cache's; a
         missing object fails the task: the record says it should be there."""
-        chunks = _read_ahead(self.depot.chunks(record.sha256))
+        chunks = _read_ahead(self.depot.chunks(record))
         while True:
             try:
                 chunk = next(chunks)
             except StopIteration:
                 return
             except FileNotFoundError:
-                raise TaskError(f"the depot {self.depot.describe()} has a record but no file for "
-                                f"{record.kind} '{record.name}': push it again") from None
+                raise TaskError(f"{self.depot.where(record)} has no file for {record.kind} '{record.name}' "
+                                "(the depot's record names it): push it again") from None
             except Exception as e:  # boto's connection errors, a share gone away
                 raise _DepotHiccup() from e
             yield chunk
