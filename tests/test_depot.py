@@ -127,6 +127,26 @@ def test_farm_workers_shows_a_download():
     assert worker_state({"download": "", "task": ""}) == "idle"
 
 
+def test_farm_status_shows_the_downloads_for_the_jobs_tasks():
+    from rich.console import Console
+
+    from farm.ledger import JobStatus
+    from farm.status import downloads, render_status
+
+    class Workers:
+        def workers(self):
+            return [{"name": "pc1", "download": "Deliberate_v2 45% 80 MB/s", "task": "job1/abc"},
+                    {"name": "pc2", "download": "other 1% 9 MB/s", "task": "job2/def"},
+                    {"name": "pc3", "download": "", "task": "job1/ghi"}]
+
+    st = JobStatus("job1", {"status": "running", "tasks": "2"}, 0, {}, {"abc": "pc1"}, {})
+    lines = downloads(Workers(), st)
+    assert lines == ["pc1 fetching Deliberate_v2 45% 80 MB/s"]
+    console = Console(record=True, width=200)
+    console.print(render_status(st, lines))
+    assert "pc1 fetching Deliberate_v2 45% 80 MB/s" in console.export_text()
+
+
 def test_a_corrupted_depot_object_is_refused_and_nothing_is_left(tmp_path):
     model = model_file(tmp_path / "models", "ckpt", 100_000)
     cache = cache_with(tmp_path, model)
