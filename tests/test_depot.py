@@ -19,7 +19,6 @@ from farm.depot import Depot, DepotRecord, model_to_push
 from farm.hashes import sha256_file
 from farm.models import ModelFile, Registry
 from farm.store import LocalStore, layout, open_store
-from farm.store.local import LocalStore as _Local
 from worker.context import TaskError
 from worker.model_cache import DepotUnreachable, ModelCache, parse_size
 from worker.queue_order import Capabilities, queue_order
@@ -187,7 +186,7 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     assert not [f for f in cache.root.rglob("*") if f.is_file() and f.suffix != ".lock"]
 
 
-class Unreachable(_Local):
+class Unreachable(LocalStore):
     def read_chunks(self, key):
         raise ConnectionError("connection refused")
         yield b""

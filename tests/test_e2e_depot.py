@@ -70,6 +70,9 @@ def test_worker_with_empty_models_folder_renders_a_job_whose_models_are_only_in_
     assert not list(empty.iterdir())  # nothing was written into the user's own folder
     assert {p.parent.parent.name for p in cache.rglob("*.safetensors")} == {"Stable-diffusion", "VAE", "Lora"}
     assert worker.text().count("seedfarm.worker: fetched ") == 3
+    # it now announces the checkpoint as held (others' routing leaves its tasks to it first)
+    wait_for(lambda: any(json.loads(w.get("holds") or "[]") == ["tiny15"] for w in ledger.workers()), 20,
+             "the heartbeat announcing tiny15")
 
     # the next job on this PC starts from its cache: nothing fetched again
     spec.write_text(SPEC.format(name="second", seeds="3"))
