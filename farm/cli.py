@@ -546,7 +546,7 @@ def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_
     from farm.ledger import BrokerUnreachable
     from worker.memory import ProfileError
     from worker.pause import PauseConfigError
-    from worker.model_cache import parse_size
+    from worker.model_cache import CacheConfigError, parse_size
     from worker.service import run_worker
 
     try:
@@ -561,7 +561,7 @@ def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_
                    name, gpu, store_url, loglevel,
                    max_pixels=max_pixels, tags=frozenset(t.strip() for t in tags.split(",") if t.strip()),
                    max_batch=max_batch, model_cache=model_cache, cache_size=cache_bytes, depot_url=depot_url)
-    except (BrokerUnreachable, FileNotFoundError, ProfileError, PauseConfigError) as e:
+    except (BrokerUnreachable, FileNotFoundError, ProfileError, PauseConfigError, CacheConfigError) as e:
         raise FarmError(str(e)) from None
     if code:  # stopped by an error (Celery logged it): a supervisor must see a failure and restart it
         raise FarmError(f"worker stopped with exit code {code}")

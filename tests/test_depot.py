@@ -398,3 +398,25 @@ def test_cli_link_and_list(web, tmp_path):
     assert f"civitai-m  <- {base}/m.safetensors" in listed.stdout and "1.2 KB" in listed.stdout
     bad = farm("models", "link", "x", "ftp://host/x.safetensors", "--sha256", "c" * 64, "--store", str(store))
     assert bad.returncode == 1 and "expected hf://" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_worker_with_an_unusable_depot_says_so_in_one_line(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    result = farm("worker", "--broker", "redis://127.0.0.1:1/0", "--models", str(models), "--depot", "ftp://x/y",
+                  "--model-cache", str(tmp_path / "cache"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "model cache or depot: ftp://x/y: unsupported store URL scheme" in result.stderr
+
+
+def test_a_depot_that_does_not_answer_a_lookup_is_left_alone_for_a_while(tmp_path):
+    class Down(LocalStore):
+        looks = 0
+
+        def read_bytes(self, key):
+            Down.looks += 1
+            raise ConnectionError("no route to host")
+
+    cache = ModelCache(tmp_path / "cache", 10**9, Depot(Down(tmp_path / "depot")))
+    assert cache.lookup("checkpoint", "m", "d" * 64) is None
+    assert not cache.can_fetch() and Down.looks == 1  # steering offers no fetching now

@@ -58,6 +58,10 @@ class DepotUnreachable(Exception):
     retries it, on this worker or another) rather than failing."""
 
 
+class CacheConfigError(Exception):
+    """A --model-cache or --depot that cannot be used, said in one line."""
+
+
 class HashMismatch(Exception):
     pass
 
@@ -137,8 +141,10 @@ class ModelCache:
             return seen[1]
         try:
             record = self.depot.record(sha256) if sha256 else self.depot.by_name(kind, name)
-        except Exception as e:  # a depot away: nothing fetchable for now
-            log.debug("depot lookup of %s failed: %s", name, e)
+        except Exception as e:  # a depot away: nothing fetchable for a while (each look may take long)
+            log.warning("model depot %s does not answer (%s): fetching nothing for %.0f s", self.depot.describe(),
+                        e, DEPOT_DOWN_SECONDS)
+            self.down_until = time.time() + DEPOT_DOWN_SECONDS
             record = None
         self._lookups[key] = (time.monotonic(), record)
         return record

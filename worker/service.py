@@ -30,7 +30,7 @@ from farm.tunables import DEFAULT_CACHE_BYTES
 from farm.tunables import HEARTBEAT_SECONDS, REAP_SECONDS
 from worker import steering, tasks
 from worker.context import WorkerContext, configure
-from worker.model_cache import ModelCache, default_cache_dir
+from worker.model_cache import CacheConfigError, ModelCache, default_cache_dir
 from worker.pause import PausePolicy, make_gate
 from worker.pause import tick as pause_tick
 
@@ -122,8 +122,11 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     profile = choose_profile(settings.vram, settings.precision, settings.attention, settings.no_half_vae)
     # Models this PC lacks come from the depot (the farm's store unless --depot) into the model
     # cache, a models folder of its own searched after the user's (worker/model_cache.py).
-    cache = ModelCache(Path(model_cache) if model_cache else default_cache_dir(), cache_size,
-                       Depot(open_store(depot_url or store_override or settings.store)))
+    try:
+        cache = ModelCache(Path(model_cache) if model_cache else default_cache_dir(), cache_size,
+                           Depot(open_store(depot_url or store_override or settings.store)))
+    except (ValueError, OSError) as e:
+        raise CacheConfigError(f"model cache or depot: {e} (--model-cache, --depot)") from None
     models = Path(f"{settings.models}{os.pathsep}{cache.root}")
     ledger = Ledger(wait_for_redis(settings.broker_url))
     ctx = configure(models, name=name, profile=profile, allow_pickle=settings.allow_pickle,
