@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -307,6 +308,7 @@ def test_routing_leaves_a_fetch_to_holders_unless_none_or_their_queue_is_longer_
 
 
 def test_parse_size():
+    assert not ModelCache(Path(tempfile.mkdtemp()), parse_size("0"), Depot(LocalStore(tempfile.mkdtemp()))).can_fetch()
     assert parse_size("200G") == 200 * 10**9 and parse_size("1.5T") == 1.5e12 and parse_size("500") == 500
     with pytest.raises(ValueError, match="200G"):
         parse_size("lots")

@@ -128,7 +128,8 @@ class ModelCache:
         return [entry.name for entry, _, _ in self.entries()]
 
     def can_fetch(self) -> bool:
-        return self.depot is not None and time.time() >= self.down_until
+        """Whether this worker offers to fetch now (--cache-size 0: never)."""
+        return self.depot is not None and self.limit > 0 and time.time() >= self.down_until
 
     def lookup(self, kind: str, name: str, sha256: str | None) -> DepotRecord | None:
         """The depot's record of a pinned model (by sha256), or of a name (a LoRA tag); remembered
