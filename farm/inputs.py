@@ -104,6 +104,16 @@ def open_image(data: bytes) -> Image.Image:
         raise InputError(f"not an image Pillow can read ({reason})") from None
 
 
+def flatten(image: Image.Image) -> Image.Image:
+    """RGB, an image with transparency composited onto white (A1111's img2img background colour)."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background.alpha_composite(rgba)
+        return background.convert("RGB")
+    return image.convert("RGB")
+
+
 def pin(value: str, data: bytes, source: str) -> InputImage:
     """Check one input's bytes and pin them. Raises InputError."""
     image = open_image(data)

@@ -109,7 +109,7 @@ def test_pixels_match_a_plain_diffusers_img2img_call(pipe, inputs):
     out = plain(prompt="a red robot", image=latents, strength=0.6, num_inference_steps=10, guidance_scale=7.0,
                 generator=torch.Generator("cpu").manual_seed(task.seed), output_type="np").images[0]
     theirs = (out * 255).round().astype(int)
-    assert np.abs(ours - theirs).max() <= 3, np.abs(ours - theirs).max()
+    assert np.abs(ours - theirs).max() <= 1, np.abs(ours - theirs).max()  # measured: 0
     # and it is img2img: the strength changes the picture, the init image too
     weaker = _px(img2img.render(pipe, [_slot(task.model_copy(update={"denoising_strength": 0.2}), 0, image)])[0])
     other = _px(img2img.render(pipe, [_slot(task, 0, Image.open(inputs / "wide.png").convert("RGB"))])[0])
