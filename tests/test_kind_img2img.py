@@ -4,7 +4,7 @@ jobs/img2img.yaml as it is after `farm models make-tiny DIR`."""
 
 from __future__ import annotations
 
-import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +150,29 @@ def test_farm_run_of_jobs_img2img_after_make_tiny(tmp_path):
     # again: nothing to render, same job
     again = farm("run", str(ROOT / "jobs" / "img2img.yaml"), "--models", str(models), "--out", str(tmp_path / "out"))
     assert again.returncode == 0 and "12 already done" in again.stderr
+    # as-spec: the infotext does not name the init image (A1111's neither): with it added, the
+    # spec renders the same pixels (a square input: every resize mode is the same resize)
+    records = [json.loads(p.read_text()) for p in (job / "records").glob("*.json")]
+    record = next(r for r in records if r["axes"]["init_images"] == "inputs/gradient.png")
+    first = job / record["image"]
+    info = farm("info", str(first), "--as-spec", "--models", str(models))
+    assert info.returncode == 0, info.stderr
+    assert "give its init image as init_images" in info.stdout
+    respec = tmp_path / "again.yaml"
+    respec.write_text(info.stdout + "init_images: inputs/gradient.png\n")
+    assert farm("run", str(respec), "--models", str(models), "--out", str(tmp_path / "two")).returncode == 0
+    (second,) = (tmp_path / "two").rglob("images/*.png")
+    assert np.array_equal(_px(Image.open(first)), _px(Image.open(second)))
+    assert read_parameters(second) == read_parameters(first)
+
+
+def test_img2img_on_a_family_built_from_parts_is_refused():
+    from farm.families import FAMILIES
+    from farm.spec import SpecError
+    from farm.spec.parse import SpecParser
+
+    parser = SpecParser("prompt: a\ncheckpoint: x\nseed: 1\ninit_images: a.png\n", "job.yaml")
+    f = parser.keys(parser.compose(), ["prompt", "checkpoint", "seed", "init_images"], "x")
+    for row in (row for row in FAMILIES if row.parts):
+        with pytest.raises(SpecError, match="^job.yaml:4:1: init_images: img2img is not supported on"):
+            parser.img2img(f, [row])
