@@ -70,8 +70,10 @@ class InputImage:
 
 
 def label(value: str) -> str:
-    """How an input reads on a grid: its file's stem ('faces/anna.png' -> 'anna')."""
-    return PurePosixPath(str(value).replace("\\", "/")).stem or str(value)
+    """How an input reads on a grid: its file's stem ('faces/anna.png' -> 'anna'; a content
+    name's hash shortened to 10 characters)."""
+    stem = PurePosixPath(str(value).replace("\\", "/")).stem or str(value)
+    return stem[:10] if re.fullmatch(r"[0-9a-f]{64}", stem) else stem
 
 
 def is_input_name(name: str) -> bool:

@@ -122,3 +122,20 @@ def test_sheet_headers_review_page_and_starred_images_as_next_inputs(rendered, t
     (star,) = (out / job / "review" / "marks").glob("*.json")
     source = out / job / "images" / f"{star.stem}.png"
     assert record["task"]["init_image"] == hashlib.sha256(source.read_bytes()).hexdigest() + ".png"
+    # the star export names the init image by its key in the store: it renders the star again
+    export = farm("review", "--export", str(out / job))
+    assert export.returncode == 0, export.stderr
+    stars = (out / job / "review" / "stars.yaml").read_text()
+    assert f"init_images: {job}/inputs/" in stars
+    (out / "stars.yaml").write_text(stars)
+    again = farm("run", str(out / "stars.yaml"), "--out", str(out), "--models", str(tiny_models))
+    assert again.returncode == 0, again.stderr
+    (copy,) = [p for p in out.iterdir() if p.name.startswith(f"{job.split('-')[0]}-stars")]
+    (image,) = (copy / "images").glob("*.png")
+    assert image.read_bytes() == source.read_bytes() or _same_pixels(image, source)
+
+
+def _same_pixels(a: Path, b: Path) -> bool:
+    from PIL import Image
+
+    return Image.open(a).tobytes() == Image.open(b).tobytes()
