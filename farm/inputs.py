@@ -32,7 +32,7 @@ MAX_FOLDER_IMAGES = 10_000  # images one folder (or a job) may give an axis
 # RenderTask fields that name an input, and the mode the worker hands it to a kind in.
 INPUT_FIELDS = {"init_image": "RGB"}
 _NAME = re.compile(r"[0-9a-f]{64}\.(png|jpg|jpeg|webp)")
-_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp"}  # MPO: a camera JPEG
 
 
 class InputError(ValueError):

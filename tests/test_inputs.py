@@ -136,3 +136,15 @@ def test_worker_reads_verifies_and_flattens(folder):
     with pytest.raises(TaskError, match="not in the store"):
         read_input(store, task.job, task.init_image)
     assert json.loads(json.dumps(task.model_dump()))["init_image"] == task.init_image
+
+
+def test_farm_run_with_a_bad_input_is_one_located_line_and_nothing_runs(folder, tiny_models):
+    from conftest import farm
+
+    (folder / "empty.png").write_bytes(b"")
+    spec = folder / "bad.yaml"
+    spec.write_text("prompt: a\ncheckpoint: seedfarm-tiny\nseed: 1\ninit_images: [inputs/wide.png, empty.png]\n")
+    result = farm("run", str(spec), "--out", str(folder / "out"), "--models", str(tiny_models))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"{spec}:4:32: init_images: empty.png: the file is empty"
+    assert not (folder / "out").exists() or not any((folder / "out").iterdir())

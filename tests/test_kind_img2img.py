@@ -176,3 +176,19 @@ def test_img2img_on_a_family_built_from_parts_is_refused():
     for row in (row for row in FAMILIES if row.parts):
         with pytest.raises(SpecError, match="^job.yaml:4:1: init_images: img2img is not supported on"):
             parser.img2img(f, [row])
+
+
+def test_sdxl_renders_img2img_and_batches_as_alone(tmp_path, inputs):
+    from worker.kinds import img2img
+    from worker.pipelines import load_pipeline
+    from worker.tiny import make_tiny_sdxl
+
+    pipe = load_pipeline(make_tiny_sdxl(tmp_path))
+    image = Image.open(inputs / "wide.png").convert("RGB")
+    task = make_task(checkpoint="seedfarm-tiny-xl", kind="img2img", init_image="1" * 64 + ".png",
+                     denoising_strength=0.6, resize_mode="Resize and fill", sampler="Euler a")
+    other = task.model_copy(update={"seed": 9})
+    batch = img2img.render(pipe, [_slot(task, 0, image), _slot(other, 0, image)])
+    alone = img2img.render(pipe, [_slot(other, 0, image)])
+    assert batch[0].size == (64, 64)
+    assert np.abs(_px(batch[1]) - _px(alone[0])).max() <= 1 and np.abs(_px(batch[0]) - _px(batch[1])).max() > 1
