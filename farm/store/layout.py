@@ -11,7 +11,7 @@ Relative to the store root, the same on a folder and on S3:
     {job}/sheets/{name}.png         contact sheets
     {job}/review/marks/{stem}.json  a reviewer's star or reject of one image
     {job}/review/{file}             the static review page (`farm review --export`)
-    {job}/inputs/{name}             reserved: a job's input images (img2img, inpaint masks)
+    {job}/inputs/{sha256}.{ext}     a job's input images (img2img, inpaint masks), by content (farm/inputs.py)
     models/sha256/{sha256}          the model depot (farm/depot.py): a model file under its sha256
     models/sha256/{sha256}.json     its record: name, kind, family, size, A1111 hash, suffix
     models/names/{kind}/{name}.json the sha256 last pushed under that name (LoRAs are found by name)
@@ -108,7 +108,7 @@ def review_file_key(job: str, name: str) -> str:
 
 
 def input_key(job: str, name: str) -> str:
-    """Reserved for the task kinds that read images (img2img, inpaint): nothing writes it yet."""
+    """An input image of the job (farm/inputs.py: name is "<sha256>.<ext>" of its bytes)."""
     return f"{job}/{INPUTS}/{name}"
 
 
