@@ -6,6 +6,7 @@ import time
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -83,11 +84,16 @@ def show_status(ledger: Ledger, job: str, watch: bool, console: Console | None =
 
 def list_jobs(ledger: Ledger) -> None:
     table = Table("job", "status", "tasks", "done", "failed", "store")
+    reasons = []
     for job in ledger.jobs():
         st = ledger.status(job)
         if st is not None:
             table.add_row(job, st.status, str(st.tasks), str(st.done), str(len(st.failed)), st.info.get("store", ""))
+            if st.info.get("reason"):
+                reasons.append(f"[red]{job}[/red]: {escape(st.info['reason'])}")
     stdout_console().print(table)
+    for line in reasons:  # why a job ended with failures (a full disk ...), and what to do
+        stdout_console().print(line, markup=True, highlight=False)
     print_dead_letters(ledger, stdout_console())
 
 
