@@ -57,9 +57,9 @@ def render_status(st: JobStatus) -> Group:
                           rendering.get(name, ""))
         parts.append(table)
     if st.info.get("reason"):
-        parts.append(f"[red]{st.info['reason']}[/red]")
+        parts.append(f"[red]{escape(st.info['reason'])}[/red]")  # store or worker text: no markup
     for task_id, reason in list(st.failed.items())[:5]:
-        parts.append(f"[red]failed[/red] {task_id}: {reason}")
+        parts.append(f"[red]failed[/red] {escape(task_id)}: {escape(reason)}")
     for sheet in st.sheets:
         parts.append(f"contact sheet: {sheet}")
     return Group(*parts)
@@ -104,7 +104,7 @@ def print_dead_letters(ledger: Ledger, console: Console) -> None:
     count = dead_letter_count(ledger.r)
     if count:
         newest = dead_letters(ledger.r, 1)
-        why = f"; newest from {newest[0]['queue']}: {newest[0]['reason']}" if newest else ""
+        why = f"; newest from {escape(newest[0]['queue'])}: {escape(newest[0]['reason'])}" if newest else ""
         console.print(f"[yellow]{count} dead letter(s)[/yellow] refused by workers{why} (farm dead-letters)",
                       markup=True)
 

@@ -190,3 +190,24 @@ def test_a_refusing_store_ends_the_job_with_its_reason_and_a_resume_clears_it(re
     assert info["reason"] == f"{reason}; fix the store, then `farm resume j`"
     ledger.register_job("j", {"tasks": 2, "store": "memory://full"})  # what `farm resume` does
     assert ledger.store_refusal("j") is None and "reason" not in ledger.job_info("j")
+
+
+def test_store_and_message_text_is_printed_as_text_not_markup(redis_server):
+    """A store's error message, a task id or a rogue message's task name holding `[/x]` once made
+    `farm status` stop with rich's MarkupError."""
+    import io
+
+    from rich.console import Console
+
+    from farm.guard import dead_letter
+    from farm.status import show_status
+
+    ledger = Ledger(redis_server.client())
+    ledger.register_job("j", {"tasks": 1, "store": "s3://b"})
+    ledger.store_refused("j", "the store refuses writes: ClientError: [/b] denied [red]")
+    ledger.task_finished("j", "t[/i]", "alpha", failed="the store refuses writes: [/b]")
+    dead_letter(ledger.r, "farm.1.q", "unknown task '[/oops]'", b"{}")
+    out = io.StringIO()
+    assert show_status(ledger, "j", watch=False, console=Console(file=out, width=200))
+    text = out.getvalue()
+    assert "ClientError: [/b] denied [red]" in text and "t[/i]" in text and "'[/oops]'" in text
