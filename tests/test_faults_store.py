@@ -168,6 +168,27 @@ def test_disk_full_ends_the_job_in_seconds_and_resume_renders_the_rest(redis_ser
     assert "reason" not in ledger.job_info(job)
 
 
+def test_a_bucket_deleted_mid_job_ends_the_job_in_seconds(redis_server, s3_endpoint, start_worker, tmp_path):
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="farm-gone")
+    store_url = f"s3://farm-gone?endpoint_url={s3_endpoint}"
+    models = standin_models(tmp_path)
+    worker = start_worker(redis_server.url, models, "alpha", env=WORKER_ENV, trusted=(store_url,))
+    worker.wait_ready()
+    ledger = Ledger(redis_server.client())
+    job = submit(tmp_path, "gone", 16, redis_server.url, store_url, models)
+    wait_for(lambda: ledger.status(job).done >= 2, 60, "the first images")
+    started = time.monotonic()
+    for item in s3.list_objects_v2(Bucket="farm-gone").get("Contents", []):
+        s3.delete_object(Bucket="farm-gone", Key=item["Key"])
+    s3.delete_bucket(Bucket="farm-gone")
+    wait_for(lambda: ledger.job_info(job).get("status", "").startswith("finished"), 60, "the job to end")
+    assert time.monotonic() - started < 20  # not 4 tries over 42 s per batch
+    assert "NoSuchBucket" in ledger.job_info(job)["reason"]
+    assert "'images': 0, 'failed': 'the store refuses writes: NoSuchBucket: An error occurred (NoSuchBucket)" \
+        in worker.text()
+
+
 def test_a_refusing_store_ends_the_job_with_its_reason_and_a_resume_clears_it(redis_server):
     from farm.jobs import finish_job
     from farm.store.memory import MemoryStore
