@@ -232,3 +232,24 @@ def test_store_and_message_text_is_printed_as_text_not_markup(redis_server):
     assert show_status(ledger, "j", watch=False, console=Console(file=out, width=200))
     text = out.getvalue()
     assert "ClientError: [/b] denied [red]" in text and "t[/i]" in text and "'[/oops]'" in text
+
+
+def test_farm_run_on_a_full_disk_stops_in_one_line_and_a_rerun_renders_the_rest(tmp_path, small_disk, monkeypatch):
+    monkeypatch.setenv("FARM_STANDIN", "0,0.05")
+    models = standin_models(tmp_path)
+    spec = tmp_path / "local.yaml"
+    spec.write_text("name: local\nprompt: x\ncheckpoint: standin\nsize: 64x64\nsteps: 2\nsampler: Euler\nseed: 1-64\n")
+    result = farm("run", str(spec), "--out", str(small_disk), "--models", str(models))
+    # before: the manifest's write raised at the end, a traceback
+    said = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in said
+    assert "the store refuses writes: OSError: [Errno 28] No space left on device" in said
+    assert said.strip().endswith("rerun the same command to retry only those")
+    # the writer's log line per failing batch (one image each with the stand-in): at most the rest
+    # of the group of 8 tasks being rendered when the disk filled and 2 waiting batches, not all 55
+    assert 1 <= sum(line.startswith("the store refuses writes") for line in said.splitlines()) <= 10
+    subprocess.run(["mount", "-o", "remount,size=20M", str(small_disk)], check=True)  # space freed
+    result = farm("run", str(spec), "--out", str(small_disk), "--models", str(models))
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = next(p.name for p in small_disk.iterdir() if p.name.startswith("local-"))
+    stored_once(str(small_disk), job, 64)
