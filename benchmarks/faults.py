@@ -1,12 +1,14 @@
 """The fault suite: real `farm worker` processes (stand-in renderer, worker/standin.py), a real
-redis-server and a folder store, and the faults a farm of home PCs meets. For each scenario:
+redis-server, a folder store and an S3 endpoint (moto's server behind tests/tcp_proxy.py, which
+plays its outage), and the faults a farm of home PCs meets. For each scenario:
 images expected / stored / duplicated (two records of one image), renders repeated (work done
 twice), seconds against the undisturbed run, whether the job finished without a human, and what
 `farm status` showed at the end. Prints one JSON object (docs/RELIABILITY.md has the figures).
 
 Usage: python benchmarks/faults.py [IMAGES] [SECONDS_PER_IMAGE] [KILLS] [STOP_SECONDS] [ONLY,SCENARIOS]
-(defaults 48 0.4 6 20: the issue's 64 images, 10 kills and a 2-minute SIGSTOP scaled down to fit a
-2-core machine; the worker timeouts are the tests' short ones, see TEST_ENV).
+                                   [S3_DOWN_SECONDS]
+(defaults 48 0.4 6 20 all 30: the issue's 64 images, 10 kills and a 2-minute SIGSTOP scaled down to
+fit a 2-core machine; the worker timeouts are the tests' short ones, see TEST_ENV).
 """
 
 from __future__ import annotations
@@ -24,20 +26,53 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
-from harness import FARM, Redis, emit, wait_until  # noqa: E402
+from harness import FARM, Redis, emit, free_port, wait_until  # noqa: E402
+from tcp_proxy import TcpProxy  # noqa: E402
 
 # Short timeouts, as in the tests: a task of a dead worker is back on the queue after ~8 s.
 TEST_ENV = {"FARM_VISIBILITY_TIMEOUT": "8", "FARM_RESTORE_INTERVAL": "1", "OMP_NUM_THREADS": "1",
-            "HF_HUB_OFFLINE": "1"}
+            "HF_HUB_OFFLINE": "1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class S3:
+    """moto's S3 server on 127.0.0.1 with a bucket, reached through a proxy that can go down."""
+
+    def __init__(self):
+        port = free_port()
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                                      "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.environ.update({k: v for k, v in TEST_ENV.items() if k.startswith("AWS_")})
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+        wait_until(lambda: self._create(client), 30, "moto's server", 0.1)
+        self.proxy = TcpProxy(port)
+        self.url = f"s3://farm-faults/renders?endpoint_url=http://127.0.0.1:{self.proxy.port}"
+
+    @staticmethod
+    def _create(client) -> bool:
+        try:
+            client.create_bucket(Bucket="farm-faults")
+            return True
+        except Exception:  # not listening yet
+            return False
+
+    def stop(self) -> None:
+        self.proxy.close()
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 class Farm:
     """N workers, each restartable."""
 
-    def __init__(self, n: int, redis: Redis, work: Path, seconds: float):
+    def __init__(self, n: int, redis: Redis, work: Path, seconds: float, trusted: tuple[str, ...] = ()):
         self.redis, self.work, self.env = redis, work, {
-            **os.environ, **TEST_ENV, "FARM_STANDIN": f"0,{seconds}", "FARM_TRUSTED_STORES": str(work)}
+            **os.environ, **TEST_ENV, "FARM_STANDIN": f"0,{seconds}",
+            "FARM_TRUSTED_STORES": ",".join([str(work), *trusted])}
         self.procs: list[subprocess.Popen | None] = [None] * n
         self.offsets = [0] * n  # where each worker's current process starts in its log
         self.logs = [open(work / f"w{i}.log", "a") for i in range(n)]
@@ -85,26 +120,29 @@ def farm_cmd(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(FARM), *args], capture_output=True, text=True, timeout=120)
 
 
-def outcome(store: Path, job: str, images: int) -> dict:
-    """What the store holds: every image once, one record each."""
-    pngs = list((store / job / "images").glob("*.png")) if (store / job / "images").is_dir() else []
-    records = [json.loads(p.read_text()) for p in (store / job / "records").glob("*.json")] \
-        if (store / job / "records").is_dir() else []
+def outcome(store_url: str, job: str, images: int) -> dict:
+    """What the store (a folder or a bucket) holds: every image once, one record each."""
+    from farm.store import open_store
+
+    store = open_store(store_url)
+    pngs = [k for k in store.list_keys(f"{job}/images/") if k.endswith(".png")]
+    records = [json.loads(store.read_bytes(k)) for k in store.list_keys(f"{job}/records/") if k.endswith(".json")]
     keys = [(r["task_id"], r["seed"]) for r in records]
-    manifest = (store / job / "manifest.jsonl").read_text().splitlines() if (store / job / "manifest.jsonl").exists() else []
-    temps = [p for p in (store / job).rglob("*") if p.is_file() and ".tmp" in p.name] if (store / job).is_dir() else []
+    manifest = store.read_text(f"{job}/manifest.jsonl").splitlines() if store.exists(f"{job}/manifest.jsonl") else []
+    folder = Path(store_url) / job  # a bucket has no temp objects (a PUT is whole)
+    temps = [p for p in folder.rglob("*") if p.is_file() and ".tmp" in p.name] if "://" not in store_url else []
     return {"expected": images, "stored": len(pngs), "lost": images - len(set(keys)),
             "duplicated": len(keys) - len(set(keys)), "manifest_lines": len(manifest), "temp_files_left": len(temps)}
 
 
-def run_scenario(name: str, redis: Redis, farm: Farm, store: Path, images: int, seconds: float, fault) -> dict:
+def run_scenario(name: str, redis: Redis, farm: Farm, store: str, images: int, seconds: float, fault) -> dict:
     from farm.ledger import Ledger
 
-    spec = store.parent / f"{name}.yaml"
+    spec = farm.work / f"{name}.yaml"
     spec.write_text(f"name: {name}\nprompt: x\ncheckpoint: standin\nsize: 64x64\nsteps: 2\nsampler: Euler\n"
                     f"seed: 1-{images}\n")
     started = time.perf_counter()
-    result = farm_cmd("submit", str(spec), "--broker", redis.url, "--store", str(store),
+    result = farm_cmd("submit", str(spec), "--broker", redis.url, "--store", store,
                       "--models", str(spec.parent / "models"))
     assert result.returncode == 0, result.stderr
     job = result.stdout.strip()
@@ -146,14 +184,16 @@ def main() -> None:
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 0.4
     kills = int(sys.argv[3]) if len(sys.argv) > 3 else 6
     stop_seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 20
-    only = set(sys.argv[5].split(",")) if len(sys.argv) > 5 else None  # e.g. kill9,sigstop (baseline always runs)
+    only = set(sys.argv[5].split(",")) if len(sys.argv) > 5 and sys.argv[5] != "all" else None  # e.g. kill9,sigstop
+    s3_down = float(sys.argv[6]) if len(sys.argv) > 6 else 30  # (baseline always runs)
     work = Path(tempfile.mkdtemp(prefix="farm-faults-"))
     (work / "models" / "Stable-diffusion").mkdir(parents=True)
     (work / "models" / "Stable-diffusion" / "standin.safetensors").write_bytes(b"\0" * 16)
     store = work / "store"
     rng = random.Random(14)
     redis = Redis(aof=True)
-    farm = Farm(3, redis, work, seconds)
+    s3 = S3()
+    farm = Farm(3, redis, work, seconds, trusted=(s3.url,))
     farm.wait_ready()
     rows = []
 
@@ -220,6 +260,15 @@ def main() -> None:
         return {"human": f"freed space, then farm resume: {result.stdout.strip() or result.stderr.strip()}",
                 "seen_before_resume": f"{seen} after {ended} s" + (f" ({reason[:80]})" if reason else "")}
 
+    def s3_outage(job):  # the bucket's endpoint refuses connections, open ones are cut
+        wait_until(lambda: after()(job), 120, "first images", 0.1)
+        s3.proxy.down()
+        time.sleep(s3_down - 2)
+        seen = farm_cmd("status", job, "--broker", redis.url).stdout.splitlines()
+        time.sleep(2)
+        s3.proxy.up()
+        return {"s3_down_seconds": s3_down, "seen_during_outage": seen[0] if seen else ""}
+
     def rogue(job):
         from farm.ledger import Ledger
 
@@ -234,10 +283,12 @@ def main() -> None:
     try:
         for name, fault in (("baseline", none), ("kill9", kill9), ("sigstop", sigstop),
                             ("redis-restart-aof", redis_restart), ("rogue-messages", rogue),
-                            ("disk-full-resume", disk_full), ("redis-lost-resume", redis_lost)):
+                            ("disk-full-resume", disk_full), ("redis-lost-resume", redis_lost),
+                            ("s3-baseline", none), ("s3-outage", s3_outage)):
             if only and name != "baseline" and name not in only or name.startswith("disk") and not mounted:
                 continue
-            row = run_scenario(name, redis, farm, full if name.startswith("disk") else store, images, seconds, fault)
+            where = full if name.startswith("disk") else s3.url if name.startswith("s3") else store
+            row = run_scenario(name, redis, farm, str(where), images, seconds, fault)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
             for i, p in enumerate(farm.procs):  # a worker that died on its own would show here
@@ -247,13 +298,15 @@ def main() -> None:
     finally:
         farm.stop()
         redis.stop()
+        s3.stop()
         if mounted:
             subprocess.run(["umount", str(full)])
-    base = rows[0]["seconds"]
-    for row in rows:
-        row["time_vs_baseline"] = round(row["seconds"] / base, 2)
+    base = {row["scenario"]: row["seconds"] for row in rows}
+    for row in rows:  # a bucket's scenario against the undisturbed bucket
+        undisturbed = base.get("s3-baseline") if row["scenario"].startswith("s3") else None
+        row["time_vs_baseline"] = round(row["seconds"] / (undisturbed or base["baseline"]), 2)
     emit("faults", {"images": images, "seconds_per_image": seconds, "workers": 3, "kills": kills,
-                    "sigstop_seconds": stop_seconds, "scenarios": rows})
+                    "sigstop_seconds": stop_seconds, "s3_down_seconds": s3_down, "scenarios": rows})
     shutil.rmtree(work, ignore_errors=True)
 
 

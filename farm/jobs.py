@@ -134,8 +134,10 @@ def finish_job(store: Store, ledger: Ledger, job: str) -> list[str]:
     try:
         outputs = write_job_outputs(store, job)
     except Exception as e:
-        reason = f"manifest and sheets not written: {type(e).__name__}: {e}"[:500]
-        log.error("job %s: %s", job, reason)
+        written = f"manifest and sheets not written: {type(e).__name__}: {e}"[:500]
+        log.error("job %s: %s", job, written)
+        # a store that refused the images already said why and what to do (Ledger.store_refused)
+        reason = ledger.job_info(job).get("reason") if ledger.store_refusal(job) else written
         ledger.set_status(job, f"finished, {ledger.failed_count(job)} failed", reason=reason,
                           finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         return []

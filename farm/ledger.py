@@ -6,6 +6,7 @@ so a flushed Redis is repaired by `farm resume`, which recounts from the store.
 Keys, all under `farm:`:
   jobs                      sorted set: job id -> created time
   job:{id}                  hash: name, store, tasks, images, created_at, status, sheets, ...
+                            store_refused: why the store refuses writes for good (disk full ...)
   job:{id}:done             set of finished task ids (a duplicate delivery adds nothing)
   job:{id}:failed           hash: task id -> reason
   job:{id}:running          hash: task id -> worker name
@@ -145,7 +146,7 @@ class Ledger:
         pipe.zadd(f"{PREFIX}jobs", {job: time.time()}, nx=True)
         pipe.hset(job_key(job), mapping={k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()})
         pipe.hset(job_key(job), "status", "queued")
-        pipe.hdel(job_key(job), "sheets", "finished_at", "reason")
+        pipe.hdel(job_key(job), "sheets", "finished_at", "reason", "store_refused")
         for part in ("done", "failed", "running", "held", "sheets-claim"):
             pipe.delete(job_key(job, part))
         done = list(done)
@@ -164,6 +165,16 @@ class Ledger:
 
     def is_cancelled(self, job: str) -> bool:
         return self.r.hget(job_key(job), "status") == "cancelled"
+
+    def store_refused(self, job: str, reason: str) -> None:
+        """A write to the job's store failed for good (farm/store/failures.py): the job's other
+        tasks fail at once instead of rendering images that cannot be stored. Cleared by a resume."""
+        if self.r.hsetnx(job_key(job), "store_refused", reason[:500]):
+            self.r.hset(job_key(job), "reason", f"{reason[:400]}; fix the store, then `farm resume {job}`")
+
+    def store_refusal(self, job: str) -> str | None:
+        """Why the job's store refuses writes, or None."""
+        return self.r.hget(job_key(job), "store_refused")
 
     def failed_count(self, job: str) -> int:
         return self.r.hlen(job_key(job, "failed"))

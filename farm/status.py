@@ -6,6 +6,7 @@ import time
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -57,9 +58,9 @@ def render_status(st: JobStatus, fetching: list[str] = ()) -> Group:
         parts.append(table)
     parts += list(fetching)  # models coming from the depot (worker/model_cache.py)
     if st.info.get("reason"):
-        parts.append(f"[red]{st.info['reason']}[/red]")
+        parts.append(f"[red]{escape(st.info['reason'])}[/red]")  # store or worker text: no markup
     for task_id, reason in list(st.failed.items())[:5]:
-        parts.append(f"[red]failed[/red] {task_id}: {reason}")
+        parts.append(f"[red]failed[/red] {escape(task_id)}: {escape(reason)}")
     for sheet in st.sheets:
         parts.append(f"contact sheet: {sheet}")
     return Group(*parts)
@@ -90,11 +91,16 @@ def downloads(ledger: Ledger, st: JobStatus) -> list[str]:
 
 def list_jobs(ledger: Ledger) -> None:
     table = Table("job", "status", "tasks", "done", "failed", "store")
+    reasons = []
     for job in ledger.jobs():
         st = ledger.status(job)
         if st is not None:
             table.add_row(job, st.status, str(st.tasks), str(st.done), str(len(st.failed)), st.info.get("store", ""))
+            if st.info.get("reason"):
+                reasons.append(f"[red]{job}[/red]: {escape(st.info['reason'])}")
     stdout_console().print(table)
+    for line in reasons:  # why a job ended with failures (a full disk ...), and what to do
+        stdout_console().print(line, markup=True, highlight=False)
     print_dead_letters(ledger, stdout_console())
 
 
@@ -105,7 +111,7 @@ def print_dead_letters(ledger: Ledger, console: Console) -> None:
     count = dead_letter_count(ledger.r)
     if count:
         newest = dead_letters(ledger.r, 1)
-        why = f"; newest from {newest[0]['queue']}: {newest[0]['reason']}" if newest else ""
+        why = f"; newest from {escape(newest[0]['queue'])}: {escape(newest[0]['reason'])}" if newest else ""
         console.print(f"[yellow]{count} dead letter(s)[/yellow] refused by workers{why} (farm dead-letters)",
                       markup=True)
 

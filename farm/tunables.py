@@ -64,7 +64,10 @@ RETRY_DELAY = 10
 # two keep the GPU busy through one slow write, and bound the images held in RAM.
 WRITER_MAX_PENDING = 2
 # Seconds before each new try of a failed store write: a network blip passes in seconds, a store
-# that is down for a minute is reported as a failed task instead of holding the worker.
+# that is down for a minute is reported as a failed task instead of holding the worker. With
+# botocore's own 8 tries of each (4-10 s against a refused connection) a write waits 56-82 s in
+# all, so an S3 endpoint or NAS away for 30 s is ridden out (benchmarks/faults.py s3-outage). A
+# permanent error (disk full, access denied: farm/store/failures.py) is never retried.
 WRITE_RETRY_DELAYS = (2.0, 10.0, 30.0)
 
 # --- memory and batch size (worker/memory.py, farm/families.py) -----------------------------------

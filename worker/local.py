@@ -17,6 +17,7 @@ from farm.expand import expand
 from farm.jobs import write_job_outputs, write_job_record
 from farm.spec import JobSpec
 from farm.store import Store
+from farm.store.failures import refused
 from farm.tunables import MAX_GROUP
 from worker import tasks
 from worker.context import configure
@@ -53,9 +54,12 @@ def run_local(
     write_job_record(store, spec)
     summary = RunSummary(job=spec.job_id)
     reported: set[str] = set()
+    refusal: list[str] = []  # why the store refuses writes, once it does (a full disk ...)
 
     def finished(task, result: dict, failure: str | None) -> None:  # on the writer thread
         reported.add(task.id)
+        if refused(failure) and not refusal:
+            refusal.append(failure)
         if failure:
             summary.failed.append(f"task {task.index} ({task.id}): {failure}")
         elif result.get("skipped"):
@@ -67,6 +71,10 @@ def run_local(
     ctx.on_finished = finished
     started = time.perf_counter()
     for group in group_tasks(expand(spec), MAX_GROUP):
+        if refusal:  # rendering the rest would be for nothing: they fail, and a rerun renders them
+            for task in group:
+                finished(task, {}, refusal[0])
+            continue
         result = render.apply(args=[[task.model_dump() for task in group], store.url])
         if result.failed():  # not a TaskError (those are reported): every task not stored fails
             ctx.writer.flush()
@@ -76,6 +84,8 @@ def run_local(
                     finished(task, {}, f"{type(error).__name__}: {error}")
     ctx.writer.flush()
     summary.seconds = time.perf_counter() - started
+    if refusal:  # the manifest and sheets would be refused too; the rerun writes them
+        return summary
     outputs = write_job_outputs(store, spec.job_id)  # as a farm worker finishes a job, without the ledger
     summary.manifest_lines, summary.sheets = outputs.manifest_lines, outputs.sheets
     return summary

@@ -16,6 +16,7 @@ from celery.exceptions import Reject
 from farm.celery_app import RENDER_TASK
 from farm.messages import route_of, send
 from farm.store import Store, is_done, open_store
+from farm.store.failures import refused
 from farm.task import RenderTask
 from farm.tunables import RETRIES, RETRY_DELAY
 from worker.context import WorkerContext, context
@@ -51,14 +52,28 @@ def register(app: Celery, ledger: "Ledger | None" = None, store_override: str | 
         ledger.tasks_started(job, group, ctx.name, ctx.life, store_url, queue)
 
         def finished(task: RenderTask, summary: dict, failure: str | None) -> None:
+            if refused(failure):
+                ledger.store_refused(job, failure)
             report_finished(ledger, store, task, ctx, summary, failure)
 
+        refusal = ledger.store_refusal(job)
+        if refusal:  # the store refuses writes (disk full ...): fail at once, render nothing
+            for task in group:
+                finished(task, {"task_id": task.id, "images": 0}, refusal)
+            return {"tasks": len(group), "images": 0, "failed": refusal}
         ctx.current_task = group[0]
         try:
-            summary, left = render_tasks(group, store, ctx, finished,
-                                         stop=lambda: ctx.stopping or ledger.is_cancelled(job))
+            summary, left = render_tasks(
+                group, store, ctx, finished,
+                stop=lambda: ctx.stopping or ledger.is_cancelled(job) or bool(ledger.store_refusal(job)))
             if ledger.is_cancelled(job):
                 return {**summary, "cancelled": True}
+            refusal = ledger.store_refusal(job)
+            if left and refusal:  # stopped because the store refuses writes: the rest fail too
+                ctx.writer.flush()
+                for task in left:
+                    finished(task, {"task_id": task.id, "images": 0}, refusal)
+                return {**summary, "failed": refusal}
             if left:  # shutting down (Ctrl+C): hand the group's unrendered tasks back now
                 send(app, left, store_url, queue or route_of(left[0]).queue)
                 for task in left:

@@ -3,7 +3,9 @@
 PNG encoding, the infotext, the image and record uploads all happen here while the GPU renders
 the next batch. At most `max_pending` batches wait; a store slower than the GPU then holds the
 renderer back instead of filling memory with images. A write that fails is tried again a few
-times, then the task is reported failed with the reason.
+times, then the task is reported failed with the reason; a permanent error (disk full, read-only,
+access denied, no such bucket: farm/store/failures.py) is not retried, and its reason starts with
+`REFUSED` so that the worker stops rendering for that store.
 
 Each finished batch is a `Batch` whose `done` callback runs on this thread after its last image is
 in the store; that is where the worker reports the task finished (worker/render_loop.py). A task's
@@ -20,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from farm.store.failures import REFUSED, permanent
 from farm.tunables import WRITE_RETRY_DELAYS, WRITER_MAX_PENDING
 
 log = logging.getLogger("seedfarm.worker")
@@ -85,6 +88,9 @@ class ImageWriter:
                 return None
             except Exception as e:
                 reason = f"{type(e).__name__}: {e}"
+                if permanent(e):  # a full disk stays full: no use waiting 42 s for it
+                    log.error("the store refuses writes: %s", reason)
+                    return f"{REFUSED}{reason}"
                 if delay is None:
                     log.error("storing an image failed for good: %s", reason)
                     return f"storing the image failed: {reason}"
