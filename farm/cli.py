@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from farm import __version__
 
@@ -207,8 +208,8 @@ def run(spec: str | None, out_dir: str, models_dir: str, max_batch: int | None) 
             summary = run_local(job, store, models, on_images=lambda n: progress.advance(bar, n), max_batch=max_batch)
         except InputError as e:  # an input file changed between reading the spec and storing it
             raise FarmError(str(e)) from None
-    for line in summary.failed:
-        console.print(f"[red]failed:[/red] {line}", markup=True)
+    for line in summary.failed:  # worker or store text: printed as it is, never read as markup
+        console.print(f"[red]failed:[/red] {escape(line)}", markup=True)
     console.print(
         f"{summary.images} images rendered in {summary.seconds:.1f} s "
         f"({summary.images_per_second:.2f} images/s)"
@@ -650,8 +651,6 @@ def push_job_models(job, store, models: Path) -> None:
               help="First push the models the job names and the store's depot lacks (farm models push).")
 def submit(spec, broker, store_url, models_dir, push_models) -> None:
     """Queue a job's tasks for the farm's workers; prints the job id."""
-    from rich.markup import escape
-
     from farm.dispatch import submit as submit_job
     from farm.inputs import InputError
     from farm.ledger import BrokerUnreachable, safe_url

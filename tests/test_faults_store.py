@@ -253,3 +253,22 @@ def test_farm_run_on_a_full_disk_stops_in_one_line_and_a_rerun_renders_the_rest(
     assert result.returncode == 0, result.stdout + result.stderr
     job = next(p.name for p in small_disk.iterdir() if p.name.startswith("local-"))
     stored_once(str(small_disk), job, 64)
+
+
+def test_farm_run_prints_failure_reasons_as_text_not_markup(tmp_path, monkeypatch):
+    """A failure reason holding `[/x]` (an S3 error's text) once made `farm run` stop with rich's
+    MarkupError after rendering."""
+    from click.testing import CliRunner
+
+    import worker.local
+    from farm.cli import main
+    from worker.local import RunSummary
+
+    monkeypatch.setattr(worker.local, "run_local", lambda job, *a, **k: RunSummary(
+        job=job.job_id, failed=["task t1: ClientError: [/b] denied [red]"], seconds=1.0))
+    spec = tmp_path / "local.yaml"
+    spec.write_text("name: local\nprompt: x\ncheckpoint: standin\nsize: 64x64\nsteps: 2\nsampler: Euler\nseed: 1\n")
+    result = CliRunner().invoke(main, ["run", str(spec), "--out", str(tmp_path / "out"),
+                                       "--models", str(standin_models(tmp_path))])
+    assert "ClientError: [/b] denied [red]" in result.output, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
