@@ -377,9 +377,11 @@ def models() -> None:
 def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: bool) -> None:
     """Write a tiny random-weight model of a family into MODELS_DIR, in its users' layout (SD: an
     A1111 checkpoint; Flux and other families built from parts: the denoiser in diffusion_models/
-    and its text encoders and VAE beside it). Prints the checkpoint's path."""
+    and its text encoders and VAE beside it), and the tiny upscaler models (ESRGAN/, RealESRGAN/,
+    upscale_models/) the example specs use. Prints the checkpoint's path."""
     need_worker_extra()
     from worker.tiny import TINY_WRITERS, write_tiny_family
+    from worker.tiny_upscalers import write_tiny_upscalers
 
     family_name = "SDXL" if sdxl else family_name
     if family_name not in TINY_WRITERS:
@@ -387,17 +389,19 @@ def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: boo
                                  param_hint="--family")
     if family_name in ("SD1.5", "SDXL") and name is None:  # as before --family
         name = DEMO_CHECKPOINT
-    click.echo(write_tiny_family(Path(models_dir), family_name, name))
+    checkpoint = write_tiny_family(Path(models_dir), family_name, name)
+    write_tiny_upscalers(Path(models_dir))
+    click.echo(checkpoint)
 
 
 @models.command("list")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), default=DEFAULT_MODELS,
               show_default=True, help=f"Models folder(s), several joined by '{os.pathsep}'.")
-@click.option("--kind", type=click.Choice(["checkpoint", "lora", "vae", "embedding"]), default=None,
+@click.option("--kind", type=click.Choice(["checkpoint", "lora", "vae", "embedding", "upscaler"]), default=None,
               help="Only this kind of file.")
 def models_list(models_dir: str, kind: str | None) -> None:
-    """List checkpoints, text encoders, LoRAs, VAEs and embeddings: kind, family, precision, size,
-    A1111 hash, name."""
+    """List checkpoints, text encoders, LoRAs, VAEs, embeddings and upscalers: kind, family (an
+    upscaler's architecture), precision, size, A1111 hash, name."""
     from farm.models import KINDS, ModelFileError, Registry, human_size
 
     registry = Registry(models_dir)
