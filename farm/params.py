@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from farm.hires import DEFAULT_DENOISING, DEFAULT_UPSCALER, upscaler_name
+from farm.hires import DEFAULT_DENOISING, DEFAULT_UPSCALER, is_model_upscaler, upscaler_name
 from farm.samplers import ETA_INFOTEXT_KEYS, USES_ENSD, display_name, effective_eta, flow_sampler, parse_sampler
 
 # A vae/lora axis value meaning "none": the checkpoint's own VAE, no extra LoRA.
@@ -250,6 +250,11 @@ def _hires_to_task(v: dict, spec) -> dict:
     return out
 
 
+def _upscaler_hash_to_task(v: dict, spec) -> dict:
+    name = v.get("hr_upscaler") if is_hires(spec) else None
+    return {"upscaler_hash": spec.upscaler_hash(name) if name and is_model_upscaler(name) else None}
+
+
 def _hires_info(task, seed: int) -> dict:
     """A1111's hires keys: written only for a hires task, the optional ones only when they differ."""
     if task.kind != "hires":
@@ -278,7 +283,8 @@ def _hires_info(task, seed: int) -> dict:
 def _hires_from_info(params: dict, notes: list) -> dict:
     if not any(key in params for key in ("Hires upscaler", "Hires upscale", "Hires resize-1")):
         return {}
-    entries: dict = {"hr_upscaler": upscaler_name(str(params.get("Hires upscaler", DEFAULT_UPSCALER)))}
+    # an upscaler model's name is kept as written: the spec parser checks it against the models folder
+    entries: dict = {"hr_upscaler": upscaler_name(str(params.get("Hires upscaler", DEFAULT_UPSCALER)), None)}
     if "Denoising strength" in params:
         entries["denoising_strength"] = params["Denoising strength"]
     if "Hires resize-1" in params:
@@ -426,9 +432,13 @@ PARAMS: tuple[Param, ...] = (
     Param("hr_resize", read=lambda r, n: r.sizes(n, "hr_resize"),
           fields=("hr_resize_x", "hr_resize_y"), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires resize",
           star=lambda t, s: f"{t.get('hr_resize_x', 0)}x{t.get('hr_resize_y', 0)}"),
-    Param("hr_upscaler", read=lambda r, n: r.upscalers(n),
+    # read by the spec parser: an upscaler model's name is checked against the models folder
+    Param("hr_upscaler",
           fields=("hr_upscaler",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires upscaler",
           star=_field("hr_upscaler")),
+    # not an axis: the sha256 of the upscaler model file a task runs (hr_upscaler: 4x-UltraSharp)
+    Param("upscaler_hash", in_spec=False, fields=("upscaler_hash",), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+          to_task=_upscaler_hash_to_task),
     Param("hr_steps", read=lambda r, n: r.numbers(n, "hr_steps", int, 0, 10_000),
           fields=("hr_steps",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires steps",
           star=_field("hr_steps")),

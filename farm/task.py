@@ -73,6 +73,8 @@ class RenderTask(BaseModel):
     hr_prompt: str = Field(default="", description="hires: second-pass prompt, '' = the prompt")
     hr_negative_prompt: str = Field(default="", description="hires: second-pass negative prompt, '' = the negative")
     hr_cfg: float | None = Field(default=None, ge=0, le=100, description="hires: second-pass CFG, None = cfg")
+    upscaler_hash: str | None = Field(default=None, description="sha256 of the upscaler model file the task runs "
+                                      "(hires' hr_upscaler), when it names one")
     filename: str = Field(default="[seed]-[task_id]", description="output filename pattern")
     axes: dict[str, Any] = Field(default_factory=dict, description="swept axis -> value, for labels")
 

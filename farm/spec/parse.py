@@ -116,6 +116,9 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
             values["vae"], vae_files = self.model_names(f["vae"][1], "vae", models_dir)
         if "lora" in f:
             values["lora"], _ = self.model_names(f["lora"][1], "lora", models_dir)
+        upscaler_files: dict[str, Path] = {}
+        if "hr_upscaler" in f:
+            values["hr_upscaler"], upscaler_files = self.upscaler_names(f["hr_upscaler"][1], models_dir)
         for param in PARAMS:
             if param.read is None or param.key not in f:
                 continue
@@ -160,6 +163,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
             name=name, job_id=folder or job_id(name, dims, ordered, batch_size, filename), source_text=self.source,
             file=self.file, batch_size=batch_size, grid_x=grid_x, grid_y=grid_y, filename=filename,
             values=ordered, dims=tuple(dims), checkpoint_files=checkpoint_files, vae_files=vae_files,
+            upscaler_files=upscaler_files,
             priority=priority, requires=requires, family_defaults=family_defaulted, parts=parts,
         )
 
