@@ -174,14 +174,25 @@ def _fade_in(centres: torch.Tensor, a: int, b: int) -> torch.Tensor:
     return ((centres - a - quarter) / max(b - a - 2 * quarter, 1e-6)).clamp(0, 1)
 
 
-def upscale(image: Image.Image, scale: float, model: Upscaler) -> Image.Image:
+FILTERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+
+
+def upscale(image: Image.Image, scale: float, model: Upscaler | str) -> Image.Image:
     """A1111's upscaler rule: the size is the scaled one rounded down to multiples of 8; the model
     runs until the image reaches it (MAX_PASSES at most, or until a pass does not grow it), then
-    Lanczos makes it exactly that size."""
+    Lanczos makes it exactly that size. `model` "Lanczos" or "Nearest": one resize by the scale
+    with that filter, then the same."""
     width, height = int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8)
+    if isinstance(model, str):
+        resample = FILTERS[model]
+
+        def run(im: Image.Image) -> Image.Image:
+            return im.resize((int(im.width * scale), int(im.height * scale)), resample=resample)
+    else:
+        run = model.run
     for _ in range(MAX_PASSES):
         before = image.size
-        image = model.run(image)
+        image = run(image)
         if image.size == before or (image.width >= width and image.height >= height):
             break
     if image.size != (width, height):

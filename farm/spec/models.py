@@ -10,7 +10,7 @@ from typing import Any
 from yaml.nodes import Node, SequenceNode
 
 from farm.checkpoints import resolve_checkpoint
-from farm.hires import is_model_upscaler
+from farm.hires import LATENT_UPSCALERS, is_model_upscaler
 from farm.models import ModelFileError, Registry
 from farm.prompts import extract_extra_networks, lora_refs
 from farm.params import NO_MODEL
@@ -89,6 +89,9 @@ class ModelChecks(NodeReader):
         names = self.upscalers(node, list(registry.files("upscaler")) if registry else None, axis)
         files = {}
         for name, item in names:
+            if axis != "hr_upscaler" and name in LATENT_UPSCALERS:
+                raise self.error(item, f"{axis}: '{name}' works on a diffusion model's latents, hires fix only "
+                                 "(hr_upscaler); here: None, Lanczos, Nearest or an upscaler model")
             if registry is not None and is_model_upscaler(name):
                 try:
                     files[name] = registry.resolve("upscaler", name, label="upscaler model").path

@@ -6,7 +6,9 @@ A kind is one module here with
     def render(pipe, slots: list[worker.render.Slot]) -> list[PIL.Image.Image]
 
 (the images of tasks with equal batch keys, in the order of `slots`; RenderError for a bad
-prompt or output), plus a line in KINDS. Its parameters are rows in the parameter table.
+prompt or output), plus a line in KINDS. Its parameters are rows in the parameter table. A kind
+that needs no diffusion pipeline (upscale) says `PIPELINE = False`: it gets `pipe` None, one image
+at a time, and writes its PNG texts itself (`png_texts(task, seed, image, extra)`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from types import ModuleType
 
 from farm.task import RenderTask
 from worker.context import TaskError
-from worker.kinds import hires, txt2img
+from worker.kinds import hires, txt2img, upscale
 
-KINDS: dict[str, ModuleType] = {"txt2img": txt2img, "hires": hires}
+KINDS: dict[str, ModuleType] = {"txt2img": txt2img, "hires": hires, "upscale": upscale}
 
 
 def kind_of(task: RenderTask) -> ModuleType:

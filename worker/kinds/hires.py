@@ -83,14 +83,8 @@ def upscale_image(image: Image.Image, width: int, height: int, upscaler: str,
     if upscaler == "None":
         return image.resize((width, height), resample=Image.Resampling.LANCZOS)
     scale = max(width / image.width, height / image.height)
-    if scale > 1 and model is not None:
-        image = model_upscale(image, scale, model)
-    elif scale > 1:
-        dest = (int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8))
-        filt = Image.Resampling.LANCZOS if upscaler == "Lanczos" else Image.Resampling.NEAREST
-        image = image.resize((int(image.width * scale), int(image.height * scale)), resample=filt)
-        if image.size != dest:
-            image = image.resize(dest, resample=Image.Resampling.LANCZOS)
+    if scale > 1:
+        image = model_upscale(image, scale, model or upscaler)
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
     return image
