@@ -25,7 +25,8 @@ from farm.spec.combine import CombineReader
 from farm.spec.inputs import InputReader
 from farm.spec.jobspec import DEFAULT_FILENAME, SPEC_VERSION, JobSpec, job_id
 from farm.spec.models import ModelChecks
-from farm.upscale import DEFAULT_UPSCALE_BY, UPSCALE_AXES, UPSCALE_KEYS, size_problem
+from farm.upscale import DEFAULT_UPSCALE_BY, UPSCALE_AXES, UPSCALE_KEYS
+from farm.upscale import size_problem as upscale_size_problem
 from farm.upscale import DEFAULT_UPSCALER as UPSCALE_DEFAULT_UPSCALER
 from farm.ranges import safe_len
 from farm.spec.nodes import MAX_JOB_TASKS, MAX_NAME_CHARS, MAX_SPEC_BYTES, SpecError, kind
@@ -294,7 +295,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
         for image in inputs["init_images"].values():
             for upscaler in values.get("upscaler", (UPSCALE_DEFAULT_UPSCALER,)):
                 for by, x, y in targets:
-                    problem = size_problem(image.width, image.height, upscaler, by, x, y)
+                    problem = upscale_size_problem(image.width, image.height, upscaler, by, x, y)
                     if problem:
                         key = "upscale_to" if x else "upscale_by" if "upscale_by" in f else "init_images"
                         raise self.error(f[key][1], f"{image.label}: {problem}")
