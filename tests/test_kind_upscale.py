@@ -181,3 +181,31 @@ def test_farm_run_upscales_a_finished_jobs_images_keeping_their_infotext(tiny_mo
         with Image.open(path) as im:
             assert im.size == (128, 128)
             assert im.info["postprocessing"] == "Postprocess upscale by: 2, Postprocess upscaler: tiny-compact-2x"
+
+
+def test_submit_and_a_worker_upscale_from_the_store_without_loading_a_checkpoint(redis_server, tiny_models,
+                                                                                  start_worker, tmp_path):
+    import time
+
+    from farm.ledger import Ledger
+
+    spec = tmp_path / "up.yaml"
+    spec.write_text("name: up\ninit_images: inputs\nupscaler: [tiny-compact-2x, Nearest]\nupscale_by: 2\n")
+    store = str(tmp_path / "store")
+    worker = start_worker(redis_server.url, tiny_models, "alpha")
+    worker.wait_ready()
+    result = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(tiny_models))
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip()
+    ledger = Ledger(redis_server.client())
+    deadline = time.monotonic() + 120
+    while ledger.job_info(job).get("status") != "complete":
+        assert time.monotonic() < deadline, worker.text()
+        time.sleep(0.3)
+    records = [json.loads(line) for line in (tmp_path / "store" / job / "manifest.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and {r["worker"] for r in records} == {"alpha"}
+    for record in records:
+        with Image.open(tmp_path / "store" / job / record["image"]) as im:
+            assert im.size == (record["task"]["width"], record["task"]["height"])
+            assert im.info["postprocessing"].endswith(f"Postprocess upscaler: {record['task']['upscaler']}")
+    assert "loaded checkpoint" not in worker.text()  # the worker read the inputs from the store by hash

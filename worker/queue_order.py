@@ -44,9 +44,10 @@ class Capabilities:
 
     def why_not(self, route: Route) -> str | None:
         """None if this worker can render the route, else the reason."""
-        if route.checkpoint not in self.checkpoints:
+        # a route without a checkpoint (the upscale kind) loads none: any worker with its tags serves it
+        if route.checkpoint and route.checkpoint not in self.checkpoints:
             return f"no checkpoint '{route.checkpoint}' here"
-        have = self.checkpoints[route.checkpoint]
+        have = self.checkpoints.get(route.checkpoint)
         if route.checkpoint_hash and have and have != route.checkpoint_hash:
             return f"checkpoint '{route.checkpoint}' here has other weights"
         fp = self.footprints.get((route.checkpoint, route.parts))
