@@ -404,11 +404,24 @@ def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: boo
               show_default=True, help=f"Models folder(s), several joined by '{os.pathsep}'.")
 @click.option("--kind", type=click.Choice(["checkpoint", "lora", "vae", "embedding", "upscaler"]), default=None,
               help="Only this kind of file.")
-def models_list(models_dir: str, kind: str | None) -> None:
+@click.option("--store", "store_url", default=None, help="List the model depot in this store instead (farm models push).")
+def models_list(models_dir: str, kind: str | None, store_url: str | None) -> None:
     """List checkpoints, text encoders, LoRAs, VAEs, embeddings and upscalers: kind, family (an
     upscaler's architecture), precision, size, A1111 hash, name."""
     from farm.models import KINDS, ModelFileError, Registry, human_size
 
+    if store_url:
+        from farm.depot import Depot
+
+        depot = Depot(store_or_exit(store_url))
+        records = [r for r in depot.records() if not kind or r.kind == kind]
+        for r in records:
+            source = f"  <- {r.url}" if r.url else ""
+            click.echo(f"{r.kind:<12} {r.family:<17} {human_size(r.size):>9}  {r.a1111_hash:<12}  {r.sha256[:16]}  "
+                       f"{r.name}{source}")
+        if not records:
+            raise FarmError(f"no {kind or 'model'} files in the depot of {depot.describe()} (farm models push)")
+        return
     registry = Registry(models_dir)
     count = 0
     for k in [kind] if kind else KINDS:
@@ -421,6 +434,66 @@ def models_list(models_dir: str, kind: str | None) -> None:
             count += 1
     if not count:
         raise FarmError(f"no {kind or 'model'} files in {models_dir}")
+
+
+@models.command("push")
+@click.argument("refs", nargs=-1, required=True, metavar="NAME|PATH...")
+@click.option("--store", "store_url", default=None, help="The store holding the depot (or env FARM_STORE).")
+@click.option("--models", "models_dir", type=click.Path(file_okay=False), default=DEFAULT_MODELS,
+              show_default=True, help=f"Models folder(s) NAMEs are looked up in, several joined by '{os.pathsep}'.")
+@click.option("--kind", type=click.Choice(["checkpoint", "lora", "vae", "embedding", "text_encoder"]), default=None,
+              help="What the NAMEs are (default: the first kind that has the name; a PATH's folder says).")
+def models_push(refs: tuple[str, ...], store_url: str | None, models_dir: str, kind: str | None) -> None:
+    """Upload models into the store's model depot, under their sha256, so workers that lack them
+    fetch them (farm worker --model-cache). Skips what the depot has; a stopped upload resumes."""
+    from farm.depot import Depot, DepotError, model_to_push
+    from farm.models import Registry
+
+    depot = Depot(store_or_exit(store_url or settings().store))
+    registry = Registry(models_dir)
+    try:
+        push_to_depot(depot, [model_to_push(ref, registry, kind) for ref in refs])
+    except DepotError as e:
+        raise FarmError(str(e)) from None
+
+
+@models.command("link")
+@click.argument("name")
+@click.argument("url")
+@click.option("--sha256", "sha256", required=True, help="The file's SHA-256 (64 hex): what workers verify.")
+@click.option("--kind", type=click.Choice(["checkpoint", "lora", "vae", "embedding", "text_encoder"]),
+              default="checkpoint", show_default=True)
+@click.option("--size", type=click.IntRange(min=1), default=None, help="Bytes (default: asked of the URL).")
+@click.option("--store", "store_url", default=None, help="The store holding the depot (or env FARM_STORE).")
+def models_link(name, url, sha256, kind, size, store_url) -> None:
+    """Put a model kept at a URL into the depot under NAME, pinned by its sha256:
+    hf://ORG/REPO/FILE.safetensors (the Hugging Face hub) or any https URL (e.g. a civitai download
+    link). Workers that lack it fetch it from there, verify the pin and cache it."""
+    from farm.depot import Depot, DepotError
+
+    depot = Depot(store_or_exit(store_url or settings().store))
+    try:
+        record = depot.link(kind, name, url, sha256, size)
+    except DepotError as e:
+        raise FarmError(str(e)) from None
+    console.print(f"linked: {record.kind} {record.name} -> {record.url} (sha256 {record.sha256[:16]})")
+
+
+def push_to_depot(depot, files: list) -> None:
+    """Push model files with a progress bar (MB/s); a line per file: sent, or already there."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True) as progress:
+        for model in files:
+            bar = progress.add_task(f"{model.kind} {model.name}", total=model.size)
+            try:
+                record, sent = depot.push(model, lambda n, bar=bar: progress.advance(bar, n))
+            except OSError as e:
+                raise FarmError(f"cannot push {model.path} to {depot.describe()}: {e}") from None
+            progress.remove_task(bar)
+            console.print(f"{'pushed' if sent else 'in the depot already'}: {model.kind} {record.name} "
+                          f"({record.a1111_hash}, sha256 {record.sha256[:16]})")
 
 
 BROKER_HELP = "Redis URL, e.g. redis://:PASSWORD@HOST:6379/0 (or env FARM_BROKER_URL)."
@@ -461,11 +534,17 @@ STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
               help="After a game, the GPU or the user stops, wait this long before taking tasks (default 60).")
 @click.option("--yield-now", is_flag=True, default=None,
               help="On a pause, hand the running task back after its diffusion batch instead of finishing it.")
+@click.option("--model-cache", default=None, type=click.Path(file_okay=False),
+              help="Folder for models fetched from the depot (default: the user's cache folder, "
+                   "~/.cache/seedfarm/models); never your models folder.")
+@click.option("--cache-size", default="200G", show_default=True, help="Most bytes the model cache holds (K, M, G, T).")
+@click.option("--depot", "depot_url", default=None,
+              help="Store whose model depot this worker fetches from (default: --store, else the farm's store).")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.pass_context
 def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_batch, vram, precision, attention,
            no_half_vae, allow_pickle, pause_when_busy, games, hours, user_idle, resume_after, yield_now,
-           loglevel) -> None:
+           model_cache, cache_size, depot_url, loglevel) -> None:
     """Render tasks from the farm's queue until stopped (Ctrl+C finishes the current task first).
 
     `farm worker pause NAME` / `farm worker resume NAME` step a worker aside from any PC."""
@@ -476,8 +555,13 @@ def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_
     from farm.ledger import BrokerUnreachable
     from worker.memory import ProfileError
     from worker.pause import PauseConfigError
+    from worker.model_cache import CacheConfigError, parse_size
     from worker.service import run_worker
 
+    try:
+        cache_bytes = parse_size(cache_size)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--cache-size") from None
     try:
         code = run_worker(settings(broker_url=broker, models=models_dir, vram=vram, precision=precision,
                                    attention=attention, no_half_vae=no_half_vae, allow_pickle=allow_pickle,
@@ -485,8 +569,8 @@ def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_
                                    resume_after=resume_after, yield_now=yield_now),
                    name, gpu, store_url, loglevel,
                    max_pixels=max_pixels, tags=frozenset(t.strip() for t in tags.split(",") if t.strip()),
-                   max_batch=max_batch)
-    except (BrokerUnreachable, FileNotFoundError, ProfileError, PauseConfigError) as e:
+                   max_batch=max_batch, model_cache=model_cache, cache_size=cache_bytes, depot_url=depot_url)
+    except (BrokerUnreachable, FileNotFoundError, ProfileError, PauseConfigError, CacheConfigError) as e:
         raise FarmError(str(e)) from None
     if code:  # stopped by an error (Celery logged it): a supervisor must see a failure and restart it
         raise FarmError(f"worker stopped with exit code {code}")
@@ -543,6 +627,21 @@ def setup(broker, models_dir, name, games, pause_when_busy, hours, user_idle, pa
     click.echo(str(written))
 
 
+def push_job_models(job, store, models: Path) -> None:
+    """`farm submit --push-models`: the job's models that the depot lacks, pushed first."""
+    from farm.depot import Depot, DepotError, job_models
+    from farm.expand import expand
+    from farm.models import Registry
+
+    files, problems = job_models(expand(job), Registry(models))
+    for line in problems:
+        console.print(f"[yellow]warning:[/yellow] not pushed: {line}", markup=True)
+    try:
+        push_to_depot(Depot(store), files)
+    except DepotError as e:
+        raise FarmError(str(e)) from None
+
+
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--broker", default=None, help=BROKER_HELP)
@@ -550,7 +649,9 @@ def setup(broker, models_dir, name, games, pause_when_busy, hours, user_idle, pa
 @click.option("--store", "store_url", default=None, help=STORE_HELP)
 @click.option("--models", "models_dir", default=None,
               help="Models folder, to check checkpoint names and pin their hashes before queueing.")
-def submit(spec, broker, store_url, models_dir) -> None:
+@click.option("--push-models", is_flag=True,
+              help="First push the models the job names and the store's depot lacks (farm models push).")
+def submit(spec, broker, store_url, models_dir, push_models) -> None:
     """Queue a job's tasks for the farm's workers; prints the job id."""
     from rich.markup import escape
 
@@ -562,6 +663,8 @@ def submit(spec, broker, store_url, models_dir) -> None:
     models = Path(conf.models)
     store = store_or_exit(conf.store)
     job = load_spec_or_exit(spec, models if models.is_dir() else None, store)
+    if push_models:
+        push_job_models(job, store, models)
     try:
         count = submit_job(job, store, conf.broker_url, models if models.is_dir() else None,
                            warn=lambda line: console.print(f"[yellow]warning:[/yellow] {escape(line)}", markup=True))

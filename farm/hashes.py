@@ -54,6 +54,12 @@ def _cached(path: Path, algorithm: str, compute) -> str:
     return digest
 
 
+def remember_sha256(path: Path, digest: str) -> None:
+    """Record a file's sha256 computed elsewhere (while it was downloaded and verified), so that the
+    next sha256_file of it does not read it again."""
+    _cached(path, "sha256", lambda p: digest)
+
+
 def _sha256_from(path: Path, offset: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -42,7 +42,7 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def render_status(st: JobStatus) -> Group:
+def render_status(st: JobStatus, fetching: list[str] = ()) -> Group:
     counts = (f"[bold]{st.job}[/bold]  {st.status}  tasks {st.tasks}: queued {st.queued}, "
               f"running {len(st.running)}, done {st.done}, failed {len(st.failed)}  "
               f"ETA {format_duration(None if is_finished(st) else eta_seconds(st))}")
@@ -55,6 +55,7 @@ def render_status(st: JobStatus) -> Group:
             table.add_row(name, f"{w['images']:.0f}", speed, f"{w['loads']:.0f}", f"{w['load_seconds']:.1f}",
                           rendering.get(name, ""))
         parts.append(table)
+    parts += list(fetching)  # models coming from the depot (worker/model_cache.py)
     if st.info.get("reason"):
         parts.append(f"[red]{st.info['reason']}[/red]")
     for task_id, reason in list(st.failed.items())[:5]:
@@ -70,15 +71,21 @@ def show_status(ledger: Ledger, job: str, watch: bool, console: Console | None =
     if st is None:
         return False
     if not watch:
-        console.print(render_status(st))
+        console.print(render_status(st, downloads(ledger, st)))
         print_dead_letters(ledger, console)
         return True
-    with Live(render_status(st), console=console, refresh_per_second=2) as live:
+    with Live(render_status(st, downloads(ledger, st)), console=console, refresh_per_second=2) as live:
         while not is_finished(st):
             time.sleep(1)
             st = ledger.status(job) or st
-            live.update(render_status(st))
+            live.update(render_status(st, downloads(ledger, st)))
     return True
+
+
+def downloads(ledger: Ledger, st: JobStatus) -> list[str]:
+    """`WORKER fetching NAME 45% 80 MB/s` for each worker fetching a model for one of this job's tasks."""
+    return [f"{w.get('name', '')} fetching {w['download']}" for w in ledger.workers()
+            if w.get("download") and w.get("task", "").startswith(f"{st.job}/")]
 
 
 def list_jobs(ledger: Ledger) -> None:
@@ -114,6 +121,8 @@ def worker_state(w: dict) -> str:
     """`paused: game running: eldenring.exe` (worker/pause.py), `rendering` or `idle`."""
     if w.get("paused"):
         return f"paused: {w['paused']}" + (" (finishing its task)" if w.get("task") else "")
+    if w.get("download"):  # a model fetched from the depot (worker/model_cache.py): NAME 45% 80 MB/s
+        return f"fetching {w['download']}"
     return "rendering" if w.get("task") else "idle"
 
 

@@ -107,3 +107,24 @@ MAX_MESSAGE_BYTES = 1_000_000
 # what it was, never the 50 MB.
 DEAD_LETTERS_KEPT = 1000
 DEAD_LETTER_HEAD = 2000
+
+# --- the model depot and the workers' model cache (farm/depot.py, worker/model_cache.py) -----------
+
+# A worker's model cache when --cache-size is not given: a few SDXL checkpoints (6.5 GB) and Flux
+# files (12-24 GB) with room for LoRAs; most gaming PCs' data disk has this to spare.
+DEFAULT_CACHE_BYTES = 200 * 10**9
+# The download speed a worker assumes before it has measured one (MB/s): a gigabit LAN to a NAS or
+# MinIO gives 100+, a home internet link to a cloud bucket 10-50; the lower middle avoids promising
+# holders' work to a fetch that is slower than hoped.
+ASSUMED_FETCH_MBPS = 50.0
+# A render's seconds on a holder, for the routing estimate when this worker has rendered nothing yet
+# (a 20-step SD1.5 image on a mid-range card; SDXL is slower, which only favours fetching later).
+ASSUMED_RENDER_SECONDS = 5.0
+# Tries of a depot that does not answer, and the waits between them: a NAS waking or a router
+# restarting passes in seconds; then the task goes back to the queue for another worker.
+DEPOT_RETRY_DELAYS = (1.0, 2.0, 4.0)
+# After that, this worker offers no fetching for this long (steering leaves such queues to holders).
+DEPOT_DOWN_SECONDS = 60.0
+# How long a worker trusts its last look at a depot record (present or absent) when choosing queues:
+# steering looks after every task, a depot lookup is one GET.
+DEPOT_LOOKUP_TTL = 30.0

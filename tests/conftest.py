@@ -43,7 +43,7 @@ def private_hash_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, private_hash_cache) -> Path:
     """A models folder in A1111 layout holding the built-in tiny checkpoint, the tiny upscaler models
-    and the example specs' input images (what `farm models make-tiny` writes)."""
+    and the input images the example specs use (inputs/), as `farm models make-tiny` writes them."""
     from worker.tiny import make_tiny, make_tiny_inputs
     from worker.tiny_upscalers import write_tiny_upscalers
 

@@ -51,6 +51,10 @@ class WorkerContext:
     on_finished: Callable | None = None  # `farm run`: told of each finished task (see worker/tasks.py)
     stopping: bool = False  # set by a warm shutdown (Ctrl+C): stop between diffusion batches
     life: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # this process, for the reaper
+    # worker.model_cache.ModelCache: fetches pinned models this PC lacks from the depot (None: never)
+    model_cache: object = None
+    download: str = ""  # the fetch in progress, "NAME 45% 80 MB/s", for `farm workers`
+    holds: list[str] = field(default_factory=list)  # checkpoints of live routes this worker has (steering)
 
     def pipelines(self):
         if self.cache is None:
@@ -105,7 +109,11 @@ def model_files(task: RenderTask, models_dir: Path):
         try:
             path = registry.resolve(kind, name, label="text encoder" if kind == "text_encoder" else "VAE").path
         except ValueError as e:
-            raise TaskError(str(e)) from None
+            path = pinned_file(kind, expected, models_dir)
+            if path is None:
+                raise TaskError(str(e)) from None
+        if expected and sha256_file(path) != expected:
+            path = pinned_file(kind, expected, models_dir) or path
         if expected and sha256_file(path) != expected:
             raise TaskError(f"{role} '{name}' at {path} has hash {sha256_file(path)[:10]}, but the job was expanded "
                             f"against {expected[:10]}: copy the same file to this worker")
@@ -121,12 +129,34 @@ def checkpoint_path(task: RenderTask, models_dir: Path) -> Path:
         from worker.pipelines import ModelLoadError, hub_folder
 
         try:  # a hub id (org/name) in no models folder: the Hugging Face cache's copy
-            path = hub_folder(task.checkpoint, models_dir, str(e))
+            path = pinned_file("checkpoint", task.checkpoint_hash, models_dir) or hub_folder(
+                task.checkpoint, models_dir, str(e))
         except ModelLoadError as error:
             raise TaskError(str(error)) from None
+    if task.checkpoint_hash and sha256_file(path) != task.checkpoint_hash:
+        path = pinned_file("checkpoint", task.checkpoint_hash, models_dir) or path
     if task.checkpoint_hash and sha256_file(path) != task.checkpoint_hash:
         raise TaskError(
             f"checkpoint '{task.checkpoint}' at {path} has hash {sha256_file(path)[:10]}, but the job "
             f"was expanded against {task.checkpoint_hash[:10]}: copy the same file to this worker"
         )
     return path
+
+
+def pinned_file(kind: str, sha256: str | None, models_dir: Path) -> Path | None:
+    """A file with this sha256 under another name, or beside a same-named file with other weights:
+    the model cache's copy (worker/model_cache.py), else one of the models folders' files found by
+    its hash (hashed once, then cached)."""
+    if not sha256:
+        return None
+    cache = _context.model_cache if _context is not None else None
+    found = cache.cached(sha256) if cache is not None else None
+    if found is not None:
+        return found
+    from farm.model_files import ModelFileError
+    from farm.models import Registry
+
+    try:
+        return Registry(models_dir).resolve(kind, sha256).path
+    except ModelFileError:
+        return None

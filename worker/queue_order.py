@@ -13,7 +13,11 @@ order it recomputes after every task:
      out it moves to the checkpoint with the most pending work that is least served, and idle
      workers spread over checkpoints instead of all switching to the same one;
   4. a checkpoint other workers are already on is left to them when its remaining work, shared,
-     would take less time than loading it here.
+     would take less time than loading it here;
+  5. a checkpoint this worker lacks but can fetch from the model depot (worker/model_cache.py)
+     comes after every checkpoint it has, and is left to the live workers that hold it unless
+     there are none, or their share of its queue (pending / holders x seconds per image) would
+     take longer than fetching it here (size / measured MB/s) plus loading it.
 
 Redis' BRPOP takes from the first non-empty queue in that order (kombu's "priority" queue order).
 """
@@ -24,6 +28,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from farm.messages import PRIORITIES, Route
+from farm.tunables import ASSUMED_RENDER_SECONDS
 from farm.vram import Footprint, Memory
 
 
@@ -41,11 +46,13 @@ class Capabilities:
     tags: frozenset[str] = field(default_factory=frozenset)
     footprints: dict[tuple[str, tuple], Footprint | str] = field(default_factory=dict)
     memory: Memory | None = None
+    # checkpoints not here that the depot has: name -> estimated seconds to fetch them
+    fetchable: dict[str, float] = field(default_factory=dict)
 
     def why_not(self, route: Route) -> str | None:
         """None if this worker can render the route, else the reason."""
         # a route without a checkpoint (the upscale kind) loads none: any worker with its tags serves it
-        if route.checkpoint and route.checkpoint not in self.checkpoints:
+        if route.checkpoint and route.checkpoint not in self.checkpoints and route.checkpoint not in self.fetchable:
             return f"no checkpoint '{route.checkpoint}' here"
         have = self.checkpoints.get(route.checkpoint)
         if route.checkpoint_hash and have and have != route.checkpoint_hash:
@@ -68,7 +75,8 @@ class Capabilities:
 
 def queue_order(routes: dict[str, Route], pending: dict[str, int], loaded: str | None,
                 others_on: dict[str, int], worker: str = "", render_seconds: float = 0.0,
-                load_seconds: float = 0.0, served: dict[str, int] | None = None) -> list[str]:
+                load_seconds: float = 0.0, served: dict[str, int] | None = None,
+                fetch_seconds: dict[str, float] | None = None, holders: dict[str, int] | None = None) -> list[str]:
     """The queues a worker should read, best first (see the module docstring).
     `pending`: queue -> tasks waiting; `others_on`: checkpoint -> other workers loaded with it or
     heading to it; `served`: queue -> other workers reading that very queue with its checkpoint
@@ -76,17 +84,24 @@ def queue_order(routes: dict[str, Route], pending: dict[str, int], loaded: str |
     nothing to listen to. Ties are broken by a hash of the worker's name, so workers that start
     at the same moment, all seeing the same counts, still prefer different checkpoints."""
 
+    fetch = fetch_seconds or {}  # checkpoints this worker would have to fetch first
+
     def key(queue: str):
         route = routes[queue]
         waiting = pending.get(queue, 0)
         share = waiting / (1 + others_on.get(route.checkpoint, 0))
         tiebreak = hashlib.sha1(f"{worker}/{route.checkpoint}".encode()).hexdigest()
-        return (PRIORITIES[route.priority], route.checkpoint != loaded, waiting == 0, -share, tiebreak, queue)
+        return (PRIORITIES[route.priority], route.checkpoint in fetch, route.checkpoint != loaded, waiting == 0,
+                -share, tiebreak, queue)
 
     def worth_joining(queue: str) -> bool:
         """Not worth it: loading a checkpoint that other workers are already on, to share work
         that takes them less time than the load itself (this worker's own averages)."""
         route = routes[queue]
+        if route.checkpoint in fetch:
+            held_by = (holders or {}).get(route.checkpoint, 0)
+            per_image = render_seconds or ASSUMED_RENDER_SECONDS
+            return not held_by or pending.get(queue, 0) / held_by * per_image > fetch[route.checkpoint] + load_seconds
         helpers = (served or {}).get(queue, 0)
         if route.checkpoint == loaded or helpers == 0 or not load_seconds:
             return True

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from farm.batching import batch_key
 from farm.infotext import format_infotext, png_bytes, task_parameters
+from farm.models import Registry
 from farm.store import Store, image_record, is_done, save_image
 from farm.task import RenderTask
 from worker.context import TaskError, WorkerContext, model_files
@@ -100,6 +101,8 @@ def _render_run(progress: list[_Progress], store: Store, ctx: WorkerContext, fin
     kind = kind_of(first)  # an unknown kind fails before anything loads
     if not getattr(kind, "PIPELINE", True):  # upscale: pixels in, pixels out, no checkpoint to load
         return _render_pixels(progress, kind, store, ctx, finished, stop)
+    if ctx.model_cache is not None:  # what this PC lacks, from the depot (worker/model_cache.py)
+        ctx.model_cache.ensure(first, Registry(ctx.models_dir))
     files = model_files(first, ctx.models_dir)
     path = files.checkpoint
     cache = ctx.pipelines()

@@ -8,6 +8,7 @@ thread (farm workers), not from Celery's control channel.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -22,10 +23,14 @@ from farm.config import FarmSettings
 from farm.ledger import BrokerUnreachable, Ledger, connect, safe_url
 from farm.guard import Policy
 from farm.messages import requeue_orphans, worker_queue
-from farm.store.urls import store_trusted
+from farm.models import human_size
+from farm.depot import Depot
+from farm.store.urls import open_store, store_trusted
+from farm.tunables import DEFAULT_CACHE_BYTES
 from farm.tunables import HEARTBEAT_SECONDS, REAP_SECONDS
 from worker import steering, tasks
 from worker.context import WorkerContext, configure
+from worker.model_cache import CacheConfigError, ModelCache, default_cache_dir
 from worker.pause import PausePolicy, make_gate
 from worker.pause import tick as pause_tick
 
@@ -56,6 +61,8 @@ def heartbeat_loop(ledger: Ledger, ctx: WorkerContext, static: dict, stop: threa
             "load_seconds": f"{ctx.load_seconds:.1f}",
             "images_done": ctx.images_done,
             "task": f"{current.job}/{current.id}" if current else "",
+            "download": ctx.download,  # a model being fetched from the depot: NAME 45% 80 MB/s
+            "holds": json.dumps(ctx.holds),  # checkpoints here (folders and cache), for others' routing
         }
         try:
             if pause is not None:  # why this worker takes no task now, "" when it does (worker/pause.py)
@@ -95,7 +102,8 @@ def message_policy(settings: FarmSettings, store_override: str | None) -> Policy
 
 def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_override: str | None,
                loglevel: str = "INFO", max_pixels: int | None = None, tags: frozenset[str] = frozenset(),
-               max_batch: int | None = None) -> int:
+               max_batch: int | None = None, model_cache: str | None = None,
+               cache_size: int = DEFAULT_CACHE_BYTES, depot_url: str | None = None) -> int:
     if gpu is not None:
         # Before torch is imported: this process sees only its own GPU, as device 0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -112,9 +120,18 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
 
     # CUDA_VISIBLE_DEVICES already narrows this process to its GPU: it is device 0 here.
     profile = choose_profile(settings.vram, settings.precision, settings.attention, settings.no_half_vae)
+    # Models this PC lacks come from the depot (the farm's store unless --depot) into the model
+    # cache, a models folder of its own searched after the user's (worker/model_cache.py).
+    try:
+        cache = ModelCache(Path(model_cache) if model_cache else default_cache_dir(), cache_size,
+                           Depot(open_store(depot_url or store_override or settings.store)))
+    except (ValueError, OSError) as e:
+        raise CacheConfigError(f"model cache or depot: {e} (--model-cache, --depot)") from None
+    models = Path(f"{settings.models}{os.pathsep}{cache.root}")
     ledger = Ledger(wait_for_redis(settings.broker_url))
     ctx = configure(models, name=name, profile=profile, allow_pickle=settings.allow_pickle,
-                          max_batch=max_batch)
+                          max_batch=max_batch, model_cache=cache)
+    cache.report = lambda text: setattr(ctx, "download", text)
     import worker.pipelines  # noqa: F401  (quiets transformers' import-time notices)
     import diffusers  # noqa: F401  (seconds to import: paid here, not by the first task)
 
@@ -125,6 +142,8 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     log.info("memory profile: %s; pickled model files %s", profile.describe(),
              "allowed (weights only)" if settings.allow_pickle else "refused")
     log.info("stepping aside: %s", policy.describe())
+    log.info("model cache %s (up to %s), fetching from the depot in %s", cache.root,
+             human_size(cache.limit), cache.depot.describe())
     gate = make_gate(policy, gpu, remote=lambda: ledger.pause_request(name))
     gate.check()  # before the consumer starts: a worker started paused takes no first task
 

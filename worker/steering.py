@@ -71,7 +71,21 @@ class Steering:
                 held = self.footprint(family_name, path, route.parts, registry)
                 if held is not None:
                     footprints[key] = held
-        return Capabilities(checkpoints, limits, self.tags, footprints, self.memory)
+        self.ctx.holds = sorted({r.checkpoint for r in routes.values() if r.checkpoint in files})
+        fetchable: dict[str, float] = {}
+        cache = self.ctx.model_cache
+        for route in routes.values() if cache is not None and cache.can_fetch() else ():
+            if route.checkpoint in files or route.checkpoint in fetchable:
+                continue
+            record = cache.lookup("checkpoint", route.checkpoint, route.checkpoint_hash)
+            if record is None or record.kind != "checkpoint":
+                continue
+            fetchable[route.checkpoint] = cache.fetch_seconds(record.size)
+            if self.max_pixels is not None:
+                limits[route.checkpoint] = self.max_pixels
+            elif self.vram_gb is not None and not has_parts(record.family):
+                limits[route.checkpoint] = pixel_budget(self.vram_gb, record.family)
+        return Capabilities(checkpoints, limits, self.tags, footprints, self.memory, fetchable)
 
     def footprint(self, family_name: str, path: Path, parts: tuple[tuple[str, str], ...],
                   registry: Registry) -> Footprint | str | None:
@@ -121,9 +135,12 @@ class Steering:
         pending = self.ledger.queue_lengths(list(mine))
         others: dict[str, int] = {}  # checkpoint -> other workers on it or heading to it
         served: dict[str, int] = {}  # queue -> other workers reading it with its checkpoint loaded
+        holders: dict[str, int] = {}  # checkpoint -> other workers that have it (no fetch needed)
         for w in self.ledger.workers():
             if w.get("name") == self.ctx.name:
                 continue
+            for ckpt in [] if w.get("paused") else json.loads(w.get("holds") or "[]"):
+                holders[ckpt] = holders.get(ckpt, 0) + 1
             for ckpt in {w.get("checkpoint"), w.get("next")} - {None, ""}:
                 others[ckpt] = others.get(ckpt, 0) + 1
             for queue in json.loads(w.get("queues") or "[]"):
@@ -133,7 +150,7 @@ class Steering:
         render_s = ctx.render_seconds / ctx.images_done if ctx.images_done else 0.0
         load_s = ctx.load_seconds / ctx.loads if ctx.loads else 0.0
         order = queue_order(mine, pending, ctx.loaded_checkpoint or None, others, ctx.name, render_s, load_s,
-                            served)
+                            served, caps.fetchable, holders)
         self.ctx.next_checkpoint = next_checkpoint(order, mine, pending, self.ctx.loaded_checkpoint) or ""
         # Tell the others now, not at the next heartbeat: they are choosing at the same moment.
         if order != self.order:

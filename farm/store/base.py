@@ -7,10 +7,12 @@ S3 bucket (`s3://bucket/prefix`). Which key holds what is spelled in farm/store/
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 # Temp files of atomic writes start with this; listings skip them and keys may not use it.
 TEMP_PREFIX = ".seedfarm-tmp-"
+CHUNK = 1 << 20  # bytes per read of a streamed object: small enough to hash and write as it comes
 
 
 def check_key(key: str) -> str:
@@ -55,6 +57,19 @@ class Store(ABC):
     @abstractmethod
     def describe(self, key: str = "") -> str:
         """Where the object lives, for people: a path, or a URL."""
+
+    # Large objects (model files in the depot, farm/depot.py): streamed, never whole in memory.
+    # The defaults suit the small in-memory store; the folder and S3 stores stream.
+
+    def write_file(self, key: str, path, progress: Callable[[int], None] = lambda n: None) -> None:
+        """Store a file's bytes under `key`, atomically; `progress(n)` after each n bytes sent."""
+        data = Path(path).read_bytes()
+        self.write_bytes(key, data)
+        progress(len(data))
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in chunks; FileNotFoundError when there is none."""
+        yield self.read_bytes(key)
 
     def write_text(self, key: str, text: str) -> None:
         self.write_bytes(key, text.encode("utf-8"))

@@ -12,7 +12,9 @@ Relative to the store root, the same on a folder and on S3:
     {job}/review/marks/{stem}.json  a reviewer's star or reject of one image
     {job}/review/{file}             the static review page (`farm review --export`)
     {job}/inputs/{sha256}.{ext}     a job's input images (img2img, inpaint masks), by content (farm/inputs.py)
-    models/{name}                   reserved: model files shared through the store
+    models/sha256/{sha256}          the model depot (farm/depot.py): a model file under its sha256
+    models/sha256/{sha256}.json     its record: name, kind, family, size, A1111 hash, suffix
+    models/names/{kind}/{name}.json the sha256 last pushed under that name (LoRAs are found by name)
 
 Stores written by earlier versions use exactly these keys: changing one breaks `farm resume`.
 """
@@ -111,8 +113,24 @@ def input_key(job: str, name: str) -> str:
 
 
 def model_key(name: str) -> str:
-    """Reserved for model files shared through the store: nothing writes it yet."""
+    """A key of the model depot (farm/depot.py), which spells its own keys with the three below."""
     return f"{MODELS}/{name}"
+
+
+def model_object_key(sha256: str) -> str:
+    return model_key(f"sha256/{sha256}")
+
+
+def model_record_key(sha256: str) -> str:
+    return model_key(f"sha256/{sha256}.json")
+
+
+def model_records_prefix() -> str:
+    return model_key("sha256/")
+
+
+def model_name_key(kind: str, name: str) -> str:
+    return model_key(f"names/{kind}/{name}.json")
 
 
 def job_of(key: str) -> tuple[str, str]:

@@ -6,10 +6,10 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from farm.store.base import TEMP_PREFIX, Store, check_key
+from farm.store.base import CHUNK, TEMP_PREFIX, Store, check_key
 
 
 class LocalStore(Store):
@@ -26,6 +26,23 @@ class LocalStore(Store):
         return self.root.joinpath(*check_key(key).split("/"))
 
     def write_bytes(self, key: str, data: bytes) -> None:
+        self._write(key, lambda f: f.write(data))
+
+    def write_file(self, key: str, path, progress: Callable[[int], None] = lambda n: None) -> None:
+        def copy(f) -> None:
+            with open(path, "rb") as source:
+                for block in iter(lambda: source.read(CHUNK * 8), b""):
+                    f.write(block)
+                    progress(len(block))
+
+        self._write(key, copy)
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        with open(self.path(key), "rb") as f:
+            yield from iter(lambda: f.read(CHUNK), b"")
+
+    def _write(self, key: str, fill: Callable) -> None:
+        """The object's bytes by fill(file) into a temp file beside it, then renamed."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         # A fresh random name per write: no two processes, threads or PCs on a share can collide.
@@ -34,7 +51,7 @@ class LocalStore(Store):
         fd = os.open(temp, flags, 0o666)  # the umask decides the final mode, as for any new file
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                fill(f)
                 f.flush()
                 os.fsync(f.fileno())  # the data is on disk before the name says it is complete
             _replace(temp, target)

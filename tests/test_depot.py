@@ -1,0 +1,424 @@
+"""The model depot (farm/depot.py) on a folder store and on moto's S3 server, and a worker's model
+cache (worker/model_cache.py): fetch, verification, one download per PC, eviction, failures."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import boto3
+import pytest
+
+from conftest import farm
+from farm.depot import Depot, DepotRecord, model_to_push
+from farm.hashes import sha256_file
+from farm.models import ModelFile, Registry
+from farm.store import LocalStore, layout, open_store
+from worker.context import TaskError
+from worker.model_cache import DepotUnreachable, ModelCache, parse_size
+from worker.queue_order import Capabilities, queue_order
+from farm.messages import Route
+
+
+def model_file(folder: Path, name: str, size: int, kind: str = "checkpoint", seed: int = 0) -> ModelFile:
+    """A file standing in for a model: the depot and the cache move bytes, whatever they hold."""
+    sub = {"checkpoint": "Stable-diffusion", "lora": "Lora", "vae": "VAE"}[kind]
+    path = folder / sub / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = bytes((seed + i) % 251 for i in range(4096))
+    path.write_bytes((block * (size // 4096 + 1))[:size])
+    return ModelFile(kind, name, path)
+
+
+@pytest.fixture
+def bucket_url(s3_endpoint, request):
+    name = f"depot-{request.node.name.lower().replace('_', '-')[:40]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return f"s3://{name}/farm?endpoint_url={s3_endpoint}"
+
+
+@pytest.mark.parametrize("backend", ["folder", "s3"])
+def test_push_stores_the_file_under_its_sha256_with_a_record_and_skips_it_the_second_time(
+        backend, tmp_path, request):
+    store = open_store(tmp_path / "store" if backend == "folder" else request.getfixturevalue("bucket_url"))
+    model = model_file(tmp_path / "models", "Deliberate_v2", 300_000)
+    depot = Depot(store)
+    sent_bytes = []
+    record, sent = depot.push(model, sent_bytes.append)
+    assert sent and sum(sent_bytes) == 300_000
+    sha = sha256_file(model.path)
+    assert record == DepotRecord(sha, "Deliberate_v2", "checkpoint", record.family, 300_000, sha[:10], ".safetensors")
+    assert store.read_bytes(layout.model_object_key(sha)) == model.path.read_bytes()
+    assert depot.record(sha) == record and depot.by_name("checkpoint", "Deliberate_v2") == record
+    assert depot.records() == [record]
+    assert b"".join(depot.chunks(depot.record(sha))) == model.path.read_bytes()
+    assert depot.push(model) == (record, False)  # already there: nothing sent
+
+
+def test_s3_push_is_multipart_and_resumes_an_unfinished_upload(bucket_url, tmp_path, monkeypatch):
+    import farm.store.s3 as s3
+
+    monkeypatch.setattr(s3, "PART_BYTES", 5 << 20)  # S3's smallest part
+    store = open_store(bucket_url)
+    model = model_file(tmp_path / "models", "big", (5 << 20) * 3 + 1234)
+    key = store._key(layout.model_object_key(sha256_file(model.path)))
+    # a push stopped after its first part
+    upload = store.client.create_multipart_upload(Bucket=store.bucket, Key=key)["UploadId"]
+    store.client.upload_part(Bucket=store.bucket, Key=key, UploadId=upload, PartNumber=1,
+                             Body=model.path.read_bytes()[: 5 << 20])
+    sent_parts = []
+    real = store.client.upload_part
+    monkeypatch.setattr(store.client, "upload_part", lambda **kw: sent_parts.append(kw["PartNumber"]) or real(**kw))
+    Depot(store).push(model)
+    assert sorted(sent_parts) == [2, 3, 4]  # part 1 was not sent again
+    assert b"".join(Depot(store).chunks(Depot(store).record(sha256_file(model.path)))) == model.path.read_bytes()
+
+
+def test_cli_push_and_list(tmp_path):
+    models = tmp_path / "models"
+    model_file(models, "ckpt", 5000)
+    model_file(models, "style", 3000, kind="lora", seed=3)
+    store = tmp_path / "store"
+    result = farm("models", "push", "ckpt", "style", "--models", str(models), "--store", str(store))
+    assert result.returncode == 0, result.stderr
+    assert "pushed: checkpoint ckpt" in result.stderr and "pushed: lora style" in result.stderr
+    again = farm("models", "push", str(models / "Lora/style.safetensors"), "--store", str(store))
+    assert "in the depot already: lora style" in again.stderr
+    listed = farm("models", "list", "--store", str(store))
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("checkpoint") and lines[1].startswith("lora")
+    missing = farm("models", "push", "nothere", "--models", str(models), "--store", str(store))
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
+
+
+def cache_with(tmp_path: Path, *models: ModelFile, limit: int = 10**9, store=None) -> ModelCache:
+    depot = Depot(store or LocalStore(tmp_path / "depot"))
+    for m in models:
+        depot.push(m)
+    return ModelCache(tmp_path / "cache", limit, depot)
+
+
+@pytest.mark.parametrize("backend", ["folder", "s3"])
+def test_fetch_verifies_and_renames_and_the_registry_finds_the_file_by_name(backend, tmp_path, request):
+    model = model_file(tmp_path / "models", "Deliberate_v2", 3 << 20)
+    store = None if backend == "folder" else open_store(request.getfixturevalue("bucket_url"))
+    reports = []
+    cache = cache_with(tmp_path, model, store=store)
+    cache.report = reports.append
+    sha = sha256_file(model.path)
+    path = cache.fetch(cache.depot.record(sha))
+    assert path.read_bytes() == model.path.read_bytes() and cache.cached(sha) == path
+    assert Registry(cache.root).resolve("checkpoint", "Deliberate_v2").path == path
+    assert not list(path.parent.glob(".seedfarm-tmp-*"))
+    assert reports[0].startswith("Deliberate_v2 ") and "MB/s" in reports[0] and reports[-1] == ""
+
+
+def test_farm_workers_shows_a_download():
+    from farm.status import worker_state
+
+    assert worker_state({"download": "Deliberate_v2 45% 80 MB/s", "task": "j/t"}) == "fetching Deliberate_v2 45% 80 MB/s"
+    assert worker_state({"download": "", "task": ""}) == "idle"
+
+
+def test_farm_status_shows_the_downloads_for_the_jobs_tasks():
+    from rich.console import Console
+
+    from farm.ledger import JobStatus
+    from farm.status import downloads, render_status
+
+    class Workers:
+        def workers(self):
+            return [{"name": "pc1", "download": "Deliberate_v2 45% 80 MB/s", "task": "job1/abc"},
+                    {"name": "pc2", "download": "other 1% 9 MB/s", "task": "job2/def"},
+                    {"name": "pc3", "download": "", "task": "job1/ghi"}]
+
+    st = JobStatus("job1", {"status": "running", "tasks": "2"}, 0, {}, {"abc": "pc1"}, {})
+    lines = downloads(Workers(), st)
+    assert lines == ["pc1 fetching Deliberate_v2 45% 80 MB/s"]
+    console = Console(record=True, width=200)
+    console.print(render_status(st, lines))
+    assert "pc1 fetching Deliberate_v2 45% 80 MB/s" in console.export_text()
+
+
+def test_a_corrupted_depot_object_is_refused_and_nothing_is_left(tmp_path):
+    model = model_file(tmp_path / "models", "ckpt", 100_000)
+    cache = cache_with(tmp_path, model)
+    sha = sha256_file(model.path)
+    bad = bytearray(model.path.read_bytes())
+    bad[500] ^= 0xFF
+    cache.depot.store.write_bytes(layout.model_object_key(sha), bytes(bad))
+    with pytest.raises(TaskError, match="corrupted") as error:
+        cache.fetch(cache.depot.record(sha))
+    assert "\n" not in str(error.value)
+    assert cache.cached(sha) is None
+    assert not [f for f in cache.root.rglob("*") if f.is_file() and f.suffix != ".lock"]
+
+
+def test_a_killed_download_leaves_nothing_trusted(tmp_path):
+    model = model_file(tmp_path / "models", "ckpt", 100_000)
+    cache = cache_with(tmp_path, model)
+    sha = sha256_file(model.path)
+    entry = cache.root / "Stable-diffusion" / sha
+    entry.mkdir(parents=True)
+    (entry / ".seedfarm-tmp-dead.tmp").write_bytes(model.path.read_bytes()[:5000])  # the killed one's part
+    assert cache.cached(sha) is None and "ckpt" not in Registry(cache.root).files("checkpoint")
+    cache.fetch(cache.depot.record(sha))
+    assert [f.name for f in entry.iterdir() if f.name != ".used"] == ["ckpt.safetensors"]
+
+
+def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    model = model_file(tmp_path / "models", "ckpt", 100_000)
+    cache = cache_with(tmp_path, model)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("worker.model_cache.os.fsync", full)
+    with pytest.raises(TaskError, match="disk full in the model cache") as error:
+        cache.fetch(cache.depot.record(sha256_file(model.path)))
+    assert "\n" not in str(error.value)
+    assert not [f for f in cache.root.rglob("*") if f.is_file() and f.suffix != ".lock"]
+
+
+class Unreachable(LocalStore):
+    def read_chunks(self, key):
+        raise ConnectionError("connection refused")
+        yield b""
+
+
+def test_an_unreachable_depot_is_retried_then_reported_and_fetching_stops_for_a_while(tmp_path, monkeypatch):
+    monkeypatch.setattr("worker.model_cache.DEPOT_RETRY_DELAYS", (0.0, 0.0))
+    model = model_file(tmp_path / "models", "ckpt", 10_000)
+    cache = cache_with(tmp_path, model, store=Unreachable(tmp_path / "depot"))
+    with pytest.raises(DepotUnreachable, match="unreachable"):
+        cache.fetch(cache.depot.record(sha256_file(model.path)))
+    assert not cache.can_fetch()
+    assert cache.cached(sha256_file(model.path)) is None
+
+
+def test_eviction_keeps_the_cache_under_its_size_and_never_drops_what_the_task_uses(tmp_path):
+    a, b, c = (model_file(tmp_path / "models", n, 40_000, seed=i) for i, n in enumerate("abc"))
+    cache = cache_with(tmp_path, a, b, c, limit=parse_size("90K"))
+    sha = {m.name: sha256_file(m.path) for m in (a, b, c)}
+    cache.in_use = {sha["a"]}
+    cache.fetch(cache.depot.record(sha["a"]))
+    cache.fetch(cache.depot.record(sha["b"]))
+    cache.in_use = {sha["a"], sha["c"]}  # the running task needs a and c: b goes, though a is older
+    cache.fetch(cache.depot.record(sha["c"]))
+    assert cache.cached(sha["a"]) and cache.cached(sha["c"]) and cache.cached(sha["b"]) is None
+    cache.in_use = {sha["a"], sha["c"]}
+    with pytest.raises(TaskError, match="full of models in use"):
+        cache.fetch(cache.depot.record(sha["b"]))
+    with pytest.raises(TaskError, match="larger than the model cache"):
+        cache_with(tmp_path, limit=1000).fetch(cache.depot.record(sha["b"]))
+
+
+SHARED = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from farm.depot import Depot
+    from farm.store import LocalStore
+    from worker.model_cache import ModelCache
+
+    class Slow(LocalStore):  # a depot slow enough that the two processes overlap
+        def read_chunks(self, key):
+            for chunk in super().read_chunks(key):
+                time.sleep(0.05)
+                yield chunk
+
+    cache = ModelCache(Path(sys.argv[1]), 10**9, Depot(Slow(sys.argv[2])))
+    real = cache.download
+    def counted(*args):
+        Path(sys.argv[4]).write_text("downloaded")
+        real(*args)
+    cache.download = counted
+    print(cache.fetch(cache.depot.record(sys.argv[3])))
+""")
+
+
+def test_two_worker_processes_sharing_a_cache_download_a_model_once(tmp_path):
+    model = model_file(tmp_path / "models", "shared", 3 << 20)
+    cache_with(tmp_path, model)
+    sha = sha256_file(model.path)
+    script = tmp_path / "fetch.py"
+    script.write_text(SHARED)
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), str(tmp_path / "depot"), sha,
+                               str(tmp_path / f"marker{i}")], stdout=subprocess.PIPE, text=True) for i in (0, 1)]
+    paths = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(paths) == 1 and Path(paths.pop()).read_bytes() == model.path.read_bytes()
+    assert len(list(tmp_path.glob("marker*"))) == 1  # one download; the other waited and used it
+
+
+def test_ensure_fetches_the_pinned_checkpoint_vae_and_lora_tags_the_worker_lacks(tmp_path):
+    from factories import make_task
+
+    ckpt = model_file(tmp_path / "coord", "tinyA", 20_000)
+    vae = model_file(tmp_path / "coord", "tinyvae", 9_000, kind="vae", seed=7)
+    lora = model_file(tmp_path / "coord", "style", 7_000, kind="lora", seed=9)
+    cache = cache_with(tmp_path, ckpt, vae, lora)
+    task = make_task(checkpoint="tinyA", checkpoint_hash=sha256_file(ckpt.path), vae="tinyvae",
+                     vae_hash=sha256_file(vae.path), prompt="a fox <lora:style:0.5>")
+    empty = tmp_path / "own"
+    empty.mkdir()
+    cache.ensure(task, Registry(f"{empty}{__import__('os').pathsep}{cache.root}"))
+    registry = Registry(cache.root)
+    for kind, name, m in (("checkpoint", "tinyA", ckpt), ("vae", "tinyvae", vae), ("lora", "style", lora)):
+        assert registry.resolve(kind, name).path.read_bytes() == m.path.read_bytes()
+    assert cache.in_use == {sha256_file(m.path) for m in (ckpt, vae, lora)}
+    assert not list(empty.iterdir())  # never into the user's own folder
+
+
+def test_push_models_of_a_job_names_the_checkpoint_vae_and_loras(tmp_path):
+    from farm.depot import job_models
+    from factories import make_task
+
+    ckpt = model_file(tmp_path / "m", "tinyA", 2000)
+    model_file(tmp_path / "m", "v", 1000, kind="vae")
+    model_file(tmp_path / "m", "style", 1000, kind="lora")
+    tasks = [make_task(checkpoint="tinyA", vae="v", prompt="x <lora:style:1> <lora:gone:1>")] * 3
+    found, problems = job_models(tasks, Registry(tmp_path / "m"))
+    assert sorted((m.kind, m.name) for m in found) == [("checkpoint", "tinyA"), ("lora", "style"), ("vae", "v")]
+    assert len(problems) == 1 and "gone" in problems[0]
+    assert model_to_push("tinyA", Registry(tmp_path / "m")).path == ckpt.path
+
+
+def test_routing_leaves_a_fetch_to_holders_unless_none_or_their_queue_is_longer_than_the_fetch():
+    routes = {"q.held": Route("normal", "mine", None, 4096), "q.fetch": Route("normal", "theirs", None, 4096)}
+    caps = Capabilities({"mine": None}, fetchable={"theirs": 40.0})
+    assert caps.why_not(routes["q.fetch"]) is None
+    assert Capabilities({"mine": None}).why_not(routes["q.fetch"]) == "no checkpoint 'theirs' here"
+    pending = {"q.held": 5, "q.fetch": 50}
+    # no holder live: fetch it, but after the work on what this worker has
+    assert queue_order(routes, pending, None, {}, render_seconds=2.0, fetch_seconds={"theirs": 40.0},
+                       holders={}) == ["q.held", "q.fetch"]
+    # two holders: 50 tasks / 2 x 2 s = 50 s > 40 s fetch: worth fetching
+    assert "q.fetch" in queue_order(routes, pending, None, {}, render_seconds=2.0, fetch_seconds={"theirs": 40.0},
+                                    holders={"theirs": 2})
+    # five holders: 20 s of work each, less than the fetch: left to them
+    assert queue_order(routes, pending, None, {}, render_seconds=2.0, fetch_seconds={"theirs": 40.0},
+                       holders={"theirs": 5}) == ["q.held"]
+
+
+def test_parse_size():
+    assert not ModelCache(Path(tempfile.mkdtemp()), parse_size("0"), Depot(LocalStore(tempfile.mkdtemp()))).can_fetch()
+    assert parse_size("200G") == 200 * 10**9 and parse_size("1.5T") == 1.5e12 and parse_size("500") == 500
+    with pytest.raises(ValueError, match="200G"):
+        parse_size("lots")
+
+
+def test_a_hostile_record_is_ignored(tmp_path):
+    store = LocalStore(tmp_path)
+    sha = "a" * 64
+    store.write_text(layout.model_record_key(sha), json.dumps({"sha256": sha, "name": "../x", "kind": "shell",
+                                                               "family": "", "size": 1, "a1111_hash": "",
+                                                               "suffix": ".sh"}))
+    assert Depot(store).record(sha) is None and Depot(store).records() == []
+
+
+# --- models kept at a URL, pinned by hash: a local HTTP server stands in for the internet -----------
+
+@pytest.fixture
+def web(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/web (HEAD and GET): the internet of these tests."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    root = tmp_path / "web"
+    root.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_hf_urls_map_to_the_hub_resolve_url(monkeypatch):
+    from farm.depot import resolve_url
+
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    assert resolve_url("hf://org/repo/sub/m.safetensors") == "https://huggingface.co/org/repo/resolve/main/sub/m.safetensors"
+    assert resolve_url("hf://org/repo@v2/m.safetensors") == "https://huggingface.co/org/repo/resolve/v2/m.safetensors"
+    assert resolve_url("https://civitai.com/api/download/models/1?type=Model") == \
+        "https://civitai.com/api/download/models/1?type=Model"
+
+
+def test_a_linked_hf_model_is_fetched_from_the_url_verified_and_cached(web, tmp_path, monkeypatch):
+    root, base = web
+    model = model_file(tmp_path / "models", "flux-lora", 300_000, kind="lora")
+    (root / "org/repo/resolve/main").mkdir(parents=True)
+    shutil.copy(model.path, root / "org/repo/resolve/main/flux-lora.safetensors")
+    monkeypatch.setenv("HF_ENDPOINT", base)
+    depot = Depot(LocalStore(tmp_path / "depot"))
+    record = depot.link("lora", "flux-lora", "hf://org/repo/flux-lora.safetensors", sha256_file(model.path))
+    assert record.size == 300_000 and depot.by_name("lora", "flux-lora") == record  # size from a HEAD
+    cache = ModelCache(tmp_path / "cache", 10**9, depot)
+    assert cache.fetch(record).read_bytes() == model.path.read_bytes()
+    assert Registry(cache.root).resolve("lora", "flux-lora").path == cache.cached(record.sha256)
+
+
+def test_a_url_whose_file_is_not_the_pin_is_refused(web, tmp_path):
+    root, base = web
+    model = model_file(tmp_path / "models", "m", 50_000)
+    (root / "m.safetensors").write_bytes(b"x" * 50_000)  # the file at the URL changed
+    depot = Depot(LocalStore(tmp_path / "depot"))
+    record = depot.link("checkpoint", "m", f"{base}/m.safetensors", sha256_file(model.path))
+    with pytest.raises(TaskError, match="corrupted"):
+        ModelCache(tmp_path / "cache", 10**9, depot).fetch(record)
+
+
+def test_a_worker_that_cannot_reach_the_url_says_so_in_one_line(tmp_path, monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.setattr("worker.model_cache.DEPOT_RETRY_DELAYS", (0.0,))
+    depot = Depot(LocalStore(tmp_path / "depot"))
+    url = f"http://127.0.0.1:{free_port()}/m.safetensors"  # nothing listens: offline
+    record = depot.link("checkpoint", "m", url, "b" * 64, size=1000)
+    with pytest.raises(DepotUnreachable) as error:
+        ModelCache(tmp_path / "cache", 10**9, depot).fetch(record)
+    assert str(error.value).startswith(f"cannot reach {url} to fetch checkpoint 'm'")
+    assert "is this PC online?" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_cli_link_and_list(web, tmp_path):
+    root, base = web
+    (root / "m.safetensors").write_bytes(b"y" * 1234)
+    store = tmp_path / "store"
+    result = farm("models", "link", "civitai-m", f"{base}/m.safetensors", "--sha256", "c" * 64, "--store", str(store))
+    assert result.returncode == 0, result.stderr
+    listed = farm("models", "list", "--store", str(store))
+    assert f"civitai-m  <- {base}/m.safetensors" in listed.stdout and "1.2 KB" in listed.stdout
+    bad = farm("models", "link", "x", "ftp://host/x.safetensors", "--sha256", "c" * 64, "--store", str(store))
+    assert bad.returncode == 1 and "expected hf://" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_worker_with_an_unusable_depot_says_so_in_one_line(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    result = farm("worker", "--broker", "redis://127.0.0.1:1/0", "--models", str(models), "--depot", "ftp://x/y",
+                  "--model-cache", str(tmp_path / "cache"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "model cache or depot: ftp://x/y: unsupported store URL scheme" in result.stderr
+
+
+def test_a_depot_that_does_not_answer_a_lookup_is_left_alone_for_a_while(tmp_path):
+    class Down(LocalStore):
+        looks = 0
+
+        def read_bytes(self, key):
+            Down.looks += 1
+            raise ConnectionError("no route to host")
+
+    cache = ModelCache(tmp_path / "cache", 10**9, Depot(Down(tmp_path / "depot")))
+    assert cache.lookup("checkpoint", "m", "d" * 64) is None
+    assert not cache.can_fetch() and Down.looks == 1  # steering offers no fetching now

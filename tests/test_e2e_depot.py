@@ -1,0 +1,86 @@
+"""End to end: `farm submit --push-models` puts a job's checkpoint, LoRA and VAE into the store's
+depot, and a real `farm worker` with an empty models folder fetches them into its model cache,
+renders, and renders the next job from its cache. Redis and the worker are real processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from conftest import farm
+from farm.hashes import sha256_file
+from farm.infotext import parse_infotext, read_parameters
+from farm.ledger import Ledger
+from farm.models import lora_hash
+from farm.store import open_store
+from model_tree import a1111_tree
+from test_e2e_farm import wait_for
+
+SPEC = """\
+name: {name}
+prompt: "a red robot <lora:style15:0.8>"
+checkpoint: tiny15
+vae: tinyvae
+seed: {seeds}
+steps: 2
+sampler: Euler
+size: 64x64
+"""
+
+
+def tiny_configs(tree: Path, target: Path) -> Path:
+    """The repo's offline configs with the tiny checkpoint's own config as SD1.5's: a tiny model
+    fetched without the `.config` folder that sits beside it loads with this (FARM_CONFIGS_DIR)."""
+    from worker.pipelines import configs_dir
+
+    shutil.copytree(configs_dir(), target)
+    shutil.rmtree(target / "sd15")
+    shutil.copytree(tree / "models/Stable-diffusion/tiny15.config", target / "sd15")
+    return target
+
+
+def test_worker_with_empty_models_folder_renders_a_job_whose_models_are_only_in_the_depot(
+        redis_server, start_worker, tmp_path_factory, tmp_path):
+    tree = a1111_tree(tmp_path_factory)
+    store = str(tmp_path / "store")
+    empty = tmp_path / "empty-models"
+    empty.mkdir()
+    cache = tmp_path / "cache"
+    worker = start_worker(redis_server.url, empty, "fresh",
+                          env={"FARM_CONFIGS_DIR": str(tiny_configs(tree, tmp_path / "configs"))},
+                          args=("--model-cache", str(cache), "--cache-size", "1G", "--depot", store))
+    worker.wait_ready()
+    spec = tmp_path / "job.yaml"
+    spec.write_text(SPEC.format(name="first", seeds="1-2"))
+    result = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(tree),
+                  "--push-models")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("pushed: ") == 3  # checkpoint, VAE, LoRA
+    job = result.stdout.strip()
+    ledger = Ledger(redis_server.client())
+    wait_for(lambda: ledger.job_info(job).get("status") == "complete", 120, "the job")
+    out = open_store(store)
+    records = [json.loads(line) for line in out.read_text(f"{job}/manifest.jsonl").splitlines()]
+    assert len(records) == 2
+    _, _, params = parse_infotext(read_parameters(Path(store) / job / records[0]["image"]))
+    assert params["Model hash"] == sha256_file(tree / "models/Stable-diffusion/tiny15.safetensors")[:10]
+    assert params["VAE hash"] == sha256_file(tree / "models/VAE/tinyvae.safetensors")[:10]
+    assert params["Lora hashes"] == f"style15: {lora_hash(tree / 'models/Lora/style15.safetensors')[:12]}"
+    assert not list(empty.iterdir())  # nothing was written into the user's own folder
+    assert {p.parent.parent.name for p in cache.rglob("*.safetensors")} == {"Stable-diffusion", "VAE", "Lora"}
+    assert worker.text().count("seedfarm.worker: fetched ") == 3
+    # it now announces the checkpoint as held (others' routing leaves its tasks to it first)
+    wait_for(lambda: any(json.loads(w.get("holds") or "[]") == ["tiny15"] for w in ledger.workers()), 20,
+             "the heartbeat announcing tiny15")
+
+    # the next job on this PC starts from its cache: nothing fetched again
+    spec.write_text(SPEC.format(name="second", seeds="3"))
+    again = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(tree),
+                 "--push-models")
+    assert again.returncode == 0 and again.stderr.count("in the depot already") == 3
+    second = again.stdout.strip()
+    wait_for(lambda: ledger.job_info(second).get("status") == "complete", 60, "the second job")
+    assert worker.text().count("seedfarm.worker: fetched ") == 3
+    assert "Traceback" not in worker.text()
+
