@@ -211,12 +211,14 @@ def test_submit_and_a_worker_upscale_from_the_store_without_loading_a_checkpoint
     assert "loaded checkpoint" not in worker.text()  # the worker read the inputs from the store by hash
 
 
-def test_stars_of_an_upscale_job_export_as_an_upscale_spec(tiny_models):
+def test_stars_of_an_upscale_job_export_as_an_upscale_spec(tiny_models, tmp_path):
     from farm.review.starspec import starred_spec
 
     spec = _spec("init_images: inputs\nupscaler: [tiny-esrgan-2x, Nearest]\nupscale_by: [2, 3]\n", tiny_models)
+    store = open_store(str(tmp_path / "store"))
+    write_job_record(store, spec)  # the export names the init images by their keys in the job's store
     starred = [t for t in expand(spec) if t.upscale_by == 3 or t.upscaler == "Nearest"]
     text, count = starred_spec("up", [{"task": t.model_dump(), "seed": t.seed} for t in starred], "up")
     assert count == len(starred) == 9 and "prompt" not in text and "checkpoint" not in text
-    again = _spec(text, tiny_models)
+    again = _spec(text, tiny_models, store=store)
     assert {t.id for t in expand(again)} == {t.id for t in starred}
