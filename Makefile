@@ -12,9 +12,11 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # torch is pinned to the CPU build that pip finds on this project's machines; GPU users install
-# their CUDA build first (README) and pip keeps it.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# their CUDA build first (README) and pip keeps it. constraints/no-deps.txt: spandrel without the
+# torchvision it declares (it would bring another torch).
+$(VENV)/.installed: pyproject.toml constraints/no-deps.txt | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0 -e '.[worker,test]'
+	$(BIN)/pip install --quiet --no-deps -r constraints/no-deps.txt
 	touch $@
 
 demo: $(VENV)/.installed

@@ -22,7 +22,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/seedfarm
 
-COPY constraints/worker.txt /src/constraints/worker.txt
+COPY constraints/worker.txt constraints/no-deps.txt /src/constraints/
 # The CUDA build first, at the version of the constraints; seedfarm's install then keeps it.
 RUN pip install --index-url "${TORCH_INDEX}" \
         "torch==$(sed -n 's/^torch==//p' /src/constraints/worker.txt)"
@@ -31,7 +31,10 @@ COPY pyproject.toml setup.py README.md /src/
 COPY farm /src/farm
 COPY worker /src/worker
 COPY configs /src/configs
+# no-deps.txt: spandrel (upscaler models) without the torchvision it declares, which would replace
+# the CUDA torch
 RUN pip install -c /src/constraints/worker.txt "/src[worker]" \
+    && pip install --no-deps -r /src/constraints/no-deps.txt \
     && rm -rf /src \
     && useradd --create-home --uid 1000 farm \
     && mkdir -p /models /cache /outputs \

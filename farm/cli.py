@@ -382,10 +382,12 @@ def models() -> None:
 def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: bool) -> None:
     """Write a tiny random-weight model of a family into MODELS_DIR, in its users' layout (SD: an
     A1111 checkpoint; Flux and other families built from parts: the denoiser in diffusion_models/
-    and its text encoders and VAE beside it), and small input images in MODELS_DIR/inputs/ for the
-    example specs. Prints the checkpoint's path."""
+    and its text encoders and VAE beside it), the tiny upscaler models (ESRGAN/, RealESRGAN/,
+    upscale_models/) and small input images in MODELS_DIR/inputs/ for the example specs. Prints the
+    checkpoint's path."""
     need_worker_extra()
     from worker.tiny import TINY_WRITERS, make_tiny_inputs, write_tiny_family
+    from worker.tiny_upscalers import write_tiny_upscalers
 
     family_name = "SDXL" if sdxl else family_name
     if family_name not in TINY_WRITERS:
@@ -395,17 +397,18 @@ def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: boo
         name = DEMO_CHECKPOINT
     click.echo(write_tiny_family(Path(models_dir), family_name, name))
     make_tiny_inputs(Path(models_dir))  # the example specs' input images (init_images: inputs/...)
+    write_tiny_upscalers(Path(models_dir))  # and their upscaler models (hr_upscaler, upscaler)
 
 
 @models.command("list")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), default=DEFAULT_MODELS,
               show_default=True, help=f"Models folder(s), several joined by '{os.pathsep}'.")
-@click.option("--kind", type=click.Choice(["checkpoint", "lora", "vae", "embedding"]), default=None,
+@click.option("--kind", type=click.Choice(["checkpoint", "lora", "vae", "embedding", "upscaler"]), default=None,
               help="Only this kind of file.")
 @click.option("--store", "store_url", default=None, help="List the model depot in this store instead (farm models push).")
 def models_list(models_dir: str, kind: str | None, store_url: str | None) -> None:
-    """List checkpoints, text encoders, LoRAs, VAEs and embeddings: kind, family, precision, size,
-    A1111 hash, name."""
+    """List checkpoints, text encoders, LoRAs, VAEs, embeddings and upscalers: kind, family (an
+    upscaler's architecture), precision, size, A1111 hash, name."""
     from farm.models import KINDS, ModelFileError, Registry, human_size
 
     if store_url:

@@ -8,6 +8,9 @@ to the hires size, then an img2img second pass at that size.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection
+
 # Latent upscalers: A1111's name -> (torch interpolate mode, antialias).
 LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
     "Latent": ("bilinear", False),
@@ -26,15 +29,29 @@ DEFAULT_UPSCALER = "Latent"  # A1111's default
 DEFAULT_DENOISING = 0.7  # A1111's hires default
 
 
-def upscaler_name(text: str) -> str:
-    """The canonical name of a hires upscaler ('latent (bicubic)' -> 'Latent (bicubic)').
-    Raises ValueError naming the valid ones."""
+def upscaler_name(text: str, models: Collection[str] | None = ()) -> str:
+    """The canonical name of a hires upscaler: A1111's own ('latent (bicubic)' -> 'Latent (bicubic)'),
+    else an upscaler model's, exactly as one of `models` (the models folder's upscaler names,
+    farm/models.py: file stems, as for checkpoints), or, with models None (no models folder to look
+    in), as given. Raises ValueError naming the valid ones."""
+    text = " ".join(str(text).split())
     lookup = {name.lower(): name for name in UPSCALERS}
-    name = lookup.get(" ".join(text.split()).lower())
-    if name is None:
-        raise ValueError(f"unknown hires upscaler '{text}' (upscaler model files such as ESRGAN are not "
-                         f"supported yet); valid: {', '.join(UPSCALERS)}")
-    return name
+    name = lookup.get(text.lower())
+    if name is not None:
+        return name
+    if models is None or text in models:
+        return text
+    guess = {m.lower(): m for m in models}.get(text.lower()) or next(
+        iter(difflib.get_close_matches(text, [*UPSCALERS, *models], n=1)), None)
+    hint = f" (did you mean '{guess}'?)" if guess else ""
+    found = f"; upscaler models here: {', '.join(sorted(models))}" if models else (
+        "; no upscaler model files in the models folder (ESRGAN/, RealESRGAN/, DAT/, HAT/, SwinIR/, upscale_models/)")
+    raise ValueError(f"unknown hires upscaler '{text}'{hint}; valid: {', '.join(UPSCALERS)}{found}")
+
+
+def is_model_upscaler(name: str) -> bool:
+    """Whether an upscaler name is a model file's (ESRGAN ...), not one of A1111's built-in ones."""
+    return bool(name) and name not in UPSCALERS
 
 
 def hires_size(width: int, height: int, scale: float, resize_x: int = 0, resize_y: int = 0

@@ -156,11 +156,14 @@ def parse_infotext(text: str) -> tuple[str, str, dict[str, object]]:
     return "\n".join(prompt).strip(), "\n".join(negative).strip(), params
 
 
-def png_bytes(image: Image.Image, infotext: str) -> bytes:
+def png_bytes(image: Image.Image, infotext: str, more: dict[str, str] | None = None) -> bytes:
     """The image as PNG with the infotext in a `parameters` chunk: tEXt when the text is latin-1,
-    iTXt (UTF-8) otherwise, as A1111 writes it."""
+    iTXt (UTF-8) otherwise, as A1111 writes it; none when the infotext is "" (an upscaled image
+    whose source had none). `more`: other text chunks (A1111's Extras: postprocessing, extras)."""
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext)  # Pillow picks iTXt itself when latin-1 cannot hold it
+    for key, text in {"parameters": infotext, **(more or {})}.items():
+        if text:
+            info.add_text(key, text)  # Pillow picks iTXt itself when latin-1 cannot hold it
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

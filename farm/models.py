@@ -27,8 +27,9 @@ from farm.families import NOT_A_CHECKPOINT, file_family
 from farm.hashes import addnet_file_hash, sha256_file
 from farm.model_files import (MODEL_INDEX, MODEL_SUFFIXES, ModelFileError, folder_files, is_diffusers_folder,
                               read_safetensors_header, read_tensor_shapes, weights_precision)
+from farm.upscalers import upscaler_architecture
 
-KINDS = ("checkpoint", "lora", "vae", "embedding", "text_encoder")
+KINDS = ("checkpoint", "lora", "vae", "embedding", "text_encoder", "upscaler")
 # Sub-folders holding each kind: A1111 names, then ComfyUI names ("." = the models folder itself,
 # where some users keep checkpoints; only its top level is searched).
 KIND_DIRS = {
@@ -40,6 +41,8 @@ KIND_DIRS = {
     "embedding": ("embeddings",),
     # ComfyUI's text_encoders/ (old name clip/), Forge's text_encoder/
     "text_encoder": ("text_encoders", "clip", "text_encoder"),
+    # upscaler models (farm/upscalers.py): A1111's folders per architecture, ComfyUI's upscale_models/
+    "upscaler": ("ESRGAN", "RealESRGAN", "DAT", "HAT", "SwinIR", "upscale_models"),
 }
 SUFFIXES = {
     "checkpoint": (".safetensors", ".gguf", ".ckpt", ".pt"),
@@ -47,6 +50,7 @@ SUFFIXES = {
     "vae": (".safetensors", ".ckpt", ".pt"),
     "embedding": (".safetensors", ".pt", ".bin"),
     "text_encoder": (".safetensors",),
+    "upscaler": (".safetensors", ".pth", ".pt"),
 }
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
 # `org/name`, as the Hugging Face hub names repositories.
@@ -75,6 +79,9 @@ class ModelFile:
         return self.sha256()[: 10 if self.kind in ("checkpoint", "vae", "text_encoder") else 12]
 
     def family(self) -> str:
+        """Its model family; for an upscaler, its architecture (ESRGAN, DAT ...) when readable."""
+        if self.kind == "upscaler":
+            return upscaler_architecture(self.path)
         return file_family(self.path, self.kind)
 
     def precision(self) -> str:
@@ -171,7 +178,7 @@ class Registry:
         if path.suffix.lower() in SUFFIXES[kind] and path.is_file():
             return ModelFile(kind, path.stem, path.resolve())
         files = self.files(kind)
-        key = re.sub(r"\.(safetensors|gguf|ckpt|pt|bin)$", "", ref)
+        key = re.sub(r"\.(safetensors|gguf|ckpt|pt|pth|bin)$", "", ref)
         if key in files:
             return files[key]
         # A diffusers folder given as a path; after the names, so a name never means a folder

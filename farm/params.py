@@ -18,8 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from farm.hires import DEFAULT_DENOISING, DEFAULT_UPSCALER, upscaler_name
+from farm.hires import DEFAULT_DENOISING, DEFAULT_UPSCALER, is_model_upscaler, upscaler_name
 from farm.img2img import IMG2IMG_DENOISING, JUST_RESIZE
+from farm.upscale import DEFAULT_UPSCALE_BY, MAX_UPSCALE_BY, UPSCALE_KEYS
+from farm.upscale import DEFAULT_UPSCALER as UPSCALE_DEFAULT_UPSCALER
+from farm.upscale import output_size as upscale_output_size
 from farm.samplers import ETA_INFOTEXT_KEYS, USES_ENSD, display_name, effective_eta, flow_sampler, parse_sampler
 
 # A vae/lora axis value meaning "none": the checkpoint's own VAE, no extra LoRA.
@@ -230,10 +233,36 @@ def is_hires(spec) -> bool:
 
 
 def is_img2img(spec) -> bool:
-    return "init_images" in spec.values
+    return "init_images" in spec.values and not is_upscale(spec)
+
+
+# ---- upscale (A1111's Extras; farm/upscale.py, the kind worker/kinds/upscale.py) ------------------
+# A spec with upscaler, upscale_by or upscale_to upscales its init_images: no checkpoint, no prompt.
+
+
+def is_upscale(spec) -> bool:
+    return any(key in spec.values for key in UPSCALE_KEYS)
+
+
+def _upscale_to_task(v: dict, spec) -> dict:
+    """Every upscale field of a task, and its width and height: the output's."""
+    if not is_upscale(spec):
+        return {}
+    source = spec.input_image("init_images", v["init_images"])
+    upscaler = v.get("upscaler", UPSCALE_DEFAULT_UPSCALER)
+    out: dict = {"upscaler": upscaler}
+    if "upscale_to" in v:
+        out["upscale_to_x"], out["upscale_to_y"] = (int(n) for n in v["upscale_to"].split("x"))
+    else:
+        out["upscale_by"] = float(v.get("upscale_by", DEFAULT_UPSCALE_BY))
+    out["width"], out["height"] = upscale_output_size(source.width, source.height, upscaler, out.get("upscale_by", 0),
+                                                      out.get("upscale_to_x", 0), out.get("upscale_to_y", 0))
+    return out
 
 
 def _kind_to_task(v: dict, spec) -> dict:
+    if is_upscale(spec):
+        return {"kind": "upscale"}
     if is_img2img(spec):
         return {"kind": "img2img"}
     return {"kind": "hires" if is_hires(spec) else "txt2img"}
@@ -246,7 +275,7 @@ def _denoising_to_task(v: dict, spec) -> dict:
 
 
 def _denoising_info(task, seed: int) -> dict:
-    if task.init_image:  # A1111 writes the strength of every img2img render
+    if task.init_image and task.denoising_strength is not None:  # A1111 writes the strength of every img2img render
         return {"Denoising strength": _number(task.denoising_strength)}
     return _hires_info(task, seed)
 
@@ -292,6 +321,11 @@ def _hires_to_task(v: dict, spec) -> dict:
     return out
 
 
+def _upscaler_hash_to_task(v: dict, spec) -> dict:
+    name = v.get("upscaler", UPSCALE_DEFAULT_UPSCALER) if is_upscale(spec) else v.get("hr_upscaler") if is_hires(spec) else None
+    return {"upscaler_hash": spec.upscaler_hash(name) if name and is_model_upscaler(name) else None}
+
+
 def _hires_info(task, seed: int) -> dict:
     """A1111's hires keys: written only for a hires task, the optional ones only when they differ."""
     if task.kind != "hires":
@@ -320,7 +354,8 @@ def _hires_info(task, seed: int) -> dict:
 def _hires_from_info(params: dict, notes: list) -> dict:
     if not any(key in params for key in ("Hires upscaler", "Hires upscale", "Hires resize-1")):
         return {}
-    entries: dict = {"hr_upscaler": upscaler_name(str(params.get("Hires upscaler", DEFAULT_UPSCALER)))}
+    # an upscaler model's name is kept as written: the spec parser checks it against the models folder
+    entries: dict = {"hr_upscaler": upscaler_name(str(params.get("Hires upscaler", DEFAULT_UPSCALER)), None)}
     if "Denoising strength" in params:
         entries["denoising_strength"] = params["Denoising strength"]
     if "Hires resize-1" in params:
@@ -459,6 +494,17 @@ PARAMS: tuple[Param, ...] = (
           fields=("resize_mode",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Resize mode",
           to_task=lambda v, spec: {"resize_mode": v.get("resize_mode", JUST_RESIZE)} if is_img2img(spec) else {},
           star=lambda t, s: t.get("resize_mode") or None),
+    # the upscale kind over init_images: the upscaler row sets every upscale field (and the size);
+    # upscaler is read by the spec parser (an upscaler model's name is checked against the models folder)
+    Param("upscaler", ("upscalers",),
+          fields=("upscaler",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Upscaler",
+          to_task=_upscale_to_task, star=lambda t, s: t.get("upscaler") or None),
+    Param("upscale_by", read=lambda r, n: r.numbers(n, "upscale_by", float, 1, MAX_UPSCALE_BY),
+          fields=("upscale_by",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Upscale by",
+          star=lambda t, s: _number(t["upscale_by"]) if t.get("upscale_by") else None),
+    Param("upscale_to", read=lambda r, n: r.sizes(n, "upscale_to"),
+          fields=("upscale_to_x", "upscale_to_y"), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Upscale to",
+          star=lambda t, s: f"{t['upscale_to_x']}x{t['upscale_to_y']}" if t.get("upscale_to_x") else None),
     # hires fix: the denoising_strength row sets every hires field and writes/reads every hires key;
     # with init_images it is img2img's strength
     Param("denoising_strength", ("denoising",),
@@ -474,9 +520,13 @@ PARAMS: tuple[Param, ...] = (
     Param("hr_resize", read=lambda r, n: r.sizes(n, "hr_resize"),
           fields=("hr_resize_x", "hr_resize_y"), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires resize",
           star=lambda t, s: f"{t.get('hr_resize_x', 0)}x{t.get('hr_resize_y', 0)}"),
-    Param("hr_upscaler", read=lambda r, n: r.upscalers(n),
+    # read by the spec parser: an upscaler model's name is checked against the models folder
+    Param("hr_upscaler",
           fields=("hr_upscaler",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires upscaler",
           star=_field("hr_upscaler")),
+    # not an axis: the sha256 of the upscaler model file a task runs (hr_upscaler: 4x-UltraSharp)
+    Param("upscaler_hash", in_spec=False, fields=("upscaler_hash",), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+          to_task=_upscaler_hash_to_task),
     Param("hr_steps", read=lambda r, n: r.numbers(n, "hr_steps", int, 0, 10_000),
           fields=("hr_steps",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Hires steps",
           star=_field("hr_steps")),

@@ -73,6 +73,13 @@ class RenderTask(BaseModel):
     hr_prompt: str = Field(default="", description="hires: second-pass prompt, '' = the prompt")
     hr_negative_prompt: str = Field(default="", description="hires: second-pass negative prompt, '' = the negative")
     hr_cfg: float | None = Field(default=None, ge=0, le=100, description="hires: second-pass CFG, None = cfg")
+    upscaler_hash: str | None = Field(default=None, description="sha256 of the upscaler model file the task runs "
+                                      "(hires' hr_upscaler, upscale's upscaler), when it names one")
+    # the upscale kind (A1111's Extras; farm/upscale.py): width and height are then the output's size
+    upscaler: str = Field(default="", description="upscale: A1111 upscaler or upscaler model name ('' = not upscale)")
+    upscale_by: float = Field(default=0.0, ge=0, le=16, description="upscale: factor (when upscale_to is 0x0)")
+    upscale_to_x: int = Field(default=0, ge=0, description="upscale: to this width, cropped to fit")
+    upscale_to_y: int = Field(default=0, ge=0, description="upscale: to this height, cropped to fit")
     # input images (kinds img2img, inpaint ...; farm/inputs.py): "<sha256>.<ext>" of the bytes in the
     # job's store (layout.input_key); "" = none
     init_image: str = Field(default="", pattern=r"^([0-9a-f]{64}\.(png|jpg|jpeg|webp))?$",

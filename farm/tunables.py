@@ -90,6 +90,15 @@ LOW_RESIDENT_FRACTION = 0.10
 MAX_AUTO_BATCH = 8
 # A CPU worker's batch budget in pixels: its RAM holds this easily, and more buys no speed on a CPU.
 CPU_BATCH_PIXELS = 2 * 1024 * 1024
+# Upscaler models (worker/upscalers.py) run on tiles of at most this many pixels a side, by memory
+# mode: an ESRGAN (23 RRDB blocks) tile of 512 x 512 at 4x needs about 5 GB in fp16, 256 about a
+# quarter; a tile that still runs out of memory is halved. A1111's default is 192.
+UPSCALE_TILE = {"high": 512, "med": 384, "low": 256}
+# Neighbouring tiles overlap by this many input pixels; a tile's outer quarter of the overlap is
+# not used (its pixels saw zero padding) and the rest is cross-faded, so no seam shows.
+UPSCALE_TILE_OVERLAP = 32
+# Upscaler models kept loaded per worker process (a few MB to a few hundred MB each).
+UPSCALERS_CACHED = 2
 
 # --- what a worker accepts from its queues (farm/guard.py) -----------------------------------------
 

@@ -17,7 +17,7 @@ from farm.expand import expand
 from farm.hires import hires_size, img2img_steps
 from farm.infotext import format_infotext, parse_infotext, read_parameters, task_parameters
 from farm.params import spec_entries_from_infotext
-from farm.recreate import RecreateError, spec_from_infotext
+from farm.recreate import spec_from_infotext
 from farm.spec import SpecError, parse_spec
 from farm.store import open_store
 
@@ -72,7 +72,6 @@ def test_hires_keys_make_hires_tasks_and_are_axes():
 @pytest.mark.parametrize("extra, where, message", [
     ("hr_scale: 1.3\n", "job.yaml:7:11", "hr_scale 1.3 makes 64x64 into 83x83, not multiples of 8"),
     ("denoising_strength: 0.5\n", "job.yaml:7:1", "denoising_strength: is the strength of a hires fix"),
-    ("hr_upscaler: R-ESRGAN 4x+\n", "job.yaml:7:14", "upscaler model files such as ESRGAN are not supported yet"),
     ("hr_resize: 0x0\n", "job.yaml:7:12", "hr_resize: 0x0 has no size"),
     ("hr_scale: 2\nhr_resize: 128x0\n", "job.yaml:8:1", "give either hr_scale (a factor) or hr_resize"),
     ("hr_sampler: Eulr\n", "job.yaml:7:13", "hr_sampler: unknown sampler 'Eulr' (did you mean 'Euler'?)"),
@@ -122,8 +121,8 @@ def test_hires_infotext_keys_as_a1111_writes_them():
     _, _, back = parse_infotext(a1111)
     entries = spec_entries_from_infotext({**back, "Prompt": "a cat", "Negative prompt": ""}, [])
     assert entries["hr_resize"] == "1024x0" and "hr_scale" not in entries and "hr_steps" not in entries
-    with pytest.raises(RecreateError, match="unknown hires upscaler 'R-ESRGAN 4x\\+'"):
-        spec_from_infotext(a1111.replace("Latent,", "R-ESRGAN 4x+,"), None)
+    # an upscaler model's name is kept (the spec parser checks it against the models folder)
+    assert "hr_upscaler: R-ESRGAN 4x+\n" in spec_from_infotext(a1111.replace("Latent,", "R-ESRGAN 4x+,"), None)
 
 
 # ---- the kind through the render loop -------------------------------------------------------------

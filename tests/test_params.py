@@ -7,6 +7,7 @@ from farm.params import (
     ALIASES, AXIS_ORDER, BATCH_FIELDS, BY_KEY, DEFAULTS, IN_ID_UNLESS_DEFAULT, PARAMS, axis_title, filename_token,
 )
 from farm.task import RenderTask
+from farm.upscale import UPSCALE_KEYS
 from factories import make_task
 
 
@@ -44,7 +45,8 @@ GRID_LABELS = {
 
 def test_axis_titles_are_the_grids_labels():
     assert {axis: axis_title(axis) for axis in GRID_LABELS} == GRID_LABELS
-    new_axes = {"eta", "ensd", "distilled_cfg", "shift", "denoising_strength", *HIRES_KEYS, "init_images", "resize_mode"}
+    new_axes = {"eta", "ensd", "distilled_cfg", "shift", "denoising_strength", *HIRES_KEYS, "init_images", "resize_mode",
+                *UPSCALE_KEYS}
     assert set(AXIS_ORDER) - set(GRID_LABELS) == new_axes
 
 

@@ -12,6 +12,7 @@ import hashlib
 
 from PIL import Image
 
+from farm.infotext import ImageReadError, read_parameters
 from farm.inputs import INPUT_FIELDS, InputError, flatten, is_input_name, open_image
 from farm.store import Store, layout
 from farm.task import RenderTask
@@ -33,9 +34,13 @@ def read_input(store: Store, job: str, name: str, mode: str = "RGB") -> Image.Im
                         "submit the job again")
     try:
         image = open_image(data)
-    except InputError as e:
+        text = read_parameters(data)
+    except (InputError, ImageReadError) as e:
         raise TaskError(f"input {store.describe(key)}: {e}") from None
-    return to_mode(image, mode)
+    image = to_mode(image, mode)
+    if text:  # its infotext, which the upscale kind keeps (A1111's Extras)
+        image.info["parameters"] = text
+    return image
 
 
 def to_mode(image: Image.Image, mode: str) -> Image.Image:

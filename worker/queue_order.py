@@ -51,7 +51,8 @@ class Capabilities:
 
     def why_not(self, route: Route) -> str | None:
         """None if this worker can render the route, else the reason."""
-        if route.checkpoint not in self.checkpoints and route.checkpoint not in self.fetchable:
+        # a route without a checkpoint (the upscale kind) loads none: any worker with its tags serves it
+        if route.checkpoint and route.checkpoint not in self.checkpoints and route.checkpoint not in self.fetchable:
             return f"no checkpoint '{route.checkpoint}' here"
         have = self.checkpoints.get(route.checkpoint)
         if route.checkpoint_hash and have and have != route.checkpoint_hash:

@@ -99,6 +99,8 @@ def _render_run(progress: list[_Progress], store: Store, ctx: WorkerContext, fin
     tasks = [p.task for p in progress]
     first = tasks[0]
     kind = kind_of(first)  # an unknown kind fails before anything loads
+    if not getattr(kind, "PIPELINE", True):  # upscale: pixels in, pixels out, no checkpoint to load
+        return _render_pixels(progress, kind, store, ctx, finished, stop)
     if ctx.model_cache is not None:  # what this PC lacks, from the depot (worker/model_cache.py)
         ctx.model_cache.ensure(first, Registry(ctx.models_dir))
     files = model_files(first, ctx.models_dir)
@@ -153,9 +155,36 @@ def _render_run(progress: list[_Progress], store: Store, ctx: WorkerContext, fin
         raise TaskError(str(e)) from None
 
 
+def _render_pixels(progress: list[_Progress], kind, store: Store, ctx: WorkerContext, finished: Finished,
+                   stop: Callable[[], bool]) -> None:
+    """The images of a kind that needs no diffusion pipeline (upscale), one at a time; the kind
+    writes its own PNG texts (png_texts)."""
+    from worker.inputs import InputCache
+    from worker.pipelines import ModelLoadError
+    from worker.render import RenderError, Slot
+
+    as_rendered = {p.task.id: (p.task, {}) for p in progress}
+    slots = [(p, i) for p in progress for i in range(p.task.batch_size)]
+    try:
+        for n, (p, i) in enumerate(slots):
+            if n and stop():
+                break
+            started = time.perf_counter()
+            images = kind.render(None, [Slot(p.task, i, InputCache(store).of(p.task))])  # one input in memory
+            _store_later([(p, i)], images, time.perf_counter() - started, 1, as_rendered, store, ctx, finished,
+                         kind.png_texts)
+    except (RenderError, ModelLoadError) as e:
+        raise TaskError(str(e)) from None
+
+
+def _infotext(task: RenderTask, seed: int, image, extra: dict) -> tuple[str, dict[str, str]]:
+    """An image's `parameters` text (A1111's infotext of the task) and its other PNG text chunks."""
+    return format_infotext(task.prompt, task.negative_prompt, {**task_parameters(task, seed), **extra}), {}
+
+
 def _store_later(chunk, images, seconds_per_image: float, batch_size: int, as_rendered: dict, store: Store,
-                 ctx: WorkerContext, finished: Finished) -> None:
-    """Hand one diffusion batch's images to the writer thread."""
+                 ctx: WorkerContext, finished: Finished, texts: Callable = _infotext) -> None:
+    """Hand one diffusion batch's images to the writer thread. `texts`: the PNG texts of an image."""
     writes = []
     for (progress, i), image in zip(chunk, images):
         task, seed = progress.task, progress.task.seed + i
@@ -163,10 +192,10 @@ def _store_later(chunk, images, seconds_per_image: float, batch_size: int, as_re
         progress.rendered += 1
 
         def write(task=task, seed=seed, image=image, extra=as_rendered[task.id][1]) -> None:
-            text = format_infotext(task.prompt, task.negative_prompt, {**task_parameters(task, seed), **extra})
+            text, more = texts(task, seed, image, extra)
             record = image_record(task, seed, text, seconds_per_image, ctx.name)
             record["render_batch"] = batch_size  # images in the diffusion call that made it
-            save_image(store, task, seed, png_bytes(image, text), record)
+            save_image(store, task, seed, png_bytes(image, text, more), record)
 
         writes.append(write)
     ctx.images_done += len(images)

@@ -12,6 +12,7 @@ from itertools import combinations
 
 from farm.params import BY_KEY, OPTIONAL_AXES, at_default, star_values
 from farm.spec.write import write_spec
+from farm.upscale import UPSCALE_AXES
 
 
 def image_params(record: dict) -> dict:
@@ -56,6 +57,8 @@ def starred_spec(name: str, records: list[dict], source: str) -> tuple[str, int]
     unused = {a for a in OPTIONAL_AXES if all(at_default(BY_KEY[a], r["task"]) for r in records)}
     if "variation_strength" in unused:  # without a strength the variation seed changes nothing
         unused.add("variation_seed")
+    if records[0]["task"].get("kind") == "upscale":  # A1111's Extras: no prompt, checkpoint or seed
+        unused |= {a for a in axes if a not in UPSCALE_AXES}
     rows = [image_params(r) for r in records]
     rows = [dict(zip(axes, t)) for t in _distinct([tuple(r[a] for a in axes) for r in rows])]
     fixed = [a for a in axes if a not in unused and len({repr(r[a]) for r in rows}) == 1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -177,15 +177,18 @@ class AxisReader(NodeReader):
         self.unique(names, node, axis)
         return names
 
-    def upscalers(self, node: Node) -> list[str]:
-        """hr_upscaler: A1111's hires upscaler names (farm/hires.py)."""
+    def upscalers(self, node: Node, models: Collection[str] | None = (), axis: str = "hr_upscaler"
+                  ) -> list[tuple[str, Node]]:
+        """hr_upscaler: A1111's hires upscaler names (farm/hires.py), or upscaler model names among
+        `models` (None: not checked, no models folder here); with the node of each."""
         names = []
-        for text, item in self.texts(node, "hr_upscaler", "an A1111 hires upscaler like 'Latent'", split=True):
+        for text, item in self.texts(node, axis, "an A1111 upscaler like 'Latent' or an upscaler model's name",
+                                     split=True):
             try:
-                names.append(upscaler_name(text))
+                names.append((upscaler_name(text, models), item))
             except ValueError as e:
-                raise self.error(item, f"hr_upscaler: {e}") from None
-        self.unique(names, node, "hr_upscaler")
+                raise self.error(item, f"{axis}: {e}") from None
+        self.unique([name for name, _ in names], node, axis)
         return names
 
     def sizes(self, node: Node, axis: str = "size") -> list[str]:

@@ -40,6 +40,7 @@ class JobSpec(BaseModel):
     dims: tuple[tuple[str, ...], ...]
     checkpoint_files: dict[str, Path] = {}  # filled only when a models folder was given
     vae_files: dict[str, Path] = {}  # likewise
+    upscaler_files: dict[str, Path] = {}  # likewise: upscaler model files (hr_upscaler, upscaler)
     # Routing only (farm/messages.py, worker/queue_order.py): which workers and in what order, not what is rendered,
     # so neither is part of the job id.
     priority: str = "normal"
@@ -132,6 +133,13 @@ class JobSpec(BaseModel):
             self._hashes[key] = sha256_file(self.vae_files[name])
         return self._hashes.get(key)
 
+    def upscaler_hash(self, name: str) -> str | None:
+        """sha256 of an upscaler model file, kept under the key 'upscaler:NAME'."""
+        key = f"upscaler:{name}"
+        if key not in self._hashes and name in self.upscaler_files:
+            self._hashes[key] = sha256_file(self.upscaler_files[name])
+        return self._hashes.get(key)
+
     def checkpoint_hashes(self) -> dict[str, str]:
         """name -> sha256 for every checkpoint (and 'vae:NAME' for every VAE) whose hash is known,
         and 'family:NAME' -> SD1.5/SDXL: store it with the job, so a coordinator without the models
@@ -140,6 +148,8 @@ class JobSpec(BaseModel):
         for name, parts in self.parts.items():  # re-expanded without the models folder: same parts
             hashes[f"parts:{name}"] = json.dumps(parts, sort_keys=True)
         hashes.update({f"vae:{name}": self.vae_hash(name) for name in self.values.get("vae", [])})
+        for axis in ("hr_upscaler", "upscaler"):
+            hashes.update({f"upscaler:{name}": self.upscaler_hash(name) for name in self.values.get(axis, [])})
         for axis, images in self.inputs.items():  # re-expanded without the image files: same pins
             hashes[f"inputs:{axis}"] = json.dumps([i.record() for i in images.values()])
         for name in self.values["checkpoint"]:

@@ -10,6 +10,7 @@ from typing import Any
 from yaml.nodes import Node, SequenceNode
 
 from farm.checkpoints import resolve_checkpoint
+from farm.hires import LATENT_UPSCALERS, is_model_upscaler
 from farm.models import ModelFileError, Registry
 from farm.prompts import extract_extra_networks, lora_refs
 from farm.params import NO_MODEL
@@ -79,6 +80,24 @@ class ModelChecks(NodeReader):
                     replaced = text.replace(search, value)
                     if replaced != text:
                         check(replaced, node, f" (in the prompt prompt_sr makes with '{value}')")
+
+    def upscaler_names(self, node: Node, models_dir: Path | None, axis: str = "hr_upscaler"
+                       ) -> tuple[list[str], dict[str, Path]]:
+        """An upscaler axis: A1111's built-in upscalers or upscaler model files (farm/upscalers.py),
+        the files checked against the models folder if given; name -> file for the models."""
+        registry = Registry(models_dir) if models_dir is not None else None
+        names = self.upscalers(node, list(registry.files("upscaler")) if registry else None, axis)
+        files = {}
+        for name, item in names:
+            if axis != "hr_upscaler" and name in LATENT_UPSCALERS:
+                raise self.error(item, f"{axis}: '{name}' works on a diffusion model's latents, hires fix only "
+                                 "(hr_upscaler); here: None, Lanczos, Nearest or an upscaler model")
+            if registry is not None and is_model_upscaler(name):
+                try:
+                    files[name] = registry.resolve("upscaler", name, label="upscaler model").path
+                except ValueError as e:
+                    raise self.error(item, f"{axis}: {e}") from None
+        return [name for name, _ in names], files
 
     def model_names(self, node: Node, kind: str, models_dir: Path | None) -> tuple[list[str], dict[str, Path]]:
         """A vae or lora axis: file stems (or None), checked against the models folder if given."""

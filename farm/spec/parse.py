@@ -25,6 +25,9 @@ from farm.spec.combine import CombineReader
 from farm.spec.inputs import InputReader
 from farm.spec.jobspec import DEFAULT_FILENAME, SPEC_VERSION, JobSpec, job_id
 from farm.spec.models import ModelChecks
+from farm.upscale import DEFAULT_UPSCALE_BY, UPSCALE_AXES, UPSCALE_KEYS
+from farm.upscale import size_problem as upscale_size_problem
+from farm.upscale import DEFAULT_UPSCALER as UPSCALE_DEFAULT_UPSCALER
 from farm.ranges import safe_len
 from farm.spec.nodes import MAX_JOB_TASKS, MAX_NAME_CHARS, MAX_SPEC_BYTES, SpecError, kind
 from farm.task import filename_pattern_problem
@@ -82,7 +85,8 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
 
     def parse_root(self, root, models_dir: Path | None, known: dict[str, str] | None) -> JobSpec:
         f = self.keys(root, [*AXIS_ORDER, *OTHER_KEYS], "the job spec", ALIASES)
-        for need in REQUIRED:
+        upscale = self.upscale_keys(root, f)  # A1111's Extras: no prompt, checkpoint or seed to give
+        for need in () if upscale else REQUIRED:
             if need not in f:
                 needs = ", ".join(REQUIRED)
                 raise self.error(root, f"missing key '{need}': a job needs {needs} (see docs/job-spec.md)")
@@ -106,7 +110,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
 
         # The keys whose values depend on other keys or on the models folder, then the table's.
         values: dict[str, Sequence] = {}
-        values["prompt"] = self.prompts(f["prompt"][1], matrix)
+        values["prompt"] = self.prompts(f["prompt"][1], matrix) if not upscale else [""]
         if "negative_prompt" in f:
             node = f["negative_prompt"][1]
             values["negative_prompt"] = [t for t, _ in self.texts(node, "negative_prompt", "the negative prompt text")]
@@ -114,14 +118,20 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
         if "prompt_sr" in f:
             negatives = values.get("negative_prompt", DEFAULTS["negative_prompt"])
             values["prompt_sr"] = self.prompt_sr(f["prompt_sr"][1], values["prompt"], negatives)
-        values["checkpoint"], checkpoint_files = self.checkpoints(f["checkpoint"][1], models_dir)
-        if models_dir is not None:
+        values["checkpoint"], checkpoint_files = (self.checkpoints(f["checkpoint"][1], models_dir) if not upscale
+                                                  else ([""], {}))
+        if models_dir is not None and not upscale:
             self.lora_tags(f, models_dir)
         vae_files: dict[str, Path] = {}
         if "vae" in f:
             values["vae"], vae_files = self.model_names(f["vae"][1], "vae", models_dir)
         if "lora" in f:
             values["lora"], _ = self.model_names(f["lora"][1], "lora", models_dir)
+        upscaler_files: dict[str, Path] = {}
+        if "hr_upscaler" in f:
+            values["hr_upscaler"], upscaler_files = self.upscaler_names(f["hr_upscaler"][1], models_dir)
+        if "upscaler" in f:
+            values["upscaler"], upscaler_files = self.upscaler_names(f["upscaler"][1], models_dir, "upscaler")
         inputs = {}
         if "init_images" in f:
             values["init_images"], inputs["init_images"] = self.input_images(f["init_images"][1], "init_images",
@@ -133,6 +143,9 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
                 raise self.error(f[param.key][0], param.needs[1])
             values[param.key] = param.read(self, f[param.key][1])
         self.size_axes(f, values)
+        if upscale:
+            values["seed"] = [0]  # nothing random in an upscale; the seed names the file
+            self.upscale_sizes(f, values, inputs)
         families = {name: checkpoint_family(name, checkpoint_files, known or {}) for name in values["checkpoint"]}
         if "size" not in values and "width" not in values:
             values["size"] = [default_size(families.values())]
@@ -171,6 +184,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
             name=name, job_id=folder or job_id(name, dims, ordered, batch_size, filename), source_text=self.source,
             file=self.file, batch_size=batch_size, grid_x=grid_x, grid_y=grid_y, filename=filename,
             values=ordered, dims=tuple(dims), checkpoint_files=checkpoint_files, vae_files=vae_files,
+            upscaler_files=upscaler_files,
             priority=priority, requires=requires, family_defaults=family_defaulted, parts=parts, inputs=inputs,
         )
 
@@ -256,6 +270,35 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
                     parse_sampler(name, schedule)
                 except ValueError as e:
                     raise self.error(f["hr_schedule"][1], f"hr_schedule: {e}") from None
+
+    def upscale_keys(self, root, f: dict) -> bool:
+        """Whether the spec is an upscale job (farm/upscale.py): then it takes init_images and the
+        upscale keys only, as A1111's Extras tab has no prompt, checkpoint or sampler."""
+        if not any(key in f for key in UPSCALE_KEYS):
+            return False
+        for key, (key_node, _) in f.items():
+            if key in AXIS_ORDER and key not in UPSCALE_AXES:
+                raise self.error(key_node, f"{key}: an upscale job (upscaler, upscale_by, upscale_to) takes only "
+                                 f"{', '.join(UPSCALE_AXES)}: it upscales images, nothing is rendered; "
+                                 "upscale a job's images with init_images: {job: JOB}")
+        if "init_images" not in f:
+            raise self.error(root, "missing key 'init_images': an upscale job upscales the images it names "
+                             "(a file, a folder or {job: JOB}; see docs/job-spec.md)")
+        if "upscale_by" in f and "upscale_to" in f:
+            raise self.error(f["upscale_to"][0], "give either upscale_by (a factor) or upscale_to (WxH), not both")
+        return True
+
+    def upscale_sizes(self, f: dict, values: dict, inputs: dict) -> None:
+        """Every upscale of every image has a size that can be made (farm/upscale.py)."""
+        targets = [(0.0, *(int(n) for n in s.split("x"))) for s in values.get("upscale_to", ())]  # sides >= 8
+        targets = targets or [(float(s), 0, 0) for s in values.get("upscale_by", (DEFAULT_UPSCALE_BY,))]
+        for image in inputs["init_images"].values():
+            for upscaler in values.get("upscaler", (UPSCALE_DEFAULT_UPSCALER,)):
+                for by, x, y in targets:
+                    problem = upscale_size_problem(image.width, image.height, upscaler, by, x, y)
+                    if problem:
+                        key = "upscale_to" if x else "upscale_by" if "upscale_by" in f else "init_images"
+                        raise self.error(f[key][1], f"{image.label}: {problem}")
 
     def img2img(self, f: dict, rows: list) -> None:
         """img2img (init_images) renders on SD1.5 and SDXL checkpoints, without a hires fix (A1111's

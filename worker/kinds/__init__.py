@@ -7,7 +7,9 @@ A kind is one module here with
 
 (the images of tasks with equal batch keys, in the order of `slots`; RenderError for a bad
 prompt or output; a slot's input images, e.g. img2img's init image, are in `slot.inputs`), plus a
-line in KINDS. Its parameters are rows in the parameter table.
+line in KINDS. Its parameters are rows in the parameter table. A kind that needs no diffusion
+pipeline (upscale) says `PIPELINE = False`: it gets `pipe` None, one image at a time, and writes
+its PNG texts itself (`png_texts(task, seed, image, extra)`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from types import ModuleType
 
 from farm.task import RenderTask
 from worker.context import TaskError
-from worker.kinds import hires, img2img, txt2img
+from worker.kinds import hires, img2img, txt2img, upscale
 
-KINDS: dict[str, ModuleType] = {"txt2img": txt2img, "hires": hires, "img2img": img2img}
+KINDS: dict[str, ModuleType] = {"txt2img": txt2img, "hires": hires, "img2img": img2img, "upscale": upscale}
 
 
 def kind_of(task: RenderTask) -> ModuleType:

@@ -3,9 +3,10 @@ to the hires size (farm/hires.py) in latent space or as pixels, then an img2img 
 size with A1111's step and strength rule.
 
 - Latent upscalers: the first pass's latents are interpolated (torch's mode and antialias per
-  A1111's name). Pixel upscalers (None, Lanczos, Nearest): the first pass is decoded to 8-bit
-  pixels, resized as A1111 does, and encoded again with the VAE (the posterior's mean: A1111 draws
-  a sample from it, whose spread is tiny but not zero).
+  A1111's name). Pixel upscalers (None, Lanczos, Nearest, and upscaler models such as ESRGAN,
+  worker/upscalers.py): the first pass is decoded to 8-bit pixels, resized as A1111 does, and
+  encoded again with the VAE (the posterior's mean: A1111 draws a sample from it, whose spread is
+  tiny but not zero).
 - hr_resize with both sides: upscaled to cover the box, then the latents are cropped to it.
 - The second pass's starting noise is worker.rng's for the same seeds (and variation seed, seed
   resize) at the hires latent size, as A1111 makes a fresh noise source at that size; its sampler,
@@ -20,10 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from farm.hires import LATENT_UPSCALERS, hires_size, img2img_steps, size_problem
+from farm.hires import LATENT_UPSCALERS, hires_size, img2img_steps, is_model_upscaler, size_problem
 from worker import render as diffusion
 from worker.rng import image_noise, step_generator
 from worker.samplers import make_scheduler
+from worker.upscalers import Upscaler, task_upscaler
+from worker.upscalers import upscale as model_upscale
 
 
 def render(pipe, slots: list[diffusion.Slot]) -> list[Image.Image]:
@@ -34,6 +37,8 @@ def render(pipe, slots: list[diffusion.Slot]) -> list[Image.Image]:
     (up_w, up_h), (width, height) = hires_size(task.width, task.height, task.hr_scale,
                                                task.hr_resize_x, task.hr_resize_y)
     factor = pipe.vae_scale_factor
+    # an upscaler model loads (and a bad file fails) before the first pass renders
+    model = task_upscaler(task.hr_upscaler, task.upscaler_hash) if is_model_upscaler(task.hr_upscaler) else None
     if task.hr_upscaler in LATENT_UPSCALERS:
         first = diffusion.render_batch(pipe, slots, FIRST_PASS_LATENTS)
         mode, antialias = LATENT_UPSCALERS[task.hr_upscaler]
@@ -41,7 +46,7 @@ def render(pipe, slots: list[diffusion.Slot]) -> list[Image.Image]:
                                                   mode=mode, antialias=antialias)
     else:
         pixels = diffusion.render_batch(pipe, slots, FIRST_PASS_PIXELS)
-        images = [upscale_image(image, up_w, up_h, task.hr_upscaler) for image in pixels]
+        images = [upscale_image(image, up_w, up_h, task.hr_upscaler, model) for image in pixels]
         latents = encode_images(pipe, images)
     # cover-then-crop (hr_resize WxH of another aspect): the crop is centred, in latent pixels
     cut_x, cut_y = (up_w - width) // factor, (up_h - height) // factor
@@ -70,18 +75,16 @@ FIRST_PASS_LATENTS = diffusion.Pass(partial(diffusion.txt2img_call, output="late
 FIRST_PASS_PIXELS = diffusion.Pass(_first_pass_pixels)
 
 
-def upscale_image(image: Image.Image, width: int, height: int, upscaler: str) -> Image.Image:
+def upscale_image(image: Image.Image, width: int, height: int, upscaler: str,
+                  model: Upscaler | None = None) -> Image.Image:
     """A1111's "Just resize" with a pixel upscaler: None is Lanczos straight to the size; Lanczos and
-    Nearest scale by the factor with their filter (to a multiple of 8), then Lanczos to the size."""
+    Nearest scale by the factor with their filter (to a multiple of 8), then Lanczos to the size; an
+    upscaler model (`model`) runs by its own scale until the image reaches the size (worker/upscalers.py)."""
     if upscaler == "None":
         return image.resize((width, height), resample=Image.Resampling.LANCZOS)
     scale = max(width / image.width, height / image.height)
     if scale > 1:
-        dest = (int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8))
-        filt = Image.Resampling.LANCZOS if upscaler == "Lanczos" else Image.Resampling.NEAREST
-        image = image.resize((int(image.width * scale), int(image.height * scale)), resample=filt)
-        if image.size != dest:
-            image = image.resize(dest, resample=Image.Resampling.LANCZOS)
+        image = model_upscale(image, scale, model or upscaler)
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
     return image
