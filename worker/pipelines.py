@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from farm.families import FAMILIES, NOT_A_CHECKPOINT, family, folder_family, header_family
+from farm.families import FAMILIES, NOT_A_CHECKPOINT, family, folder_family, header_family, is_inpainting
 from farm.model_files import (MODEL_SUFFIXES, ModelFileError, folder_files, folder_weights, read_model_index,
                               read_tensor_shapes)
 from farm.models import Registry, kind_dirs
@@ -142,6 +142,9 @@ def load_pipeline(
         pipe.seedfarm_dtype = dtype  # what it computes in, whatever its weights are stored in
         return _ready(pipe, path, config, device, clip_tokenizers=False)
     pipeline_class = _pipeline_class(json.loads((config / "model_index.json").read_text())["_class_name"])
+    inpainting = is_inpainting(tensors) and family(header_family(tensors)).inpaint_class
+    if inpainting:  # its family's inpaint pipeline, with the family's configs but for the UNet's width
+        pipeline_class = _pipeline_class(inpainting)
     try:
         # A pickled file is read a second time here, by diffusers, also weights-only.
         pipe = pipeline_class.from_single_file(
@@ -150,6 +153,7 @@ def load_pipeline(
             local_files_only=True,
             torch_dtype=dtype,
             **_no_safety_checker(pipeline_class),
+            **(_inpaint_unet(path, config, dtype) if inpainting else {}),
         )
     except Exception as e:  # diffusers raises many types; the user needs one line naming the file
         raise ModelLoadError(_load_failure(path, config, e)) from e
@@ -304,9 +308,21 @@ def _ready(pipe, path: Path, config: Path, device: torch.device, clip_tokenizers
     return pipe
 
 
+def _inpaint_unet(path: Path, config: Path, dtype: torch.dtype) -> dict:
+    """An inpainting checkpoint's UNet: the family's UNet config with 9 input channels."""
+    from diffusers import UNet2DConditionModel
+
+    from farm.families import INPAINT_CHANNELS
+
+    unet = UNet2DConditionModel.from_single_file(str(path), config=str(config), subfolder="unet",
+                                                 in_channels=INPAINT_CHANNELS, local_files_only=True,
+                                                 torch_dtype=dtype)
+    return {"unet": unet}
+
+
 def _no_safety_checker(pipeline_class) -> dict:
     """SD1.5's index names a safety checker and feature extractor we neither ship nor want."""
-    if pipeline_class.__name__ == "StableDiffusionPipeline":
+    if pipeline_class.__name__ in ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline"):
         return {"feature_extractor": None, "safety_checker": None, "requires_safety_checker": False}
     return {}
 
