@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from farm.inpaint import outpaint_geometry
 from worker import masks
 
 
@@ -152,10 +153,10 @@ def test_fill_modes_fill_before_encoding():
 # ---- outpaint geometry ----------------------------------------------------------------------------
 
 def test_outpaint_geometry_grows_to_multiples_of_64():
-    assert masks.outpaint_geometry(64, 64, 32, 0, 0, 32) == ((128, 128), (64, 0, 0, 64))
-    assert masks.outpaint_geometry(64, 64, 32, 32, 0, 0) == ((128, 64), (32, 32, 0, 0))
-    assert masks.outpaint_geometry(100, 64, 10, 30, 0, 0) == ((192, 64), (23, 69, 0, 0))
-    assert masks.outpaint_geometry(64, 64, 0, 0, 0, 0) == ((64, 64), (0, 0, 0, 0))
+    assert outpaint_geometry(64, 64, 32, 0, 0, 32) == ((128, 128), (64, 0, 0, 64))
+    assert outpaint_geometry(64, 64, 32, 32, 0, 0) == ((128, 64), (32, 32, 0, 0))
+    assert outpaint_geometry(100, 64, 10, 30, 0, 0) == ((192, 64), (23, 69, 0, 0))
+    assert outpaint_geometry(64, 64, 0, 0, 0, 0) == ((64, 64), (0, 0, 0, 0))
 
 
 def test_outpaint_canvas_and_masks():

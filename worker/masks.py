@@ -21,21 +21,18 @@ White (255) in a mask means "repaint", black "keep". The steps, in A1111's order
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-# A1111's inpainting_fill values, in its order (its API takes the index).
-FILLS = ("fill", "original", "latent noise", "latent nothing")
-ORIGINAL = "original"
+from farm.inpaint import ORIGINAL
+from farm.inpaint import outpaint_geometry
+
 # A1111's resize modes (its API takes the index); masks go through the same ones.
 JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = "Just resize", "Crop and resize", "Resize and fill"
 # "fill": blur radii and how many times each blurred layer is laid over the last, widest first
 _FILL_PASSES = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))
-OUTPAINT_SIDES = ("left", "right", "up", "down")
-OUTPAINT_MULTIPLE = 64  # A1111's script grows the canvas to a multiple of 64 on each axis
 
 
 def mask_channel(image: Image.Image) -> Image.Image:
@@ -212,27 +209,10 @@ def prepare(image: Image.Image, mask: Image.Image, width: int, height: int, *, r
 
 # ---- outpaint (A1111's "Poor man's outpainting") ---------------------------------------------------
 
-def outpaint_geometry(width: int, height: int, left: int, right: int, up: int, down: int
-                      ) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
-    """((canvas W, H), (left, right, up, down)) of an image of width x height padded on those
-    sides: each axis grows to a multiple of 64, the growth shared out in proportion to the sides
-    asked for (A1111's script: 32 left of a 64-wide image gives 64 left, a 128-wide canvas)."""
-    def axis(size: int, a: int, b: int) -> tuple[int, int, int]:
-        total = math.ceil((size + a + b) / OUTPAINT_MULTIPLE) * OUTPAINT_MULTIPLE
-        grow = total - size
-        first = a * grow // (a + b) if a else 0
-        second = grow - first if b else 0
-        return total, first, second
-
-    canvas_w, left, right = axis(width, left, right)
-    canvas_h, up, down = axis(height, up, down)
-    return (canvas_w, canvas_h), (left, right, up, down)
-
-
 def outpaint_canvas(image: Image.Image, left: int, right: int, up: int, down: int, mask_blur: int
                     ) -> tuple[Image.Image, Image.Image, Image.Image]:
     """(canvas, mask, latent mask) of an outpaint: the image on a black canvas grown as
-    outpaint_geometry says; the mask white on the new area, its edge moved 2 * mask_blur into the
+    farm.inpaint.outpaint_geometry says; the mask white on the new area, its edge moved 2 * mask_blur into the
     new area (the blur, 2 * mask_blur as A1111's script sets it, then reaches the old edge); the
     latent mask's edge mask_blur // 2 in."""
     (cw, ch), (left, right, up, down) = outpaint_geometry(image.width, image.height, left, right, up, down)
