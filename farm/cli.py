@@ -44,11 +44,11 @@ class SpecErrorExit(click.ClickException):
         console.print(self.format_message(), markup=False)
 
 
-def load_spec_or_exit(path: str | Path, models_dir: Path | None):
+def load_spec_or_exit(path: str | Path, models_dir: Path | None, store=None):
     from farm.spec import SpecError, load_spec
 
     try:
-        return load_spec(path, models_dir=models_dir)
+        return load_spec(path, models_dir=models_dir, store=store)
     except SpecError as e:
         raise SpecErrorExit(str(e)) from None
     except OSError as e:
@@ -189,20 +189,24 @@ def run(spec: str | None, out_dir: str, models_dir: str, max_batch: int | None) 
     need_worker_extra()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from farm.inputs import InputError
     from farm.store import open_store
     from worker.local import run_local
 
     models = Path(models_dir)
     if spec is None:
         spec = ensure_demo(models)
-    job = load_spec_or_exit(spec, models)
     store = open_store(out_dir)
+    job = load_spec_or_exit(spec, models, store)  # the store: where init_images: {job: ...} looks
     console.print(f"job [bold]{job.job_id}[/bold]: {job.task_count()} tasks, {job.image_count()} images "
                   f"-> {store.describe(job.job_id)}")
     columns = [TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("images", total=job.image_count())
-        summary = run_local(job, store, models, on_images=lambda n: progress.advance(bar, n), max_batch=max_batch)
+        try:
+            summary = run_local(job, store, models, on_images=lambda n: progress.advance(bar, n), max_batch=max_batch)
+        except InputError as e:  # an input file changed between reading the spec and storing it
+            raise FarmError(str(e)) from None
     for line in summary.failed:
         console.print(f"[red]failed:[/red] {line}", markup=True)
     console.print(
@@ -377,9 +381,10 @@ def models() -> None:
 def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: bool) -> None:
     """Write a tiny random-weight model of a family into MODELS_DIR, in its users' layout (SD: an
     A1111 checkpoint; Flux and other families built from parts: the denoiser in diffusion_models/
-    and its text encoders and VAE beside it). Prints the checkpoint's path."""
+    and its text encoders and VAE beside it), and small input images in MODELS_DIR/inputs/ for the
+    example specs. Prints the checkpoint's path."""
     need_worker_extra()
-    from worker.tiny import TINY_WRITERS, write_tiny_family
+    from worker.tiny import TINY_WRITERS, make_tiny_inputs, write_tiny_family
 
     family_name = "SDXL" if sdxl else family_name
     if family_name not in TINY_WRITERS:
@@ -388,6 +393,7 @@ def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: boo
     if family_name in ("SD1.5", "SDXL") and name is None:  # as before --family
         name = DEMO_CHECKPOINT
     click.echo(write_tiny_family(Path(models_dir), family_name, name))
+    make_tiny_inputs(Path(models_dir))  # the example specs' input images (init_images: inputs/...)
 
 
 @models.command("list")
@@ -546,16 +552,17 @@ def submit(spec, broker, store_url, models_dir) -> None:
     from rich.markup import escape
 
     from farm.dispatch import submit as submit_job
+    from farm.inputs import InputError
     from farm.ledger import BrokerUnreachable, safe_url
 
     conf = settings(broker_url=broker, store=store_url, models=models_dir)
     models = Path(conf.models)
-    job = load_spec_or_exit(spec, models if models.is_dir() else None)
     store = store_or_exit(conf.store)
+    job = load_spec_or_exit(spec, models if models.is_dir() else None, store)
     try:
         count = submit_job(job, store, conf.broker_url, models if models.is_dir() else None,
                            warn=lambda line: console.print(f"[yellow]warning:[/yellow] {escape(line)}", markup=True))
-    except BrokerUnreachable as e:
+    except (BrokerUnreachable, InputError) as e:
         raise FarmError(str(e)) from None
     click.echo(job.job_id)
     console.print(f"queued {count} tasks ({job.image_count()} images) on {safe_url(conf.broker_url)}; "

@@ -39,6 +39,11 @@ def job_record(spec: JobSpec, store: Store) -> dict:
 
 
 def write_job_record(store: Store, spec: JobSpec) -> dict:
+    """The job's input images (farm/inputs.py), its spec and its record, in that order: a task
+    that exists finds its inputs. Raises farm.inputs.InputError for an input that changed."""
+    from farm.inputs import upload
+
+    upload(store, spec.job_id, spec.input_images())
     record = job_record(spec, store)
     store.write_bytes(layout.job_spec_key(spec.job_id), spec.source_text.encode("utf-8"))
     store.write_bytes(layout.job_record_key(spec.job_id), json.dumps(record, indent=2).encode("utf-8"))

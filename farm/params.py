@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from farm.hires import DEFAULT_DENOISING, DEFAULT_UPSCALER, upscaler_name
+from farm.img2img import IMG2IMG_DENOISING, JUST_RESIZE
 from farm.samplers import ETA_INFOTEXT_KEYS, USES_ENSD, display_name, effective_eta, flow_sampler, parse_sampler
 
 # A vae/lora axis value meaning "none": the checkpoint's own VAE, no extra LoRA.
@@ -224,8 +225,42 @@ def is_hires(spec) -> bool:
     return any(key in spec.values for key in HIRES_KEYS)
 
 
+# ---- img2img (farm/inputs.py, farm/img2img.py; the kind worker/kinds/img2img.py) ------------------
+# A spec with init_images renders kind "img2img"; denoising_strength is then its strength.
+
+
+def is_img2img(spec) -> bool:
+    return "init_images" in spec.values
+
+
 def _kind_to_task(v: dict, spec) -> dict:
+    if is_img2img(spec):
+        return {"kind": "img2img"}
     return {"kind": "hires" if is_hires(spec) else "txt2img"}
+
+
+def _denoising_to_task(v: dict, spec) -> dict:
+    if is_img2img(spec):
+        return {"denoising_strength": float(v.get("denoising_strength", IMG2IMG_DENOISING))}
+    return _hires_to_task(v, spec)
+
+
+def _denoising_info(task, seed: int) -> dict:
+    if task.init_image:  # A1111 writes the strength of every img2img render
+        return {"Denoising strength": _number(task.denoising_strength)}
+    return _hires_info(task, seed)
+
+
+def _denoising_from_info(params: dict, notes: list) -> dict:
+    entries = _hires_from_info(params, notes)
+    if not entries and "Denoising strength" in params:  # an img2img render: its init image is not in the text
+        notes.append("an img2img render: give its init image as init_images (the infotext does not name it)")
+        entries = {"denoising_strength": params["Denoising strength"]}
+    return entries
+
+
+def _init_image_to_task(v: dict, spec) -> dict:
+    return {"init_image": spec.input_image("init_images", v["init_images"]).name} if "init_images" in v else {}
 
 
 def _hires_to_task(v: dict, spec) -> dict:
@@ -412,11 +447,23 @@ PARAMS: tuple[Param, ...] = (
           write_info=_ensd_info,
           read_info=lambda p, notes: {"ensd": p["ENSD"]} if p.get("ENSD") else {}, info_types=(("ENSD", int),),
           star=lambda t, s: t.get("ensd", 0)),
-    # hires fix: the denoising_strength row sets every hires field and writes/reads every hires key
+    # img2img's init image: read by the spec parser itself (files, folders or a job's images;
+    # farm/spec/inputs.py); not in the batch key: different init images share a diffusion call
+    Param("init_images", ("init_image",),
+          fields=("init_image",), id_rule=UNLESS_DEFAULT, title="Init image",
+          to_task=_init_image_to_task,
+          star=lambda t, s: (t.get("axes") or {}).get("init_images")),
+    Param("resize_mode", read=lambda r, n: r.resize_modes(n),
+          needs=("init_images", "resize_mode: is img2img's; add init_images"),
+          fields=("resize_mode",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Resize mode",
+          to_task=lambda v, spec: {"resize_mode": v.get("resize_mode", JUST_RESIZE)} if is_img2img(spec) else {},
+          star=lambda t, s: t.get("resize_mode") or None),
+    # hires fix: the denoising_strength row sets every hires field and writes/reads every hires key;
+    # with init_images it is img2img's strength
     Param("denoising_strength", ("denoising",),
           read=lambda r, n: r.numbers(n, "denoising_strength", float, 0.01, 1),
           fields=("denoising_strength",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Denoising strength",
-          to_task=_hires_to_task, write_info=_hires_info, read_info=_hires_from_info,
+          to_task=_denoising_to_task, write_info=_denoising_info, read_info=_denoising_from_info,
           info_types=(("Denoising strength", float), ("Hires upscale", float), ("Hires steps", int),
                       ("Hires CFG Scale", float), ("Hires resize-1", int), ("Hires resize-2", int)),
           star=lambda t, s: _number(t["denoising_strength"]) if t.get("denoising_strength") else None),

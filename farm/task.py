@@ -73,6 +73,11 @@ class RenderTask(BaseModel):
     hr_prompt: str = Field(default="", description="hires: second-pass prompt, '' = the prompt")
     hr_negative_prompt: str = Field(default="", description="hires: second-pass negative prompt, '' = the negative")
     hr_cfg: float | None = Field(default=None, ge=0, le=100, description="hires: second-pass CFG, None = cfg")
+    # input images (kinds img2img, inpaint ...; farm/inputs.py): "<sha256>.<ext>" of the bytes in the
+    # job's store (layout.input_key); "" = none
+    init_image: str = Field(default="", pattern=r"^([0-9a-f]{64}\.(png|jpg|jpeg|webp))?$",
+                            description="img2img: the init image's content name in the job's store")
+    resize_mode: str = Field(default="", description="img2img: A1111's resize mode, '' = not an img2img task")
     filename: str = Field(default="[seed]-[task_id]", description="output filename pattern")
     axes: dict[str, Any] = Field(default_factory=dict, description="swept axis -> value, for labels")
 

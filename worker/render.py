@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,10 +31,12 @@ class RenderError(Exception):
 
 @dataclass(frozen=True)
 class Slot:
-    """One image of a task: image i of its own batch, with seed + i and variation seed subseed + i."""
+    """One image of a task: image i of its own batch, with seed + i and variation seed subseed + i.
+    `inputs`: the task's input images by RenderTask field (init_image ...; worker/inputs.py)."""
 
     task: RenderTask
     i: int = 0
+    inputs: dict = field(default_factory=dict, compare=False)
 
     @property
     def seed(self) -> int:

@@ -90,6 +90,7 @@ def _render_run(progress: list[_Progress], store: Store, ctx: WorkerContext, fin
                 stop: Callable[[], bool]) -> None:
     from torch.cuda import OutOfMemoryError
 
+    from worker.inputs import InputCache
     from worker.kinds import kind_of
     from worker.pipelines import ModelLoadError, free_memory
     from worker.render import RenderError, Slot
@@ -128,7 +129,8 @@ def _render_run(progress: list[_Progress], store: Store, ctx: WorkerContext, fin
                     break
                 chunk = slots[start : start + size]
                 started = time.perf_counter()
-                batch = [Slot(as_rendered[p.task.id][0], i) for p, i in chunk]
+                inputs = InputCache(store)  # this batch's input images only: memory stays bounded
+                batch = [Slot(as_rendered[p.task.id][0], i, inputs.of(p.task)) for p, i in chunk]
                 try:
                     images = renderer.render(pipe, kind, batch)
                 except OutOfMemoryError:

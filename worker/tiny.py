@@ -182,6 +182,28 @@ def write_tiny_family(models_dir: Path, family: str = "SD1.5", name: str | None 
     return writer(Path(models_dir), name)
 
 
+def make_tiny_inputs(models_dir: Path) -> list[Path]:
+    """Small input images for the example specs (img2img's init_images) under models_dir/inputs/:
+    a 64x64 RGB gradient, a 96x64 one (for the resize modes) and a 64x64 RGBA one with transparent
+    corners (flattened onto white, as A1111 does). Deterministic pixels, PNG."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(models_dir) / "inputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:64, 0:96].astype(np.float32)
+    wide = np.stack([x / 95 * 255, y / 63 * 255, 255 - (x + y) / 158 * 255], axis=-1).astype(np.uint8)
+    square = wide[:, 16:80]
+    alpha = np.where((np.abs(y[:, :64] - 31.5) + np.abs(x[:, :64] - 31.5)) < 40, 255, 0).astype(np.uint8)
+    images = {"gradient.png": Image.fromarray(square), "wide.png": Image.fromarray(wide),
+              "cutout.png": Image.fromarray(np.dstack([square[..., ::-1], alpha]), "RGBA")}
+    paths = []
+    for name, image in images.items():
+        image.save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
 # --- tiny add-ons for the tiny models: LoRA (kohya format), embeddings, VAE ----------------------
 
 def _save(state: dict, path: Path) -> Path:

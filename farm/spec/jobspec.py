@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from farm.hashes import sha256_file
+from farm.inputs import InputImage
 from farm.families import UNKNOWN, checkpoint_family, family
 from farm.params import DEFAULTS
 from farm.spec.nodes import show_number
@@ -48,6 +49,8 @@ class JobSpec(BaseModel):
     # checkpoint -> part role -> (file name, sha256) for families built from parts (farm/parts.py);
     # "" as the name: the checkpoint holds that part itself.
     parts: dict[str, dict[str, tuple[str, str | None]]] = {}
+    # input-image axis (init_images) -> axis value -> the pinned image (farm/inputs.py)
+    inputs: dict[str, dict[str, InputImage]] = {}
     _hashes: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def family_of(self, checkpoint: str) -> str:
@@ -81,6 +84,14 @@ class JobSpec(BaseModel):
     def part_files(self, checkpoint: str) -> dict[str, tuple[str, str | None]]:
         """role -> (file name, sha256) of the checkpoint's parts; {} for SD1.5/SDXL."""
         return self.parts.get(checkpoint, {})
+
+    def input_image(self, axis: str, value: str) -> InputImage:
+        """The pinned image an input axis value names."""
+        return self.inputs[axis][value]
+
+    def input_images(self) -> list[InputImage]:
+        """Every input image of the job, once each (for the upload to its store)."""
+        return list({i.name: i for images in self.inputs.values() for i in images.values()}.values())
 
     def axes(self) -> dict[str, Sequence]:
         return dict(self.values)
@@ -129,6 +140,8 @@ class JobSpec(BaseModel):
         for name, parts in self.parts.items():  # re-expanded without the models folder: same parts
             hashes[f"parts:{name}"] = json.dumps(parts, sort_keys=True)
         hashes.update({f"vae:{name}": self.vae_hash(name) for name in self.values.get("vae", [])})
+        for axis, images in self.inputs.items():  # re-expanded without the image files: same pins
+            hashes[f"inputs:{axis}"] = json.dumps([i.record() for i in images.values()])
         for name in self.values["checkpoint"]:
             family = self._hashes.get(f"family:{name}") or checkpoint_family(name, self.checkpoint_files, {})
             hashes[f"family:{name}"] = None if family == UNKNOWN else family

@@ -22,6 +22,7 @@ from farm.params import ALIASES, AXIS_ORDER, DEFAULTS, HIRES_KEYS, PARAMS
 from farm.samplers import eta_problem, flow_sampler, parse_sampler
 from farm.spec.axes import AxisReader
 from farm.spec.combine import CombineReader
+from farm.spec.inputs import InputReader
 from farm.spec.jobspec import DEFAULT_FILENAME, SPEC_VERSION, JobSpec, job_id
 from farm.spec.models import ModelChecks
 from farm.ranges import safe_len
@@ -38,7 +39,8 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def load_spec(
-    path: str | Path, models_dir: Path | None = None, checkpoint_hashes: dict[str, str] | None = None
+    path: str | Path, models_dir: Path | None = None, checkpoint_hashes: dict[str, str] | None = None,
+    store=None,
 ) -> JobSpec:
     try:
         size = Path(path).stat().st_size
@@ -47,7 +49,7 @@ def load_spec(
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(str(path), 1, 1, f"cannot read the job spec: {e}") from None
-    return parse_spec(text, str(path), models_dir, checkpoint_hashes)
+    return parse_spec(text, str(path), models_dir, checkpoint_hashes, store)
 
 
 def parse_spec(
@@ -55,16 +57,20 @@ def parse_spec(
     filename: str = "<spec>",
     models_dir: Path | None = None,
     checkpoint_hashes: dict[str, str] | None = None,
+    store=None,
 ) -> JobSpec:
     """Validate a spec text. Checkpoint names are checked against models_dir when given;
-    checkpoint_hashes (name -> sha256, e.g. from a job record) spares hashing the files."""
+    checkpoint_hashes (name -> sha256, e.g. from a job record) spares hashing the files. `store`:
+    the job's store, where `init_images: {job: ...}` finds a job's images."""
     known = checkpoint_hashes or {}
-    spec = SpecParser(text, filename).parse(Path(models_dir) if models_dir is not None else None, known)
+    parser = SpecParser(text, filename)
+    parser.store = store
+    spec = parser.parse(Path(models_dir) if models_dir is not None else None, known)
     spec._hashes.update(known)
     return spec
 
 
-class SpecParser(AxisReader, ModelChecks, CombineReader):
+class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
     """One pass over one spec text."""
 
     def parse(self, models_dir: Path | None, known: dict[str, str] | None = None) -> JobSpec:
@@ -116,6 +122,10 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
             values["vae"], vae_files = self.model_names(f["vae"][1], "vae", models_dir)
         if "lora" in f:
             values["lora"], _ = self.model_names(f["lora"][1], "lora", models_dir)
+        inputs = {}
+        if "init_images" in f:
+            values["init_images"], inputs["init_images"] = self.input_images(f["init_images"][1], "init_images",
+                                                                             models_dir, known or {})
         for param in PARAMS:
             if param.read is None or param.key not in f:
                 continue
@@ -142,6 +152,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
         self.sampler_eta_pairs(f, values)
         parts = self.parts(f, values["checkpoint"], families, checkpoint_files, models_dir, known or {})
         self.hires(f, values, rows)
+        self.img2img(f, rows)
 
         if "combine" in f:
             dims = self.combine(f["combine"][1], values)
@@ -160,7 +171,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
             name=name, job_id=folder or job_id(name, dims, ordered, batch_size, filename), source_text=self.source,
             file=self.file, batch_size=batch_size, grid_x=grid_x, grid_y=grid_y, filename=filename,
             values=ordered, dims=tuple(dims), checkpoint_files=checkpoint_files, vae_files=vae_files,
-            priority=priority, requires=requires, family_defaults=family_defaulted, parts=parts,
+            priority=priority, requires=requires, family_defaults=family_defaulted, parts=parts, inputs=inputs,
         )
 
     def flow_samplers(self, f: dict, values: dict, flow: list) -> None:
@@ -208,10 +219,10 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
         renderable for every first-pass size, and every checkpoint's family can render it."""
         given = [key for key in HIRES_KEYS if key in f]
         if not given:
-            if "denoising_strength" in f:
+            if "denoising_strength" in f and "init_images" not in f:
                 raise self.error(f["denoising_strength"][0], "denoising_strength: is the strength of a hires fix "
-                                 "second pass here; add hr_scale (or hr_resize, hr_upscaler) for hires fix "
-                                 "(img2img's init_images are not supported yet)")
+                                 "second pass or of img2img; add hr_scale (or hr_resize, hr_upscaler) for hires fix, "
+                                 "or init_images for img2img")
             return
         for row in rows:
             if row is not None and row.parts:
@@ -245,6 +256,20 @@ class SpecParser(AxisReader, ModelChecks, CombineReader):
                     parse_sampler(name, schedule)
                 except ValueError as e:
                     raise self.error(f["hr_schedule"][1], f"hr_schedule: {e}") from None
+
+    def img2img(self, f: dict, rows: list) -> None:
+        """img2img (init_images) renders on SD1.5 and SDXL checkpoints, without a hires fix (A1111's
+        img2img tab has none)."""
+        if "init_images" not in f:
+            return
+        hires = [key for key in HIRES_KEYS if key in f]
+        if hires:
+            raise self.error(f[hires[0]][0], f"{hires[0]}: hires fix is txt2img's; img2img (init_images) renders at "
+                             "the spec's size: drop the hr_ keys, or set size to the size you want")
+        for row in rows:
+            if row is not None and row.parts:
+                raise self.error(f["init_images"][0], f"init_images: img2img is not supported on {row.name} yet "
+                                 "(it renders on SD1.5 and SDXL checkpoints)")
 
     def sampler_eta_pairs(self, f: dict, values: dict) -> None:
         """Every sampler must render every eta it is swept with (samplers without eta ignore it)."""

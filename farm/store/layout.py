@@ -11,7 +11,7 @@ Relative to the store root, the same on a folder and on S3:
     {job}/sheets/{name}.png         contact sheets
     {job}/review/marks/{stem}.json  a reviewer's star or reject of one image
     {job}/review/{file}             the static review page (`farm review --export`)
-    {job}/inputs/{name}             reserved: a job's input images (img2img, inpaint masks)
+    {job}/inputs/{sha256}.{ext}     a job's input images (img2img, inpaint masks), by content (farm/inputs.py)
     models/{name}                   reserved: model files shared through the store
 
 Stores written by earlier versions use exactly these keys: changing one breaks `farm resume`.
@@ -106,7 +106,7 @@ def review_file_key(job: str, name: str) -> str:
 
 
 def input_key(job: str, name: str) -> str:
-    """Reserved for the task kinds that read images (img2img, inpaint): nothing writes it yet."""
+    """An input image of the job (farm/inputs.py: name is "<sha256>.<ext>" of its bytes)."""
     return f"{job}/{INPUTS}/{name}"
 
 
