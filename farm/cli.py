@@ -382,9 +382,10 @@ def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: boo
     """Write a tiny random-weight model of a family into MODELS_DIR, in its users' layout (SD: an
     A1111 checkpoint; Flux and other families built from parts: the denoiser in diffusion_models/
     and its text encoders and VAE beside it), and small input images in MODELS_DIR/inputs/ for the
-    example specs. Prints the checkpoint's path."""
+    example specs (SD1.5 also: the tiny inpainting checkpoint and inputs/masks/). Prints the
+    checkpoint's path."""
     need_worker_extra()
-    from worker.tiny import TINY_WRITERS, make_tiny_inputs, write_tiny_family
+    from worker.tiny import TINY_WRITERS, make_tiny_inpaint, make_tiny_inputs, make_tiny_masks, write_tiny_family
 
     family_name = "SDXL" if sdxl else family_name
     if family_name not in TINY_WRITERS:
@@ -394,6 +395,9 @@ def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: boo
         name = DEMO_CHECKPOINT
     click.echo(write_tiny_family(Path(models_dir), family_name, name))
     make_tiny_inputs(Path(models_dir))  # the example specs' input images (init_images: inputs/...)
+    if family_name == "SD1.5":  # jobs/inpaint.yaml's inpainting checkpoint and masks
+        make_tiny_inpaint(Path(models_dir))
+        make_tiny_masks(Path(models_dir))
 
 
 @models.command("list")

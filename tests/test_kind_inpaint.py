@@ -88,17 +88,6 @@ def test_fill_paints_the_masked_area_from_around_it():
     assert abs(filled[2, 2] - (200, 30, 30)).max() <= 3
 
 
-def test_resize_modes():
-    wide = Image.new("RGB", (128, 64), (10, 20, 30))
-    ImageDraw.Draw(wide).rectangle((0, 0, 31, 63), fill=(255, 0, 0))
-    assert masks.resize_image(masks.JUST_RESIZE, wide, 64, 64).size == (64, 64)
-    crop = np.asarray(masks.resize_image(masks.CROP_AND_RESIZE, wide, 64, 64))
-    assert crop[32, 0, 0] < 60  # the red left quarter was cut off
-    filled = np.asarray(masks.resize_image(masks.RESIZE_AND_FILL, wide, 64, 64))
-    assert filled[0, 5, 0] > 200 and filled[63, 5, 0] > 200  # bars stretched from the edge rows
-    assert masks.resize_image(masks.RESIZE_AND_FILL, Image.new("L", (128, 64)), 64, 64).mode == "L"
-
-
 def test_whole_picture_overlay_keeps_the_unmasked_pixels():
     image = _gradient()
     prepared = masks.prepare(image, _square_mask(), 64, 64, mask_blur=4)

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
+from farm.img2img import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, resize_image
 from farm.inpaint import ORIGINAL
 from farm.inpaint import outpaint_geometry
 
-# A1111's resize modes (its API takes the index); masks go through the same ones.
-JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = "Just resize", "Crop and resize", "Resize and fill"
 # "fill": blur radii and how many times each blurred layer is laid over the last, widest first
 _FILL_PASSES = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))
 
@@ -62,32 +61,6 @@ def blur(mask: Image.Image, sigma_x: float, sigma_y: float | None = None) -> Ima
         if sigma > 0:
             a = np.clip(np.rint(correlate1d(a, _kernel(sigma), axis=axis, mode="mirror")), 0, 255)
     return Image.fromarray(a.astype(np.uint8), "L")
-
-
-def resize_image(mode: str, image: Image.Image, width: int, height: int) -> Image.Image:
-    """A1111's resize modes with its default img2img upscaler (Lanczos). "Crop and resize": scaled
-    to cover, centred, cut; "Resize and fill": scaled to fit, centred, the bars filled by stretching
-    the edge rows or columns. The two keep the mode of an "L" image (A1111 returns RGB)."""
-    lanczos = Image.Resampling.LANCZOS
-    if mode == JUST_RESIZE:
-        return image.resize((width, height), resample=lanczos)
-    ratio, src_ratio = width / height, image.width / image.height
-    cover = mode == CROP_AND_RESIZE
-    if (ratio > src_ratio if cover else ratio < src_ratio):  # the width decides
-        src_w, src_h = width, image.height * width // image.width
-    else:
-        src_w, src_h = image.width * height // image.height, height
-    resized = image.resize((src_w, src_h), resample=lanczos)
-    out = Image.new(image.mode, (width, height))
-    left, top = width // 2 - src_w // 2, height // 2 - src_h // 2
-    out.paste(resized, (left, top))
-    if not cover and ratio < src_ratio and top > 0:  # bars above and below
-        out.paste(resized.resize((width, top), box=(0, 0, width, 0)), (0, 0))
-        out.paste(resized.resize((width, top), box=(0, src_h, width, src_h)), (0, top + src_h))
-    elif not cover and ratio > src_ratio and left > 0:  # bars left and right
-        out.paste(resized.resize((left, height), box=(0, 0, 0, height)), (0, 0))
-        out.paste(resized.resize((left, height), box=(src_w, 0, src_w, height)), (left + src_w, 0))
-    return out
 
 
 def crop_region(mask: Image.Image, padding: int) -> tuple[int, int, int, int] | None:
@@ -150,7 +123,7 @@ def composite(rendered: Image.Image, overlay: Image.Image, paste_to: tuple[int, 
     if paste_to is not None:
         x, y, w, h = paste_to
         base = Image.new("RGBA", overlay.size)
-        base.paste(resize_image(CROP_AND_RESIZE, rendered, w, h), (x, y))
+        base.paste(resize_image(rendered, CROP_AND_RESIZE, w, h), (x, y))
         rendered = base
     out = rendered.convert("RGBA")
     out.alpha_composite(overlay)
@@ -188,18 +161,18 @@ def prepare(image: Image.Image, mask: Image.Image, width: int, height: int, *, r
             mask = mask.resize(image.size, resample=Image.Resampling.LANCZOS)
         box = crop_region(mask, padding)
         if box is None:
-            return Prepared(resize_image(resize_mode, image, width, height), None, None, None, None)
+            return Prepared(resize_image(image, resize_mode, width, height), None, None, None, None)
         box = fit_region(box, width, height, mask.width, mask.height)
         x1, y1, x2, y2 = box
         overlay_mask = mask
-        mask = resize_image(RESIZE_AND_FILL, mask.crop(box), width, height)
+        mask = resize_image(mask.crop(box), RESIZE_AND_FILL, width, height).convert("L")
         paste_to = (x1, y1, x2 - x1, y2 - y1)
         overlay = _without(image, overlay_mask).convert("RGBA")
-        image = resize_image(RESIZE_AND_FILL, image.crop(box), width, height)
+        image = resize_image(image.crop(box), RESIZE_AND_FILL, width, height)
     else:
-        mask = resize_image(resize_mode, mask, width, height)
+        mask = resize_image(mask, resize_mode, width, height).convert("L")
         doubled = mask.point(lambda v: min(255, 2 * v))
-        image = resize_image(resize_mode, image, width, height)
+        image = resize_image(image, resize_mode, width, height)
         overlay = _without(image, doubled).convert("RGBA")
     latent_mask = mask if latent_mask is None else latent_mask
     if inpainting_fill != ORIGINAL:

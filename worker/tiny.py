@@ -204,6 +204,27 @@ def make_tiny_inputs(models_dir: Path) -> list[Path]:
     return paths
 
 
+def make_tiny_masks(models_dir: Path) -> list[Path]:
+    """Inpaint masks for make_tiny_inputs' images (white = repaint), under models_dir/inputs/masks/
+    with the same names, as a mask folder is matched: a square, an ellipse, and an RGBA mask whose
+    opaque strokes are the mask (A1111's drawn masks). Deterministic pixels, PNG."""
+    from PIL import Image, ImageDraw
+
+    folder = Path(models_dir) / "inputs" / "masks"
+    folder.mkdir(parents=True, exist_ok=True)
+    square = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(square).rectangle((16, 16, 47, 47), fill=255)
+    ellipse = Image.new("L", (96, 64), 0)
+    ImageDraw.Draw(ellipse).ellipse((28, 12, 67, 51), fill=255)
+    strokes = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(strokes).line((8, 56, 56, 8), fill=(255, 255, 255, 255), width=12)
+    paths = []
+    for name, image in {"gradient.png": square, "wide.png": ellipse, "cutout.png": strokes}.items():
+        image.save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
 # --- tiny add-ons for the tiny models: LoRA (kohya format), embeddings, VAE ----------------------
 
 def _save(state: dict, path: Path) -> Path:

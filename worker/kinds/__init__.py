@@ -15,9 +15,9 @@ from types import ModuleType
 
 from farm.task import RenderTask
 from worker.context import TaskError
-from worker.kinds import hires, txt2img
+from worker.kinds import hires, inpaint, txt2img
 
-KINDS: dict[str, ModuleType] = {"txt2img": txt2img, "hires": hires}
+KINDS: dict[str, ModuleType] = {"txt2img": txt2img, "hires": hires, "inpaint": inpaint}
 
 
 def kind_of(task: RenderTask) -> ModuleType:

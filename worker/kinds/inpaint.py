@@ -22,11 +22,34 @@ import numpy as np
 import torch
 from PIL import Image
 
+from farm.img2img import JUST_RESIZE, resize_image
+from farm.inpaint import render_size
 from worker import masks
 from worker import render as diffusion
 from worker.families import of_pipeline
 from worker.kinds.hires import img2img_call
 from worker.rng import image_noise
+
+
+def render(pipe, slots: list[diffusion.Slot]) -> list[Image.Image]:
+    width, height = render_size(slots[0].task)
+    return inpaint_images(pipe, slots, [prepare(slot, width, height) for slot in slots])
+
+
+def prepare(slot: diffusion.Slot, width: int, height: int) -> masks.Prepared:
+    """A slot's init image and mask (its inputs) as A1111 prepares them. Outpaint: the init image
+    brought to the task's size (its resize mode), then padded (worker/masks.py outpaint_canvas)."""
+    task = slot.task
+    image = slot.inputs["init_image"]
+    if any(task.outpaint):
+        image = resize_image(image, task.resize_mode or JUST_RESIZE, task.width, task.height)
+        canvas, mask, latent = masks.outpaint_canvas(image, *task.outpaint, task.mask_blur)
+        return masks.prepare(canvas, mask, width, height, mask_blur=2 * task.mask_blur,
+                             inpainting_fill=task.inpainting_fill, latent_mask=latent)
+    return masks.prepare(image, slot.inputs["mask_image"], width, height,
+                         resize_mode=task.resize_mode or JUST_RESIZE, mask_blur=task.mask_blur,
+                         invert=task.mask_invert, inpainting_fill=task.inpainting_fill,
+                         full_res=task.inpaint_full_res, padding=task.inpaint_full_res_padding)
 
 
 def inpaint_images(pipe, slots: list[diffusion.Slot], prepared: list[masks.Prepared]) -> list[Image.Image]:
