@@ -157,3 +157,148 @@ def test_outpaint_canvas_and_masks():
     assert mask.getpixel((10, 10)) == 255 and mask.getpixel((64 + 7, 10)) == 255 and mask.getpixel((64 + 8, 10)) == 0
     assert latent.getpixel((64 + 1, 10)) == 255 and latent.getpixel((64 + 2, 10)) == 0
     assert mask.getpixel((127, 63)) == 0  # unpadded sides are not moved
+
+
+# ---- the spec: mask, outpaint and the settings; located errors --------------------------------------
+
+BASE = "prompt: a red robot\ncheckpoint: seedfarm-tiny\nseed: 7\nsize: 64x64\nsteps: 2\nsampler: Euler a\n"
+
+
+@pytest.fixture(scope="module")
+def inputs_dir(tmp_path_factory):
+    """A folder as make-tiny writes it: inputs/{gradient,wide,cutout}.png and inputs/masks/ by name."""
+    from worker.tiny import make_tiny_inputs, make_tiny_masks
+
+    root = tmp_path_factory.mktemp("inpaint-inputs")
+    make_tiny_inputs(root)
+    make_tiny_masks(root)
+    (root / "partial").mkdir()  # masks for two of the three images
+    for name in ("cutout.png", "gradient.png"):
+        (root / "partial" / name).write_bytes((root / "inputs" / "masks" / name).read_bytes())
+    return root
+
+
+def _spec(root, extra: str):
+    from farm.spec import parse_spec
+
+    return parse_spec(BASE + extra, str(root / "job.yaml"))
+
+
+def _error(root, extra: str) -> str:
+    from farm.spec import SpecError
+
+    with pytest.raises(SpecError) as e:
+        _spec(root, extra)
+    return str(e.value)
+
+
+def _sha(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_mask_folder_is_matched_by_name_and_pinned_by_content(inputs_dir):
+    from farm.expand import expand
+
+    spec = _spec(inputs_dir, "init_images: inputs/\nmask: inputs/masks/\nmask_blur: [0, 8]\n"
+                             "inpainting_fill: 'fill, latent nothing'\ninpaint_full_res: [false, true]\n")
+    tasks = list(expand(spec))
+    assert len(tasks) == 3 * 2 * 2 * 2 and {t.kind for t in tasks} == {"inpaint"}
+    for t in tasks:
+        stem = t.axes["init_images"].split("/")[-1]
+        assert t.mask_image == _sha(inputs_dir / "inputs" / "masks" / stem) + ".png"
+        assert t.init_image == _sha(inputs_dir / "inputs" / stem) + ".png"
+    assert {t.inpainting_fill for t in tasks} == {"fill", "latent nothing"}
+    assert {(t.mask_blur, t.inpaint_full_res) for t in tasks} == {(0, False), (0, True), (8, False), (8, True)}
+    assert len({t.id for t in tasks}) == len(tasks)
+    assert [t.id for t in expand(_spec(inputs_dir, "init_images: inputs/\nmask: inputs/masks/\nmask_blur: [0, 8]\n"
+                                       "inpainting_fill: 'fill, latent nothing'\ninpaint_full_res: [false, true]\n"))
+            ] == [t.id for t in tasks]  # the same spec and files: the same ids
+    # one mask file serves every init image; A1111's defaults; the names A1111 gives the two flags
+    (t,) = expand(_spec(inputs_dir, "init_images: inputs/wide.png\nmask: inputs/masks/gradient.png\n"
+                                    "inpaint_full_res: Only masked\nmask_invert: inpaint not masked\n"))
+    assert t.mask_image == _sha(inputs_dir / "inputs" / "masks" / "gradient.png") + ".png"
+    assert (t.mask_blur, t.inpainting_fill, t.inpaint_full_res, t.inpaint_full_res_padding, t.mask_invert) == (
+        4, "original", True, 32, True)
+    assert t.denoising_strength == 0.75 and t.resize_mode == "Just resize"
+    (plain,) = expand(_spec(inputs_dir, "init_images: inputs/wide.png\n"))
+    assert plain.kind == "img2img" and plain.mask_image == "" and plain.id != t.id
+
+
+def test_outpaint_is_an_axis_and_its_own_kind(inputs_dir):
+    from farm.expand import expand
+    from farm.inpaint import render_size
+
+    spec = _spec(inputs_dir, "init_images: inputs/gradient.png\noutpaint: [{left: 32}, 'right 16, down 32']\n")
+    tasks = list(expand(spec))
+    assert [t.outpaint for t in tasks] == [(32, 0, 0, 0), (0, 16, 0, 32)] and {t.kind for t in tasks} == {"inpaint"}
+    assert [t.inpainting_fill for t in tasks] == ["fill", "fill"]  # the outpainting script's default
+    assert [render_size(t) for t in tasks] == [(128, 64), (128, 128)]
+    assert [t.axes["outpaint"] for t in tasks] == ["left 32", "right 16, down 32"]
+
+
+@pytest.mark.parametrize("extra, where, message", [
+    ("init_images: inputs/\nmask: partial/\n", "8:7",
+     "mask: no mask for init image inputs/wide.png in partial/ (expected wide.png or another image named wide)"),
+    ("init_images: inputs/gradient.png\nmask: job.yaml\n", "8:7", "mask: job.yaml: not an image Pillow can read"),
+    ("init_images: inputs/gradient.png\nmask: nothere.png\n", "8:7", "mask: no file or folder nothere.png"),
+    ("mask: inputs/masks/\n", "7:1", "mask: marks what to repaint in an init image; add init_images"),
+    ("init_images: inputs/gradient.png\nmask_blur: 4\n", "8:1", "mask_blur: is an inpaint setting; add mask"),
+    ("init_images: inputs/gradient.png\nmask: inputs/masks/\noutpaint: {left: 8}\n", "8:1",
+     "give either mask or outpaint"),
+    ("init_images: inputs/gradient.png\noutpaint: {left: 8}\ninpaint_full_res: true\n", "9:1",
+     "inpaint_full_res: outpaint repaints the whole canvas"),
+    ("init_images: inputs/gradient.png\nmask: inputs/masks/\ninpainting_fill: blur\n", "9:18",
+     "unknown inpainting_fill 'blur'; valid: fill, original, latent noise, latent nothing"),
+    ("init_images: inputs/gradient.png\noutpaint: {lft: 8}\n", "8:11", "outpaint: unknown side 'lft'"),
+    ("init_images: inputs/gradient.png\noutpaint: {left: 0}\n", "8:11", "outpaint: every side is 0"),
+    ("init_images: inputs/gradient.png\noutpaint: {left: 9999}\n", "8:11", "left: expected 0 to 2048 pixels"),
+    ("outpaint: {left: 8}\n", "7:1", "outpaint: pads an init image; add init_images"),
+    ("init_images: inputs/gradient.png\nmask: inputs/masks/\nmask_blur: 65\n", "9:12", "mask_blur: 65 is out of range"),
+    ("init_images: inputs/gradient.png\nmask: inputs/masks/\nmask_invert: maybe\n", "9:14",
+     "mask_invert: expected true, false, 'Inpaint masked' or 'Inpaint not masked'"),
+])
+def test_inpaint_errors_are_located(inputs_dir, extra, where, message):
+    (inputs_dir / "job.yaml").write_text("not an image")
+    text = _error(inputs_dir, extra)
+    assert text.startswith(f"{inputs_dir / 'job.yaml'}:{where}:") and message in text and "\n" not in text
+
+
+# ---- infotext both ways ------------------------------------------------------------------------------
+
+def test_inpaint_infotext_keys_as_a1111_writes_them():
+    from farm.infotext import format_infotext, parse_infotext, task_parameters
+    from farm.params import spec_entries_from_infotext
+    from factories import make_task
+
+    sha = "a" * 64 + ".png"
+    task = make_task(kind="inpaint", init_image=sha, mask_image=sha, resize_mode="Just resize",
+                     denoising_strength=0.6, mask_blur=6, mask_invert=True, inpaint_full_res=True,
+                     inpaint_full_res_padding=40, inpainting_fill="latent noise")
+    params = task_parameters(task, 7)
+    keys = list(params)
+    assert keys.index("Denoising strength") < keys.index("Mask blur") < keys.index("Mask mode") < keys.index(
+        "Inpaint area") < keys.index("Masked area padding") < keys.index("Masked content")
+    assert (params["Mask blur"], params["Mask mode"], params["Inpaint area"], params["Masked area padding"],
+            params["Masked content"]) == (6, "Inpaint not masked", "Only masked", 40, "latent noise")
+    _, _, back = parse_infotext(format_infotext(task.prompt, task.negative_prompt, params))
+    notes: list = []
+    entries = spec_entries_from_infotext({**back, "Prompt": task.prompt, "Negative prompt": ""}, notes)
+    assert {k: entries[k] for k in ("mask_blur", "mask_invert", "inpaint_full_res", "inpaint_full_res_padding",
+                                    "inpainting_fill")} == {"mask_blur": 6, "mask_invert": True, "inpaint_full_res": True,
+                                                            "inpaint_full_res_padding": 40,
+                                                            "inpainting_fill": "latent noise"}
+    assert any("mask" in n for n in notes)
+    # the defaults: only Mask blur (A1111's img2img tab writes it for every inpaint)
+    plain = task_parameters(make_task(kind="inpaint", init_image=sha, mask_image=sha, denoising_strength=0.75), 7)
+    assert plain["Mask blur"] == 4 and not {"Mask mode", "Inpaint area", "Masked content"} & set(plain)
+    # outpaint: A1111's script blurs by twice its slider and writes that; the sides are seedfarm's key
+    out = task_parameters(make_task(kind="inpaint", init_image=sha, denoising_strength=0.8, outpaint=(32, 0, 0, 16),
+                                    inpainting_fill="fill"), 7)
+    assert out["Mask blur"] == 8 and out["Outpaint"] == "left 32, down 16" and out["Masked content"] == "fill"
+    _, _, back = parse_infotext(format_infotext("x", "", out))
+    entries = spec_entries_from_infotext({**back, "Prompt": "x", "Negative prompt": ""}, [])
+    assert (entries["mask_blur"], entries["outpaint"], entries["inpainting_fill"]) == (4, "left 32, down 16", "fill")
+    assert make_task().model_dump()["outpaint"] == (0, 0, 0, 0)
+    assert "Mask blur" not in task_parameters(make_task(), 7)
