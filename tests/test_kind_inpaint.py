@@ -302,3 +302,186 @@ def test_inpaint_infotext_keys_as_a1111_writes_them():
     assert (entries["mask_blur"], entries["outpaint"], entries["inpainting_fill"]) == (4, "left 32, down 16", "fill")
     assert make_task().model_dump()["outpaint"] == (0, 0, 0, 0)
     assert "Mask blur" not in task_parameters(make_task(), 7)
+
+
+# ---- rendering with the tiny models -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pipes(tmp_path_factory):
+    """The tiny SD1.5 checkpoint and the tiny inpainting one (9-channel UNet), loaded from their files."""
+    from worker.pipelines import load_pipeline
+    from worker.tiny import make_tiny, make_tiny_inpaint
+
+    models = tmp_path_factory.mktemp("inpaint-models")
+    return {"plain": load_pipeline(make_tiny(models, "tiny15"), "cpu"),
+            "inpainting": load_pipeline(make_tiny_inpaint(models), "cpu")}
+
+
+def _noise_image(seed: int, size=(64, 64)) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8))
+
+
+def _inpaint_task(**fields):
+    from factories import make_task
+
+    return make_task(**{"kind": "inpaint", "init_image": "a" * 64 + ".png", "mask_image": "b" * 64 + ".png",
+                        "denoising_strength": 0.75, "resize_mode": "Just resize", "sampler": "Euler a", **fields})
+
+
+def _slot(task, init, mask, i: int = 0):
+    from worker.render import Slot
+
+    return Slot(task, i, {"init_image": init, "mask_image": mask.convert("RGBA")})
+
+
+def test_inpainting_checkpoint_is_detected_and_loads_with_the_familys_config(tmp_path):
+    import json
+
+    from farm.families import file_family, is_inpainting
+    from farm.model_files import read_tensor_shapes
+    from worker.pipelines import load_pipeline
+    from worker.tiny import make_tiny, make_tiny_inpaint
+
+    plain, inpainting = make_tiny(tmp_path, "plain"), make_tiny_inpaint(tmp_path)
+    assert is_inpainting(read_tensor_shapes(inpainting)) and not is_inpainting(read_tensor_shapes(plain))
+    assert file_family(inpainting, "checkpoint") == "SD1.5"
+    # beside a config folder of the ordinary UNet (as the shipped configs/sd15 is): the 9 channels
+    # come from the file
+    unet_config = inpainting.with_name(inpainting.stem + ".config") / "unet" / "config.json"
+    config = json.loads(unet_config.read_text())
+    assert config["in_channels"] == 9
+    unet_config.write_text(json.dumps({**config, "in_channels": 4}))
+    pipe = load_pipeline(inpainting, "cpu")
+    assert type(pipe).__name__ == "StableDiffusionInpaintPipeline" and pipe.unet.config.in_channels == 9
+
+
+@pytest.mark.parametrize("model", ["plain", "inpainting"])
+def test_inpaint_repaints_the_mask_only(pipes, model):
+    from worker.kinds import inpaint
+
+    init, mask = _noise_image(1), _square_mask()
+    task = _inpaint_task()
+    (out,) = inpaint.render(pipes[model], [_slot(task, init, mask)])
+    out, original = np.asarray(out, dtype=np.int16), np.asarray(init, dtype=np.int16)
+    # blur 4 reaches 10 px: outside rows 0-5 the composite keeps the original (premultiplied: +-1)
+    assert abs(out[:6] - original[:6]).max() <= 1 and abs(out[:, :6] - original[:, :6]).max() <= 1
+    assert abs(out[24:40, 24:40] - original[24:40, 24:40]).mean() > 20  # repainted inside
+
+
+def test_the_latent_mask_holds_the_outside_to_the_init_latents_each_step(pipes, monkeypatch):
+    """The final latents outside the (latent) mask are the init image's: the sampler only changed
+    the masked latents (A1111's blend of the denoised latents each step). Compared as latents: the
+    tiny VAE's attention spreads every latent over the whole decoded image."""
+    import torch
+
+    from worker import masks as m
+    from worker.kinds import inpaint
+
+    pipe = pipes["plain"]
+    init = _noise_image(2)
+    decoded = []
+    real = pipe.vae.decode
+    monkeypatch.setattr(pipe.vae, "decode", lambda z, *a, **k: decoded.append(z.clone()) or real(z, *a, **k))
+    with torch.inference_mode():
+        start = inpaint._encode(pipe, inpaint._pixels(init)[None])[0]
+    scale = pipe.vae.config.scaling_factor
+    task = _inpaint_task(mask_blur=0)
+    prepared = m.prepare(init, _square_mask(), 64, 64, mask_blur=0)
+    inpaint.inpaint_images(pipe, [_slot(task, init, _square_mask())], [prepared])
+    final = decoded[-1][0].float() * scale
+    outside, inside = (slice(None), slice(0, 8)), (slice(None), slice(10, 22), slice(10, 22))  # latents are 32x32
+    assert (final[outside] - start[outside]).abs().max() < 1e-4
+    assert (final[inside] - start[inside]).abs().mean() > 0.1 * start.abs().mean()
+    # without the blend the outside drifts as well
+    inpaint.inpaint_images(pipe, [_slot(task, init, _square_mask())], [m.Prepared(prepared.image, prepared.mask,
+                                                                               None, None, None)])
+    free = decoded[-1][0].float() * scale
+    assert (free[outside] - start[outside]).abs().max() > 100 * (final[outside] - start[outside]).abs().max()
+
+
+def test_an_inpainting_unet_sees_the_mask_and_the_masked_image(pipes, monkeypatch):
+    from worker.kinds import inpaint
+
+    init, mask = _noise_image(3), _square_mask()
+    task = _inpaint_task()
+    (with_it,) = inpaint.render(pipes["inpainting"], [_slot(task, init, mask)])
+    seen = {}
+    real = inpaint._inpainting_conditioning
+
+    def zeros(pipe, entries, size):
+        seen["shape"] = tuple(real(pipe, entries, size).shape)
+        return torch.zeros(seen["shape"])
+
+    import torch
+
+    monkeypatch.setattr(inpaint, "_inpainting_conditioning", zeros)
+    (without,) = inpaint.render(pipes["inpainting"], [_slot(task, init, mask)])
+    assert seen["shape"] == (1, 5, 32, 32)  # the mask and the masked image's 4 latent channels (tiny VAE: /2)
+    assert abs(np.asarray(with_it, dtype=np.int16) - np.asarray(without, dtype=np.int16))[24:40, 24:40].max() > 5
+
+
+def test_masked_content_changes_the_start(pipes):
+    from worker.kinds import inpaint
+
+    init, mask = _noise_image(4), _square_mask()
+    # 2 of 4 steps: the start is not drowned in the noise of a full schedule
+    images = {fill: np.asarray(inpaint.render(pipes["plain"], [_slot(_inpaint_task(
+        inpainting_fill=fill, steps=4, denoising_strength=0.4), init, mask)])[0], dtype=np.int16)
+        for fill in ("original", "fill", "latent noise", "latent nothing")}
+    for a in images:
+        for b in images:
+            if a < b:
+                assert abs(images[a] - images[b])[24:40, 24:40].max() > 5, (a, b)
+
+
+def test_an_image_rendered_in_a_batch_equals_it_alone(pipes):
+    from worker.kinds import inpaint
+
+    mask_b = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask_b).ellipse((8, 8, 40, 56), fill=255)
+    task = _inpaint_task(inpaint_full_res=True, inpaint_full_res_padding=4, batch_size=2)
+    other = _inpaint_task(index=1, seed=99, inpaint_full_res=True, inpaint_full_res_padding=4)
+    for pipe in pipes.values():
+        slots = [_slot(task, _noise_image(5), _square_mask(), 0), _slot(task, _noise_image(5), _square_mask(), 1),
+                 _slot(other, _noise_image(6), mask_b)]
+        batch = inpaint.render(pipe, slots)
+        alone = [inpaint.render(pipe, [slot])[0] for slot in slots]
+        for a, b in zip(batch, alone):
+            assert abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max() <= 1
+        assert abs(np.asarray(batch[0], dtype=np.int16) - np.asarray(batch[1], dtype=np.int16)).max() > 5
+
+
+def test_outpaint_grows_the_canvas_and_keeps_the_image(pipes):
+    from worker.kinds import inpaint
+
+    init = _noise_image(7)
+    task = _inpaint_task(mask_image="", outpaint=(32, 0, 0, 0), inpainting_fill="fill", mask_blur=4)
+    (out,) = inpaint.render(pipes["plain"], [_slot(task, init, Image.new("L", (1, 1)))])
+    assert out.size == (128, 64)  # 64 + 32 grows to 128: the image at x = 64
+    out = np.asarray(out, dtype=np.int16)
+    # the mask's edge 8 px into the image, blurred by 8 (20 px): from x = 64 + 28 the image itself
+    assert abs(out[:, 92:] - np.asarray(init, dtype=np.int16)[:, 28:]).max() <= 1
+    assert out[:, :56].std() > 5  # the new area was rendered, not left black
+
+
+# ---- end to end: the example specs with the real CLI ------------------------------------------------
+
+def test_farm_run_of_jobs_inpaint_and_outpaint_after_make_tiny(tmp_path):
+    from conftest import REPO, farm
+    from farm.infotext import parse_infotext, read_parameters
+
+    models = tmp_path / "models"
+    made = farm("models", "make-tiny", str(models))
+    assert made.returncode == 0, made.stderr
+    for name, count, sizes in (("inpaint", 8, {(64, 64)}), ("outpaint", 4, {(128, 64), (128, 128)})):
+        result = farm("run", str(REPO / "jobs" / f"{name}.yaml"), "--models", str(models), "--out", str(tmp_path / "out"))
+        assert result.returncode == 0, result.stderr
+        images = sorted((tmp_path / "out").glob(f"{name}-*/images/*.png"))
+        assert len(images) == count
+        assert {Image.open(p).size for p in images} == sizes
+        params = [parse_infotext(read_parameters(p))[2] for p in images]
+        assert all(p["Denoising strength"] in (0.75, 0.8) and "Mask blur" in p for p in params)
+        assert list((tmp_path / "out").glob(f"{name}-*/sheets/*.png"))
+    inpainted = [parse_infotext(read_parameters(p))[2] for p in (tmp_path / "out").glob("inpaint-*/images/*.png")]
+    assert {p["Model"] for p in inpainted} == {"seedfarm-tiny", "seedfarm-tiny-inpaint"}
+    assert sum(p.get("Inpaint area") == "Only masked" for p in inpainted) == 4
