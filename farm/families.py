@@ -63,9 +63,6 @@ class Family:
     # Spec defaults that differ from A1111's SD ones (farm/params.py), used for every key a spec
     # leaves out: ("sampler", "Euler"), ("cfg", 1.0), ("steps", 4), ("distilled_cfg", 3.5) ...
     defaults: tuple[tuple[str, object], ...] = ()
-    # the diffusers pipeline of its inpainting checkpoints (a UNet with 9 input channels: the
-    # latents, the mask, the masked image's latents); None: none are rendered
-    inpaint_class: str | None = None
 
     def default(self, key: str, fallback=None):
         return dict(self.defaults).get(key, fallback)
@@ -142,17 +139,14 @@ FAMILIES = (
            parts=(QWEN3_4B, FLUX_VAE), flow=True, default_size="1024x1024", weights_gb=12.5,
            config_folder="zimage-turbo",
            defaults=FLOW_DEFAULTS + (("cfg", 1.0), ("steps", 8))),
-    Family("SDXL", "Stable Diffusion XL", ("conditioner.embedders.1.",),
-           ("StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline"),
+    Family("SDXL", "Stable Diffusion XL", ("conditioner.embedders.1.",), ("StableDiffusionXLPipeline",),
            lora_keys=("lora_te1_", "lora_te2_"), embedding_parts=("clip_l", "clip_g"),
-           default_size="1024x1024", weights_gb=7.0, config_folder="sdxl",
-           inpaint_class="StableDiffusionXLInpaintPipeline"),
+           default_size="1024x1024", weights_gb=7.0, config_folder="sdxl"),
     Family("SDXL refiner", "Stable Diffusion XL refiner", ("conditioner.embedders.0.model.",),
            ("StableDiffusionXLImg2ImgPipeline",), weights_gb=7.0),
     Family("SD2", "Stable Diffusion 2", ("cond_stage_model.model.",)),
-    Family("SD1.5", "Stable Diffusion 1.5", ("",), ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline"),
-           lora_keys=("lora_te_",), default_size="512x512", config_folder="sd15",
-           inpaint_class="StableDiffusionInpaintPipeline"),
+    Family("SD1.5", "Stable Diffusion 1.5", ("",), ("StableDiffusionPipeline",), lora_keys=("lora_te_",),
+           default_size="512x512", config_folder="sd15"),
 )
 BY_NAME = {f.name: f for f in FAMILIES}
 DEFAULT = BY_NAME["SD1.5"]  # what a file that does not say is taken for (sizes, budgets)
@@ -204,6 +198,8 @@ def header_family(tensors: Iterable[str] | dict[str, tuple]) -> str:
 
 # An SD UNet's first convolution: 4 input channels, or 9 in an inpainting checkpoint (the latents,
 # the mask and the masked image's latents), as sd-v1-5-inpainting and SDXL's inpainting 0.1 have.
+# Such a checkpoint is its family's (SD1.5, SDXL) and loads as it does, with a wider UNet
+# (worker/pipelines.py); worker/inpainting.py gives the UNet its extra input.
 CONV_IN = DENOISER_PREFIX + "input_blocks.0.0.weight"
 INPAINT_CHANNELS = 9
 

@@ -352,7 +352,7 @@ def test_inpainting_checkpoint_is_detected_and_loads_with_the_familys_config(tmp
     assert config["in_channels"] == 9
     unet_config.write_text(json.dumps({**config, "in_channels": 4}))
     pipe = load_pipeline(inpainting, "cpu")
-    assert type(pipe).__name__ == "StableDiffusionInpaintPipeline" and pipe.unet.config.in_channels == 9
+    assert type(pipe).__name__ == "StableDiffusionPipeline" and pipe.unet.config.in_channels == 9
 
 
 @pytest.mark.parametrize("model", ["plain", "inpainting"])
@@ -374,7 +374,7 @@ def test_the_latent_mask_holds_the_outside_to_the_init_latents_each_step(pipes, 
     tiny VAE's attention spreads every latent over the whole decoded image."""
     import torch
 
-    from worker import masks as m
+    from worker import inpainting, masks as m
     from worker.kinds import inpaint
 
     pipe = pipes["plain"]
@@ -383,7 +383,7 @@ def test_the_latent_mask_holds_the_outside_to_the_init_latents_each_step(pipes, 
     real = pipe.vae.decode
     monkeypatch.setattr(pipe.vae, "decode", lambda z, *a, **k: decoded.append(z.clone()) or real(z, *a, **k))
     with torch.inference_mode():
-        start = inpaint._encode(pipe, inpaint._pixels(init)[None])[0]
+        start = inpainting.encode(pipe, inpainting.pixels(init)[None])[0]
     scale = pipe.vae.config.scaling_factor
     task = _inpaint_task(mask_blur=0)
     prepared = m.prepare(init, _square_mask(), 64, 64, mask_blur=0)
@@ -485,3 +485,41 @@ def test_farm_run_of_jobs_inpaint_and_outpaint_after_make_tiny(tmp_path):
     inpainted = [parse_infotext(read_parameters(p))[2] for p in (tmp_path / "out").glob("inpaint-*/images/*.png")]
     assert {p["Model"] for p in inpainted} == {"seedfarm-tiny", "seedfarm-tiny-inpaint"}
     assert sum(p.get("Inpaint area") == "Only masked" for p in inpainted) == 4
+
+
+def test_an_inpainting_checkpoint_renders_txt2img_and_hires_with_a_full_mask(pipes, monkeypatch):
+    """A1111 renders every kind on an inpainting checkpoint: without a mask the UNet's extra input
+    is a mask of ones and an all-gray image."""
+    import torch
+
+    from factories import make_task
+    from worker.kinds import hires
+    from worker.render import Slot, render_images
+
+    pipe = pipes["inpainting"]
+    inputs = []
+    # a forward hook sees the arguments as the pre-hooks left them
+    hook = pipe.unet.register_forward_hook(lambda m, a, k, o: inputs.append(a[0][:1, 4:].clone()), with_kwargs=True)
+    try:
+        (image,) = render_images(pipe, make_task())
+        (big,) = hires.render(pipe, [Slot(make_task(kind="hires", hr_upscaler="Latent", denoising_strength=0.6,
+                                                    hr_scale=2.0))])
+    finally:
+        hook.remove()
+    assert image.size == (64, 64) and big.size == (128, 128)
+    mask, gray = inputs[0][:, :1], inputs[0][:, 1:]
+    assert mask.shape[1] == 1 and bool((mask == 1).all())
+    assert inputs[-1].shape[-1] == 64  # the hires second pass: at its own latent size (128 / 2)
+    from worker import inpainting
+
+    expected = inpainting.encode(pipe, torch.zeros(1, 3, 64, 64))
+    assert (gray - expected).abs().max() < 1e-5
+    # an ordinary checkpoint's UNet gets nothing added
+    plain = []
+    hook = pipes["plain"].unet.register_forward_hook(lambda m, a, k, o: plain.append(a[0].shape[1]),
+                                                      with_kwargs=True)
+    try:
+        render_images(pipes["plain"], make_task())
+    finally:
+        hook.remove()
+    assert set(plain) == {4}

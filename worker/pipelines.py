@@ -142,9 +142,6 @@ def load_pipeline(
         pipe.seedfarm_dtype = dtype  # what it computes in, whatever its weights are stored in
         return _ready(pipe, path, config, device, clip_tokenizers=False)
     pipeline_class = _pipeline_class(json.loads((config / "model_index.json").read_text())["_class_name"])
-    inpainting = is_inpainting(tensors) and family(header_family(tensors)).inpaint_class
-    if inpainting:  # its family's inpaint pipeline, with the family's configs but for the UNet's width
-        pipeline_class = _pipeline_class(inpainting)
     try:
         # A pickled file is read a second time here, by diffusers, also weights-only.
         pipe = pipeline_class.from_single_file(
@@ -153,7 +150,8 @@ def load_pipeline(
             local_files_only=True,
             torch_dtype=dtype,
             **_no_safety_checker(pipeline_class),
-            **(_inpaint_unet(path, config, dtype) if inpainting else {}),
+            # an inpainting checkpoint: the family's pipeline with its 9-channel UNet (worker/inpainting.py)
+            **(_inpaint_unet(path, config, dtype) if is_inpainting(tensors) else {}),
         )
     except Exception as e:  # diffusers raises many types; the user needs one line naming the file
         raise ModelLoadError(_load_failure(path, config, e)) from e
@@ -322,7 +320,7 @@ def _inpaint_unet(path: Path, config: Path, dtype: torch.dtype) -> dict:
 
 def _no_safety_checker(pipeline_class) -> dict:
     """SD1.5's index names a safety checker and feature extractor we neither ship nor want."""
-    if pipeline_class.__name__ in ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline"):
+    if pipeline_class.__name__ == "StableDiffusionPipeline":
         return {"feature_extractor": None, "safety_checker": None, "requires_safety_checker": False}
     return {}
 

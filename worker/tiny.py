@@ -96,9 +96,9 @@ def make_tiny(models_dir: Path, name: str = "seedfarm-tiny", sdxl: bool = False)
 
 
 def tiny_inpaint_pipeline():
-    """The tiny SD1.5 inpainting pipeline: the tiny SD1.5 parts with a UNet of 9 input channels
-    (latents, mask, masked image latents) from its own seed."""
-    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+    """The tiny SD1.5 inpainting model: the tiny SD1.5 parts with a UNet of 9 input channels
+    (latents, mask, masked image latents) from its own seed, in the family's pipeline."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     from farm.families import INPAINT_CHANNELS
     from worker.families.base import TINY_SEED, TINY_UNET
@@ -108,7 +108,7 @@ def tiny_inpaint_pipeline():
         torch.manual_seed(TINY_SEED + INPAINT_CHANNELS)
         unet = UNet2DConditionModel(**{**TINY_UNET, "in_channels": INPAINT_CHANNELS}, cross_attention_dim=32).eval()
     parts = {k: v for k, v in base.components.items() if k != "unet"}
-    pipe = StableDiffusionInpaintPipeline(**parts, unet=unet, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(**parts, unet=unet)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

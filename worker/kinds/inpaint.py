@@ -24,7 +24,7 @@ from PIL import Image
 
 from farm.img2img import JUST_RESIZE, resize_image
 from farm.inpaint import render_size
-from worker import masks
+from worker import inpainting, masks
 from worker import render as diffusion
 from worker.families import of_pipeline
 from worker.kinds.hires import img2img_call
@@ -61,21 +61,6 @@ def inpaint_images(pipe, slots: list[diffusion.Slot], prepared: list[masks.Prepa
             for image, p in zip(rendered, prepared)]
 
 
-def _pixels(image: Image.Image) -> torch.Tensor:
-    """8-bit RGB -> (3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-
-
-def _encode(pipe, pixels: torch.Tensor) -> torch.Tensor:
-    """(n, 3, H, W) in [-1, 1] -> latents (the posterior's mean times the VAE's scaling factor)."""
-    vae = pipe.vae
-    latents = vae.encode(pixels.to(pipe._execution_device, vae.dtype)).latent_dist.mode()
-    latents = latents.float() * vae.config.scaling_factor
-    if torch.isnan(latents).any():
-        raise diffusion.RenderError("the VAE produced NaN latents encoding the init image; try a float32 VAE")
-    return latents.cpu()
-
-
 def latent_mask(mask: Image.Image, height: int, width: int) -> torch.Tensor:
     """A1111's latent mask: the mask resized (bicubic) to the latents' size, rounded to 0 or 1; (1, h, w)."""
     small = mask.convert("L").resize((width, height), resample=Image.Resampling.BICUBIC)
@@ -86,8 +71,7 @@ def inpaint_call(pipe, slots: list[diffusion.Slot], kwargs: dict, *, prepared: d
     """The img2img call of these slots from their prepared images (id(slot) -> masks.Prepared)."""
     task = slots[0].task
     entries = [prepared[id(slot)] for slot in slots]
-    with torch.inference_mode():
-        init = _encode(pipe, torch.stack([_pixels(p.image) for p in entries]))
+    init = inpainting.encode(pipe, torch.stack([inpainting.pixels(p.image) for p in entries]))
     n, channels, h, w = init.shape
     repaint = torch.stack([latent_mask(p.latent_mask, h, w) if p.latent_mask is not None else torch.ones(1, h, w)
                            for p in entries])
@@ -102,7 +86,7 @@ def inpaint_call(pipe, slots: list[diffusion.Slot], kwargs: dict, *, prepared: d
         elif slot.task.inpainting_fill == "latent nothing":
             init[k] = init[k] * (1 - repaint[k])
     unet = of_pipeline(pipe).denoiser_of(pipe)
-    extra = _inpainting_conditioning(pipe, entries, (h, w)) if unet.config.in_channels != channels else None
+    extra = _inpainting_conditioning(pipe, entries, (h, w)) if inpainting.is_inpainting(unet) else None
     starts = {id(slot): latent for slot, latent in zip(slots, init)}
     with _denoiser_hooks(unet, pipe.scheduler, init, repaint, torch.tensor(blend), extra):
         return img2img_call(pipe, slots, kwargs, init=starts, second_pass=False)
@@ -112,11 +96,10 @@ def _inpainting_conditioning(pipe, entries: list[masks.Prepared], size: tuple[in
     """A1111's input for an inpainting UNet beside the latents: the mask (rounded, then nearest to
     the latent size; all ones without a mask) and the latents of the image with the masked area
     set to 0 (its conditional mask weight 1); (n, 5, h, w)."""
-    pixels = torch.stack([_pixels(p.image) for p in entries])
+    pixels = torch.stack([inpainting.pixels(p.image) for p in entries])
     mask = torch.stack([torch.from_numpy(np.asarray(p.mask.convert("L"), dtype=np.float32) / 255.0)[None]
                         if p.mask is not None else torch.ones(1, *pixels.shape[2:]) for p in entries]).round()
-    with torch.inference_mode():
-        masked = _encode(pipe, pixels * (1 - mask))
+    masked = inpainting.encode(pipe, pixels * (1 - mask))
     return torch.cat([torch.nn.functional.interpolate(mask, size=size), masked], dim=1)
 
 
@@ -149,7 +132,7 @@ def _denoiser_hooks(unet, scheduler, init: torch.Tensor, repaint: torch.Tensor, 
         if extra is None:
             return None
         joined = torch.cat([sample, extra.repeat(sample.shape[0] // n, 1, 1, 1).to(sample)], dim=1)
-        return ((joined, *args[1:]), kwargs) if args else (args, {**kwargs, "sample": joined})
+        return inpainting.with_sample(args, kwargs, joined)
 
     def after(module, args, kwargs, output):
         t = args[1] if len(args) > 1 else kwargs["timestep"]
@@ -169,7 +152,8 @@ def _denoiser_hooks(unet, scheduler, init: torch.Tensor, repaint: torch.Tensor, 
         output.sample = new
         return output
 
-    handles = [unet.register_forward_pre_hook(before, with_kwargs=True),
+    # first: worker.inpainting.full_mask then sees the conditioning given and leaves it
+    handles = [unet.register_forward_pre_hook(before, with_kwargs=True, prepend=True),
                unet.register_forward_hook(after, with_kwargs=True)]
     try:
         yield
