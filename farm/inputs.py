@@ -32,7 +32,7 @@ MAX_FOLDER_IMAGES = 10_000  # images one folder (or a job) may give an axis
 # RenderTask fields that name an input, and the mode the worker hands it to a kind in.
 INPUT_FIELDS = {"init_image": "RGB", "mask_image": "RGBA"}  # a mask keeps its alpha (worker/masks.py)
 _NAME = re.compile(r"[0-9a-f]{64}\.(png|jpg|jpeg|webp)")
-_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp"}  # MPO: a camera JPEG
 
 
 class InputError(ValueError):
@@ -70,8 +70,10 @@ class InputImage:
 
 
 def label(value: str) -> str:
-    """How an input reads on a grid: its file's stem ('faces/anna.png' -> 'anna')."""
-    return PurePosixPath(str(value).replace("\\", "/")).stem or str(value)
+    """How an input reads on a grid: its file's stem ('faces/anna.png' -> 'anna'; a content
+    name's hash shortened to 10 characters)."""
+    stem = PurePosixPath(str(value).replace("\\", "/")).stem or str(value)
+    return stem[:10] if re.fullmatch(r"[0-9a-f]{64}", stem) else stem
 
 
 def is_input_name(name: str) -> bool:
@@ -102,6 +104,16 @@ def open_image(data: bytes) -> Image.Image:
             struct.error, zlib.error) as e:
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise InputError(f"not an image Pillow can read ({reason})") from None
+
+
+def flatten(image: Image.Image) -> Image.Image:
+    """RGB, an image with transparency composited onto white (A1111's img2img background colour)."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background.alpha_composite(rgba)
+        return background.convert("RGB")
+    return image.convert("RGB")
 
 
 def pin(value: str, data: bytes, source: str) -> InputImage:

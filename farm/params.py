@@ -263,6 +263,13 @@ def _denoising_from_info(params: dict, notes: list) -> dict:
     return entries
 
 
+def _init_image_star(task: dict, seed: int) -> str | None:
+    """The init image as its key in the job's store (farm/spec/inputs.py reads such a value there)."""
+    from farm.store.layout import input_key
+
+    return input_key(task["job"], task["init_image"]) if task.get("init_image") else None
+
+
 def _init_image_to_task(v: dict, spec) -> dict:
     return {"init_image": spec.input_image("init_images", v["init_images"]).name} if "init_images" in v else {}
 
@@ -519,7 +526,7 @@ PARAMS: tuple[Param, ...] = (
     Param("init_images", ("init_image",),
           fields=("init_image",), id_rule=UNLESS_DEFAULT, title="Init image",
           to_task=_init_image_to_task,
-          star=lambda t, s: (t.get("axes") or {}).get("init_images")),
+          star=_init_image_star),
     Param("resize_mode", read=lambda r, n: r.resize_modes(n),
           needs=("init_images", "resize_mode: is img2img's; add init_images"),
           fields=("resize_mode",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Resize mode",

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from farm.expand import expand
-from farm.inputs import MAX_INPUT_BYTES, upload
+from farm.inputs import MAX_INPUT_BYTES, label, upload
 from farm.jobs import read_job, write_job_record
 from farm.spec import SpecError, parse_spec
 from farm.store import MemoryStore, image_record, layout, save_image
@@ -111,6 +111,14 @@ def test_a_jobs_starred_images_are_inputs_of_another(folder):
         spec_of(folder, f"init_images: {{job: {first.job_id}, filter: starred}}\n", store=store)
     with pytest.raises(SpecError, match="has no job nope"):
         spec_of(folder, "init_images: {job: nope}\n", store=store)
+    # a value naming an image by its store key (what {job: ...} and the star export write)
+    key = spec.values["init_images"][0]
+    again = spec_of(folder, f"init_images: [{key}]\n", store=store)
+    assert again.input_image("init_images", key).name == spec.input_image("init_images", key).name
+    stored = f"{first.job_id}/inputs/{'0' * 64}.png"
+    with pytest.raises(SpecError, match="no file or folder"):
+        spec_of(folder, f"init_images: {stored}\n", store=store)
+    assert label(stored) == "0" * 10 and label("a/b/cat.webp") == "cat"
 
 
 def test_worker_reads_verifies_and_flattens(folder):
@@ -128,3 +136,15 @@ def test_worker_reads_verifies_and_flattens(folder):
     with pytest.raises(TaskError, match="not in the store"):
         read_input(store, task.job, task.init_image)
     assert json.loads(json.dumps(task.model_dump()))["init_image"] == task.init_image
+
+
+def test_farm_run_with_a_bad_input_is_one_located_line_and_nothing_runs(folder, tiny_models):
+    from conftest import farm
+
+    (folder / "empty.png").write_bytes(b"")
+    spec = folder / "bad.yaml"
+    spec.write_text("prompt: a\ncheckpoint: seedfarm-tiny\nseed: 1\ninit_images: [inputs/wide.png, empty.png]\n")
+    result = farm("run", str(spec), "--out", str(folder / "out"), "--models", str(tiny_models))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"{spec}:4:32: init_images: empty.png: the file is empty"
+    assert not (folder / "out").exists() or not any((folder / "out").iterdir())

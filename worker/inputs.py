@@ -12,7 +12,7 @@ import hashlib
 
 from PIL import Image
 
-from farm.inputs import INPUT_FIELDS, InputError, is_input_name, open_image
+from farm.inputs import INPUT_FIELDS, InputError, flatten, is_input_name, open_image
 from farm.store import Store, layout
 from farm.task import RenderTask
 from worker.context import TaskError
@@ -40,12 +40,7 @@ def read_input(store: Store, job: str, name: str, mode: str = "RGB") -> Image.Im
 
 def to_mode(image: Image.Image, mode: str) -> Image.Image:
     """RGB: transparency flattened onto white (A1111's img2img background colour); else converted."""
-    if mode == "RGB" and (image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        background.alpha_composite(rgba)
-        return background.convert("RGB")
-    return image.convert(mode)
+    return flatten(image) if mode == "RGB" else image.convert(mode)
 
 
 class InputCache:

@@ -80,6 +80,8 @@ def job_payload(store: Store, job: str, record: dict, records: list[dict], marks
             "id": image_stem(r), "image": r["image"], "seed": r["seed"], "parameters": r["parameters"],
             "worker": r.get("worker", ""), "seconds": round(r.get("render_seconds", 0), 2),
             "at": {n: positions[n][value_id(r["axes"].get(n))] for n in names},
+            # its init image (img2img), as a path in the job folder like "image"
+            **({"input": f"{layout.INPUTS}/{r['task']['init_image']}"} if r["task"].get("init_image") else {}),
         }
         for r in records
     ]

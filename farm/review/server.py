@@ -46,7 +46,8 @@ from farm.store import Store, layout, load_records
 
 STATIC = ("index.html", "app.js", "style.css")
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-         ".css": "text/css; charset=utf-8", ".png": "image/png", ".yaml": "application/yaml; charset=utf-8"}
+         ".css": "text/css; charset=utf-8", ".png": "image/png", ".yaml": "application/yaml; charset=utf-8",
+         ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 MAX_BODY = 4096  # a mark is a few bytes
 TIMEOUT = 30  # seconds a connection may sit idle or trickle a request: a slow client holds no thread
@@ -216,6 +217,12 @@ class Handler(BaseHTTPRequestHandler):
                 key = layout.image_key(job, name) if folder == layout.IMAGES else layout.sheet_key(job, name)
                 body = store.read_bytes(key)
                 return self.send(200, body, TYPES[".png"], {"Cache-Control": "max-age=3600"})
+            # an input image (img2img's init image), by its content name: only such names are read
+            m = re.fullmatch(rf"/store/({_NAME})/{layout.INPUTS}/([0-9a-f]{{64}}\.(png|jpg|jpeg|webp))", path)
+            if method == "GET" and m:
+                job, name, ext = m.groups()
+                body = store.read_bytes(layout.input_key(job, name))
+                return self.send(200, body, TYPES["." + ext], {"Cache-Control": "max-age=3600"})
             return self.error(HTTPStatus.NOT_FOUND, f"no such page: {path}")
         except FileNotFoundError:
             return self.error(HTTPStatus.NOT_FOUND, f"not in the store: {path}")

@@ -13,7 +13,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, PngImagePlugin
@@ -81,7 +81,7 @@ def _safe(text: str) -> str:
 def iter_sheets(
     records: list[dict], load_image: ImageLoader, x: str | None = None, y: str | None = None,
     z: str | None = None, filters: dict[str, str] | None = None, matrix: str | None = None,
-    max_side: int = MAX_SIDE, min_cell: int = MIN_CELL,
+    max_side: int = MAX_SIDE, min_cell: int = MIN_CELL, load_input: InputLoader | None = None,
 ) -> Iterator[Sheet]:
     """Like build_sheets, one sheet at a time (a job's sheets need not all fit in memory)."""
     records = in_expansion_order(records)
@@ -117,6 +117,9 @@ def iter_sheets(
     else:
         x_drawn, y_drawn = x_labels, y_labels
     filter_title = [f"{axis_title(a)}: {t}" for a, t in filters.items()]
+    # an init-image axis on x or y shows each init image as a header (load_input: name -> image)
+    x_heads = _input_heads(records, x, x_ids, load_input)
+    y_heads = _input_heads(records, y, y_ids, load_input)
 
     # One group per combination of the other varying axes, in the order first met.
     groups: dict[tuple[str, ...], list[dict]] = {}
@@ -158,6 +161,7 @@ def iter_sheets(
                 image, origin, shown = draw_grid(
                     [x_drawn[c] for c in cols] if x else [], [y_drawn[r] for r in rows] if y else [],
                     page_title, part, load_image, cell,
+                    [x_heads[c] for c in cols] if x_heads else None, [y_heads[r] for r in rows] if y_heads else None,
                 )
                 yield Sheet(
                     name=f"{name}-page{page}" if pages > 1 else name, image=image, x=x, y=y,
@@ -169,6 +173,21 @@ def iter_sheets(
                     cells=[[rec["image"] if ok else None for rec, ok in zip(row, oks)] for row, oks in zip(part, shown)],
                     page=page, pages=pages,
                 )
+
+
+InputLoader = Callable[[str], "Image.Image | None"]  # an input's content name -> its image, None: not there
+INPUT_FIELDS = {"init_images": "init_image"}  # input axis -> the task field naming its image
+
+
+def _input_heads(records: list[dict], axis: str | None, ids: list[str], load_input: InputLoader | None
+                 ) -> list[Image.Image | None] | None:
+    """The input image of each value of an input axis, or None when the axis is not one."""
+    if axis not in INPUT_FIELDS or load_input is None:
+        return None
+    names = {}
+    for record in records:
+        names.setdefault(value_id(record["axes"].get(axis)), record["task"].get(INPUT_FIELDS[axis]))
+    return [load_input(names[i]) if names.get(i) else None for i in ids]
 
 
 def build_sheets(

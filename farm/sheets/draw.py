@@ -97,11 +97,22 @@ def paste_cell(sheet: Image.Image, draw: ImageDraw.ImageDraw, image: Image.Image
         sheet.paste(image, (left + (cell[0] - image.width) // 2, top + (cell[1] - image.height) // 2))
 
 
+def _head(image: Image.Image | None, box: tuple[int, int]) -> Image.Image | None:
+    """A header thumbnail (an init image) fitted into box, RGB."""
+    if image is None:
+        return None
+    image = image.convert("RGB")
+    image.thumbnail(box, Image.Resampling.LANCZOS)
+    return image
+
+
 def draw_grid(
     x_labels: list[Label], y_labels: list[Label], title: str, cells: list[list[dict | None]],
     load_image: ImageLoader, cell_size: tuple[int, int],
+    x_heads: list[Image.Image | None] | None = None, y_heads: list[Image.Image | None] | None = None,
 ) -> tuple[Image.Image, tuple[int, int], list[list[bool]]]:
-    """The X/Y sheet image, its first cell's corner, and which cells show an image."""
+    """The X/Y sheet image, its first cell's corner, and which cells show an image. x_heads/y_heads:
+    an image per column/row drawn at half a cell between its label and the cells (an init image)."""
     cell_w, cell_h = cell_size
     images = [[load_cell(load_image, r, cell_size) if r else None for r in row] for row in cells]
 
@@ -119,11 +130,14 @@ def draw_grid(
     left_w = 0
     if y_labels:
         left_w = int(max(font.getlength(line) for lines in row_lines for line, _ in lines)) + 2 * pad
+    head_h = max(8, cell_h // 2) if x_heads else 0
+    head_w = max(8, cell_w // 2) if y_heads else 0
+    label_w, left_w = left_w, left_w + head_w
 
     grid_w = left_w + len(images[0]) * cell_w
     title_lines = label_lines(title, font, max(grid_w - 2 * pad, 3 * font_size)) if title else []
     title_h = len(title_lines) * line_h + 2 * pad if title_lines else 0
-    origin = (left_w, title_h + top_h)
+    origin = (left_w, title_h + top_h + head_h)
 
     sheet = Image.new("RGB", (grid_w, origin[1] + len(images) * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
@@ -131,10 +145,15 @@ def draw_grid(
         draw_lines(draw, title_lines, font, (0, 0, grid_w, title_h), line_h)
     for c, lines in enumerate(col_lines):
         left = origin[0] + c * cell_w
-        draw_lines(draw, lines, font, (left, title_h, left + cell_w, origin[1]), line_h)
+        draw_lines(draw, lines, font, (left, title_h, left + cell_w, origin[1] - head_h), line_h)
     for r, lines in enumerate(row_lines):
         top = origin[1] + r * cell_h
-        draw_lines(draw, lines, font, (0, top, left_w, top + cell_h), line_h)
+        draw_lines(draw, lines, font, (0, top, label_w, top + cell_h), line_h)
+    for c, image in enumerate(x_heads or []):
+        paste_cell(sheet, draw, _head(image, (cell_w, head_h)), origin[0] + c * cell_w, origin[1] - head_h,
+                   (cell_w, head_h))
+    for r, image in enumerate(y_heads or []):
+        paste_cell(sheet, draw, _head(image, (head_w, cell_h)), label_w, origin[1] + r * cell_h, (head_w, cell_h))
     for r, row in enumerate(images):
         for c, image in enumerate(row):
             paste_cell(sheet, draw, image, origin[0] + c * cell_w, origin[1] + r * cell_h, cell_size)

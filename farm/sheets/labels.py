@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 
+from farm.inputs import label
+
 PROMPT_AXES = ("prompt", "negative_prompt")  # long texts: label only the part that differs
+INPUT_AXES = ("init_images",)  # input images (farm/inputs.py): a path, labelled by its file stem
 LABEL_CHARS = 80  # longest label value before it is cut with "…"
 SEPARATORS = " ,\n"  # where a prompt's words end
 
@@ -67,4 +70,7 @@ def value_texts(axis: str, values: list[object]) -> list[str]:
     texts = [format_value(v) for v in values]
     if axis in PROMPT_AXES and len(texts) > 1:
         texts = differing_parts(texts) or texts
+    if axis in INPUT_AXES:  # an input image by its file's stem, unless two stems read alike
+        stems = [label(t) for t in texts]
+        texts = stems if len(set(stems)) == len(stems) else texts
     return [_truncate(t) for t in texts]

@@ -20,6 +20,19 @@ def store_image_loader(store: Store, job: str) -> ImageLoader:
     return load_image
 
 
+def store_input_loader(store: Store, job: str):
+    """An input image of the job by content name (farm/inputs.py, with its caps); None when absent."""
+    from farm.inputs import InputError, flatten, open_image
+
+    def load_input(name: str) -> Image.Image | None:
+        try:
+            return flatten(open_image(store.read_bytes(layout.input_key(job, name))))
+        except (FileNotFoundError, InputError):
+            return None
+
+    return load_input
+
+
 def write_sheets(
     store: Store, job: str, x: str | None = None, y: str | None = None, *, spec: JobSpec | None = None,
     **options,
@@ -33,6 +46,7 @@ def write_sheets(
         raise ValueError(f"no finished images in {store.describe(job)}: nothing to put on a sheet")
     options.setdefault("matrix", matrix_prompt(spec))
     written = []
+    options.setdefault("load_input", store_input_loader(store, job))
     for sheet in iter_sheets(records, store_image_loader(store, job), x, y, **options):
         key = layout.sheet_key(job, sheet.name)
         store.write_bytes(key, sheet.png())

@@ -11,6 +11,7 @@ a job record (`farm resume`) takes the pinned images from the record instead of 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from yaml.nodes import MappingNode, Node, SequenceNode
@@ -18,6 +19,10 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 from farm.img2img import resize_mode_name
 from farm.inputs import InputError, InputImage, folder_images, job_images, pin, read_file
 from farm.spec.nodes import kind
+
+# An image in the store named by its key (what `{job: ...}` and the star export write): a job's
+# rendered image or one of its inputs; read from the store when no local file has that path.
+_STORE_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/(images|inputs)/[A-Za-z0-9][A-Za-z0-9._-]*\.(png|jpg|jpeg|webp)")
 
 
 class InputReader:
@@ -46,6 +51,11 @@ class InputReader:
         return [i.value for i in items], {i.value: i for i in items}
 
     def _file_inputs(self, text: str, node: Node, axis: str, models_dir: Path | None) -> list[InputImage]:
+        if _STORE_IMAGE.fullmatch(text) and self.store is not None and self.store.exists(text):
+            try:  # JOB/images/STEM.png or JOB/inputs/<sha256>.<ext>: an image of the job's store
+                return [pin(text, self.store.read_bytes(text), f"store:{text}")]
+            except InputError as e:
+                raise self.error(node, f"{axis}: {text}: {e}") from None
         path = Path(text).expanduser()
         if not path.is_absolute():
             bases = ([Path(self.file).parent] if self.file and not self.file.startswith("<") else [Path.cwd()])

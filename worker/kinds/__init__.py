@@ -1,12 +1,13 @@
-"""Task kinds: what a task asks the worker to make (RenderTask.kind). txt2img and hires
-(A1111's hires fix); img2img, inpaint and upscale come next.
+"""Task kinds: what a task asks the worker to make (RenderTask.kind). txt2img, hires (A1111's
+hires fix), img2img and inpaint (with outpaint); upscale comes next.
 
 A kind is one module here with
 
     def render(pipe, slots: list[worker.render.Slot]) -> list[PIL.Image.Image]
 
 (the images of tasks with equal batch keys, in the order of `slots`; RenderError for a bad
-prompt or output), plus a line in KINDS. Its parameters are rows in the parameter table.
+prompt or output; a slot's input images, e.g. img2img's init image, are in `slot.inputs`), plus a
+line in KINDS. Its parameters are rows in the parameter table.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from types import ModuleType
 
 from farm.task import RenderTask
 from worker.context import TaskError
-from worker.kinds import hires, inpaint, txt2img
+from worker.kinds import hires, img2img, inpaint, txt2img
 
-KINDS: dict[str, ModuleType] = {"txt2img": txt2img, "hires": hires, "inpaint": inpaint}
+KINDS: dict[str, ModuleType] = {"txt2img": txt2img, "hires": hires, "img2img": img2img, "inpaint": inpaint}
 
 
 def kind_of(task: RenderTask) -> ModuleType:

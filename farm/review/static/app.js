@@ -147,8 +147,8 @@ function layout() {
   return others;
 }
 
-function imageUrl(image) {
-  return STATIC ? `../${image.image}` : `/store/${encodeURIComponent(view.job)}/${image.image}`;
+function imageUrl(image, path = image.image) {
+  return STATIC ? `../${path}` : `/store/${encodeURIComponent(view.job)}/${path}`;
 }
 
 function describe(image) {
@@ -220,7 +220,10 @@ function cellButton(image, r, c) {
     "aria-label": `${describe(image)}${mark ? ` (${mark === "star" ? "starred" : "rejected"})` : ""}`,
     onclick: () => showZoom(r, c, true),
     onkeydown: (e) => cellKey(e, r, c),
-  }, el("img", { src: imageUrl(image), alt: "", loading: "lazy" }), el("span", { class: "badge", "aria-hidden": "true" }));
+  }, el("img", { src: imageUrl(image), alt: "", loading: "lazy" }),
+     // img2img: the init image beside the result, small in the cell's corner
+     image.input ? el("img", { class: "init", src: imageUrl(image, image.input), alt: "init image", loading: "lazy" }) : null,
+     el("span", { class: "badge", "aria-hidden": "true" }));
 }
 
 // The nearest image from (r, c) going (dr, dc), skipping cells with none.
@@ -263,6 +266,9 @@ function showZoom(r, c, open) {
   const mark = view.data.marks[image.id];
   document.getElementById("zoom-img").src = imageUrl(image);
   document.getElementById("zoom-img").alt = describe(image);
+  const init = document.getElementById("zoom-init");  // img2img: its init image beside it
+  init.hidden = !image.input;
+  if (image.input) init.querySelector("img").src = imageUrl(image, image.input);
   document.getElementById("zoom-title").textContent = `Seed ${image.seed}`;
   document.getElementById("zoom-values").replaceChildren(
     ...view.data.axes.map((a) => el("li", {}, el("strong", {}, `${a.title}: `), a.labels[image.at[a.name]])),
