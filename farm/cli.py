@@ -382,7 +382,7 @@ def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: boo
     """Write a tiny random-weight model of a family into MODELS_DIR, in its users' layout (SD: an
     A1111 checkpoint; Flux and other families built from parts: the denoiser in diffusion_models/
     and its text encoders and VAE beside it), and small input images in MODELS_DIR/inputs/ for the
-    example specs (SD1.5 also: the tiny inpainting checkpoint and inputs/masks/). Prints the
+    example specs (SD1.5 also: the tiny inpainting checkpoint and masks in MODELS_DIR/masks/). Prints the
     checkpoint's path."""
     need_worker_extra()
     from worker.tiny import TINY_WRITERS, make_tiny_inpaint, make_tiny_inputs, make_tiny_masks, write_tiny_family

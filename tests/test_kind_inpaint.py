@@ -166,7 +166,7 @@ BASE = "prompt: a red robot\ncheckpoint: seedfarm-tiny\nseed: 7\nsize: 64x64\nst
 
 @pytest.fixture(scope="module")
 def inputs_dir(tmp_path_factory):
-    """A folder as make-tiny writes it: inputs/{gradient,wide,cutout}.png and inputs/masks/ by name."""
+    """A folder as make-tiny writes it: inputs/{gradient,wide,cutout}.png and masks/ by name."""
     from worker.tiny import make_tiny_inputs, make_tiny_masks
 
     root = tmp_path_factory.mktemp("inpaint-inputs")
@@ -174,7 +174,7 @@ def inputs_dir(tmp_path_factory):
     make_tiny_masks(root)
     (root / "partial").mkdir()  # masks for two of the three images
     for name in ("cutout.png", "gradient.png"):
-        (root / "partial" / name).write_bytes((root / "inputs" / "masks" / name).read_bytes())
+        (root / "partial" / name).write_bytes((root / "masks" / name).read_bytes())
     return root
 
 
@@ -201,24 +201,24 @@ def _sha(path) -> str:
 def test_mask_folder_is_matched_by_name_and_pinned_by_content(inputs_dir):
     from farm.expand import expand
 
-    spec = _spec(inputs_dir, "init_images: inputs/\nmask: inputs/masks/\nmask_blur: [0, 8]\n"
+    spec = _spec(inputs_dir, "init_images: inputs/\nmask: masks/\nmask_blur: [0, 8]\n"
                              "inpainting_fill: 'fill, latent nothing'\ninpaint_full_res: [false, true]\n")
     tasks = list(expand(spec))
     assert len(tasks) == 3 * 2 * 2 * 2 and {t.kind for t in tasks} == {"inpaint"}
     for t in tasks:
         stem = t.axes["init_images"].split("/")[-1]
-        assert t.mask_image == _sha(inputs_dir / "inputs" / "masks" / stem) + ".png"
+        assert t.mask_image == _sha(inputs_dir / "masks" / stem) + ".png"
         assert t.init_image == _sha(inputs_dir / "inputs" / stem) + ".png"
     assert {t.inpainting_fill for t in tasks} == {"fill", "latent nothing"}
     assert {(t.mask_blur, t.inpaint_full_res) for t in tasks} == {(0, False), (0, True), (8, False), (8, True)}
     assert len({t.id for t in tasks}) == len(tasks)
-    assert [t.id for t in expand(_spec(inputs_dir, "init_images: inputs/\nmask: inputs/masks/\nmask_blur: [0, 8]\n"
+    assert [t.id for t in expand(_spec(inputs_dir, "init_images: inputs/\nmask: masks/\nmask_blur: [0, 8]\n"
                                        "inpainting_fill: 'fill, latent nothing'\ninpaint_full_res: [false, true]\n"))
             ] == [t.id for t in tasks]  # the same spec and files: the same ids
     # one mask file serves every init image; A1111's defaults; the names A1111 gives the two flags
-    (t,) = expand(_spec(inputs_dir, "init_images: inputs/wide.png\nmask: inputs/masks/gradient.png\n"
+    (t,) = expand(_spec(inputs_dir, "init_images: inputs/wide.png\nmask: masks/gradient.png\n"
                                     "inpaint_full_res: Only masked\nmask_invert: inpaint not masked\n"))
-    assert t.mask_image == _sha(inputs_dir / "inputs" / "masks" / "gradient.png") + ".png"
+    assert t.mask_image == _sha(inputs_dir / "masks" / "gradient.png") + ".png"
     assert (t.mask_blur, t.inpainting_fill, t.inpaint_full_res, t.inpaint_full_res_padding, t.mask_invert) == (
         4, "original", True, 32, True)
     assert t.denoising_strength == 0.75 and t.resize_mode == "Just resize"
@@ -243,20 +243,20 @@ def test_outpaint_is_an_axis_and_its_own_kind(inputs_dir):
      "mask: no mask for init image inputs/wide.png in partial/ (expected wide.png or another image named wide)"),
     ("init_images: inputs/gradient.png\nmask: job.yaml\n", "8:7", "mask: job.yaml: not an image Pillow can read"),
     ("init_images: inputs/gradient.png\nmask: nothere.png\n", "8:7", "mask: no file or folder nothere.png"),
-    ("mask: inputs/masks/\n", "7:1", "mask: marks what to repaint in an init image; add init_images"),
+    ("mask: masks/\n", "7:1", "mask: marks what to repaint in an init image; add init_images"),
     ("init_images: inputs/gradient.png\nmask_blur: 4\n", "8:1", "mask_blur: is an inpaint setting; add mask"),
-    ("init_images: inputs/gradient.png\nmask: inputs/masks/\noutpaint: {left: 8}\n", "8:1",
+    ("init_images: inputs/gradient.png\nmask: masks/\noutpaint: {left: 8}\n", "8:1",
      "give either mask or outpaint"),
     ("init_images: inputs/gradient.png\noutpaint: {left: 8}\ninpaint_full_res: true\n", "9:1",
      "inpaint_full_res: outpaint repaints the whole canvas"),
-    ("init_images: inputs/gradient.png\nmask: inputs/masks/\ninpainting_fill: blur\n", "9:18",
+    ("init_images: inputs/gradient.png\nmask: masks/\ninpainting_fill: blur\n", "9:18",
      "unknown inpainting_fill 'blur'; valid: fill, original, latent noise, latent nothing"),
     ("init_images: inputs/gradient.png\noutpaint: {lft: 8}\n", "8:11", "outpaint: unknown side 'lft'"),
     ("init_images: inputs/gradient.png\noutpaint: {left: 0}\n", "8:11", "outpaint: every side is 0"),
     ("init_images: inputs/gradient.png\noutpaint: {left: 9999}\n", "8:11", "left: expected 0 to 2048 pixels"),
     ("outpaint: {left: 8}\n", "7:1", "outpaint: pads an init image; add init_images"),
-    ("init_images: inputs/gradient.png\nmask: inputs/masks/\nmask_blur: 65\n", "9:12", "mask_blur: 65 is out of range"),
-    ("init_images: inputs/gradient.png\nmask: inputs/masks/\nmask_invert: maybe\n", "9:14",
+    ("init_images: inputs/gradient.png\nmask: masks/\nmask_blur: 65\n", "9:12", "mask_blur: 65 is out of range"),
+    ("init_images: inputs/gradient.png\nmask: masks/\nmask_invert: maybe\n", "9:14",
      "mask_invert: expected true, false, 'Inpaint masked' or 'Inpaint not masked'"),
 ])
 def test_inpaint_errors_are_located(inputs_dir, extra, where, message):

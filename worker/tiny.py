@@ -205,12 +205,12 @@ def make_tiny_inputs(models_dir: Path) -> list[Path]:
 
 
 def make_tiny_masks(models_dir: Path) -> list[Path]:
-    """Inpaint masks for make_tiny_inputs' images (white = repaint), under models_dir/inputs/masks/
+    """Inpaint masks for make_tiny_inputs' images (white = repaint), under models_dir/masks/
     with the same names, as a mask folder is matched: a square, an ellipse, and an RGBA mask whose
     opaque strokes are the mask (A1111's drawn masks). Deterministic pixels, PNG."""
     from PIL import Image, ImageDraw
 
-    folder = Path(models_dir) / "inputs" / "masks"
+    folder = Path(models_dir) / "masks"
     folder.mkdir(parents=True, exist_ok=True)
     square = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(square).rectangle((16, 16, 47, 47), fill=255)
