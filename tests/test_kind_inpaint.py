@@ -129,6 +129,16 @@ def test_only_masked_renders_the_box_and_pastes_it_back():
     assert blank.mask is None and blank.overlay is None and blank.image.size == (64, 64)
 
 
+def test_a_mask_of_another_size_is_resized_as_a1111_does():
+    image = _gradient((128, 96))
+    small = _square_mask((32, 24), (8, 6, 24, 18))  # the same square at a quarter of the size
+    whole = masks.prepare(image, small, 64, 64, mask_blur=0)
+    assert whole.mask.size == (64, 64) and whole.mask.getpixel((32, 32)) == 255 and whole.mask.getpixel((4, 4)) == 0
+    only = masks.prepare(image, small, 64, 64, mask_blur=0, full_res=True, padding=0)
+    x, y, w, h = only.paste_to  # the box is found at the image's size (Lanczos rings a little past the square)
+    assert only.overlay.size == (128, 96) and x <= 32 and y <= 24 and x + w >= 96 and y + h >= 72 and w == h
+
+
 def test_fill_modes_fill_before_encoding():
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     ImageDraw.Draw(image).rectangle((16, 16, 47, 47), fill=(0, 255, 0))

@@ -3,7 +3,8 @@ an img2img pass over an init image whose masked area is repainted, the rest comp
 
 The mask steps (blur, invert, "Only masked" crop, fill, the overlay) are worker/masks.py's. Here:
 - the prepared image is encoded (the VAE posterior's mean, as the hires fix does); "latent noise"
-  puts the seed's noise (the img2img starting noise) in the masked latents, "latent nothing" zeros;
+  puts the seed's noise (without a variation seed, as A1111) in the masked latents, "latent
+  nothing" zeros;
 - an inpainting checkpoint's UNet (9 input channels) gets A1111's conditioning beside the latents:
   the mask (rounded, at latent size) and the latents of the image with the masked area zeroed;
 - every model gets A1111's latent blend at each step: the denoised prediction is put back to the
@@ -79,9 +80,8 @@ def inpaint_call(pipe, slots: list[diffusion.Slot], kwargs: dict, *, prepared: d
     for k, (slot, p) in enumerate(zip(slots, entries)):
         if p.latent_mask is None:
             continue
-        if slot.task.inpainting_fill == "latent noise":
-            noise = image_noise((channels, h, w), slot.seed, task.rng, slot.subseed, task.subseed_strength,
-                                (task.seed_resize_width, task.seed_resize_height))
+        if slot.task.inpainting_fill == "latent noise":  # A1111: the seed's own noise (no variation)
+            noise = image_noise((channels, h, w), slot.seed, task.rng)
             init[k] = init[k] * (1 - repaint[k]) + noise * repaint[k]
         elif slot.task.inpainting_fill == "latent nothing":
             init[k] = init[k] * (1 - repaint[k])
