@@ -1,5 +1,6 @@
-"""Inpaint end to end over Redis: `farm submit` + a real `farm worker` that has neither the init
-images nor the masks (it reads both from the store by content hash), on the ordinary and the
+"""Inpaint and outpaint end to end: `farm run` of jobs/inpaint.yaml and jobs/outpaint.yaml after
+`farm models make-tiny`, and over Redis: `farm submit` + a real `farm worker` that has neither the
+init images nor the masks (it reads both from the store by content hash), on the ordinary and the
 inpainting tiny checkpoint; the pixels outside the masks are the init images'."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from conftest import farm
+from conftest import REPO, farm
+from farm.infotext import parse_infotext, read_parameters
 from farm.ledger import Ledger
 from test_e2e_farm import wait_complete
 from worker.tiny import make_tiny, make_tiny_inpaint, make_tiny_inputs, make_tiny_masks
@@ -64,3 +66,21 @@ def test_redis_worker_reads_init_images_and_masks_from_the_store(redis_server, s
                                dtype=np.int16)
             assert abs(image[:8] - originals["gradient.png"][:8]).max() <= 1
             assert abs(image[24:40, 24:40] - originals["gradient.png"][24:40, 24:40]).mean() > 5
+
+
+def test_farm_run_of_jobs_inpaint_and_outpaint_after_make_tiny(tmp_path):
+    models = tmp_path / "models"
+    made = farm("models", "make-tiny", str(models))
+    assert made.returncode == 0, made.stderr
+    for name, count, sizes in (("inpaint", 8, {(64, 64)}), ("outpaint", 4, {(128, 64), (128, 128)})):
+        result = farm("run", str(REPO / "jobs" / f"{name}.yaml"), "--models", str(models), "--out", str(tmp_path / "out"))
+        assert result.returncode == 0, result.stderr
+        images = sorted((tmp_path / "out").glob(f"{name}-*/images/*.png"))
+        assert len(images) == count
+        assert {Image.open(p).size for p in images} == sizes
+        params = [parse_infotext(read_parameters(p))[2] for p in images]
+        assert all(p["Denoising strength"] in (0.75, 0.8) and "Mask blur" in p for p in params)
+        assert list((tmp_path / "out").glob(f"{name}-*/sheets/*.png"))
+    inpainted = [parse_infotext(read_parameters(p))[2] for p in (tmp_path / "out").glob("inpaint-*/images/*.png")]
+    assert {p["Model"] for p in inpainted} == {"seedfarm-tiny", "seedfarm-tiny-inpaint"}
+    assert sum(p.get("Inpaint area") == "Only masked" for p in inpainted) == 4

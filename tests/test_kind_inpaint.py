@@ -474,29 +474,6 @@ def test_outpaint_grows_the_canvas_and_keeps_the_image(pipes):
     assert out[:, :56].std() > 5  # the new area was rendered, not left black
 
 
-# ---- end to end: the example specs with the real CLI ------------------------------------------------
-
-def test_farm_run_of_jobs_inpaint_and_outpaint_after_make_tiny(tmp_path):
-    from conftest import REPO, farm
-    from farm.infotext import parse_infotext, read_parameters
-
-    models = tmp_path / "models"
-    made = farm("models", "make-tiny", str(models))
-    assert made.returncode == 0, made.stderr
-    for name, count, sizes in (("inpaint", 8, {(64, 64)}), ("outpaint", 4, {(128, 64), (128, 128)})):
-        result = farm("run", str(REPO / "jobs" / f"{name}.yaml"), "--models", str(models), "--out", str(tmp_path / "out"))
-        assert result.returncode == 0, result.stderr
-        images = sorted((tmp_path / "out").glob(f"{name}-*/images/*.png"))
-        assert len(images) == count
-        assert {Image.open(p).size for p in images} == sizes
-        params = [parse_infotext(read_parameters(p))[2] for p in images]
-        assert all(p["Denoising strength"] in (0.75, 0.8) and "Mask blur" in p for p in params)
-        assert list((tmp_path / "out").glob(f"{name}-*/sheets/*.png"))
-    inpainted = [parse_infotext(read_parameters(p))[2] for p in (tmp_path / "out").glob("inpaint-*/images/*.png")]
-    assert {p["Model"] for p in inpainted} == {"seedfarm-tiny", "seedfarm-tiny-inpaint"}
-    assert sum(p.get("Inpaint area") == "Only masked" for p in inpainted) == 4
-
-
 def test_an_inpainting_checkpoint_renders_txt2img_and_hires_with_a_full_mask(pipes, monkeypatch):
     """A1111 renders every kind on an inpainting checkpoint: without a mask the UNet's extra input
     is a mask of ones and an all-gray image."""
@@ -533,3 +510,30 @@ def test_an_inpainting_checkpoint_renders_txt2img_and_hires_with_a_full_mask(pip
     finally:
         hook.remove()
     assert set(plain) == {4}
+
+
+def test_an_sdxl_inpainting_checkpoint_loads_and_inpaints(tmp_path):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from factories import make_task
+    from worker.kinds import inpaint
+    from worker.pipelines import load_pipeline
+    from worker.render import Slot
+    from worker.tiny import tiny_pipeline, write_checkpoint, write_config_dir
+
+    pipe = tiny_pipeline("SDXL")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9}).eval()
+    folder = tmp_path / "Stable-diffusion"
+    folder.mkdir()
+    write_config_dir(pipe, folder / "xl-inpaint.config")
+    write_checkpoint(pipe, folder / "xl-inpaint.safetensors")
+    loaded = load_pipeline(folder / "xl-inpaint.safetensors", "cpu")
+    assert type(loaded).__name__ == "StableDiffusionXLPipeline" and loaded.unet.config.in_channels == 9
+    init = _noise_image(8)
+    task = _inpaint_task(checkpoint="xl-inpaint")
+    (out,) = inpaint.render(loaded, [_slot(task, init, _square_mask())])
+    out, original = np.asarray(out, dtype=np.int16), np.asarray(init, dtype=np.int16)
+    assert abs(out[:6] - original[:6]).max() <= 1 and abs(out[24:40, 24:40] - original[24:40, 24:40]).mean() > 20
