@@ -521,12 +521,6 @@ PARAMS: tuple[Param, ...] = (
           write_info=_ensd_info,
           read_info=lambda p, notes: {"ensd": p["ENSD"]} if p.get("ENSD") else {}, info_types=(("ENSD", int),),
           star=lambda t, s: t.get("ensd", 0)),
-    # img2img's init image: read by the spec parser itself (files, folders or a job's images;
-    # farm/spec/inputs.py); not in the batch key: different init images share a diffusion call
-    Param("init_images", ("init_image",),
-          fields=("init_image",), id_rule=UNLESS_DEFAULT, title="Init image",
-          to_task=_init_image_to_task,
-          star=_init_image_star),
     Param("resize_mode", read=lambda r, n: r.resize_modes(n),
           needs=("init_images", "resize_mode: is img2img's; add init_images"),
           fields=("resize_mode",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Resize mode",
@@ -629,6 +623,13 @@ PARAMS: tuple[Param, ...] = (
           read=lambda r, n: r.numbers(n, "variation_seed", int, 0, 2**64 - 1),
           fields=("subseed",), id_rule=UNLESS_DEFAULT,
           star=lambda t, s: t["subseed"] + (s - t["seed"]) if t.get("subseed_strength") else s),
+    # img2img's init image: read by the spec parser itself (files, folders or a job's images;
+    # farm/spec/inputs.py); not in the batch key, and inside every axis that is but the seed, so
+    # that consecutive tasks of different init images share a diffusion call
+    Param("init_images", ("init_image",),
+          fields=("init_image",), id_rule=UNLESS_DEFAULT, title="Init image",
+          to_task=_init_image_to_task,
+          star=_init_image_star),
     Param("seed", ("seeds",),
           read=lambda r, n: r.numbers(n, "seed", int, 0, 2**64 - 1),
           fields=("seed",), title="Seed",

@@ -42,11 +42,13 @@ def private_hash_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, private_hash_cache) -> Path:
-    """A models folder in A1111 layout holding the built-in tiny checkpoint."""
-    from worker.tiny import make_tiny
+    """A models folder in A1111 layout holding the built-in tiny checkpoint, and the input images
+    the example specs use (inputs/), as `farm models make-tiny` writes them."""
+    from worker.tiny import make_tiny, make_tiny_inputs
 
     models = tmp_path_factory.mktemp("models")
     make_tiny(models, "seedfarm-tiny")
+    make_tiny_inputs(models)
     return models
 
 

@@ -50,8 +50,7 @@ def test_a_folder_is_an_axis_in_name_order_and_tasks_pin_the_bytes(folder):
     assert changed[1].id != tasks[1].id and changed[0].id == tasks[0].id
 
 
-def test_files_list_and_models_folder_lookup(tiny_models, tmp_path):
-    make_tiny_inputs(tiny_models)
+def test_files_list_and_models_folder_lookup(tiny_models, tmp_path):  # conftest writes its inputs/
     text = "prompt: a\ncheckpoint: seedfarm-tiny\nseed: 1\ninit_images: [inputs/wide.png, inputs/gradient.png]\n"
     spec = parse_spec(text, str(tmp_path / "j.yaml"), models_dir=tiny_models)
     assert spec.values["init_images"] == ["inputs/wide.png", "inputs/gradient.png"]

@@ -153,6 +153,7 @@ def test_farm_run_of_jobs_img2img_after_make_tiny(tmp_path):
     # as-spec: the infotext does not name the init image (A1111's neither): with it added, the
     # spec renders the same pixels (a square input: every resize mode is the same resize)
     records = [json.loads(p.read_text()) for p in (job / "records").glob("*.json")]
+    assert {r["render_batch"] for r in records} == {3}  # the 3 init images of a strength share a call
     record = next(r for r in records if r["axes"]["init_images"] == "inputs/gradient.png")
     first = job / record["image"]
     info = farm("info", str(first), "--as-spec", "--models", str(models))
