@@ -43,12 +43,15 @@ def private_hash_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, private_hash_cache) -> Path:
     """A models folder in A1111 layout holding the built-in tiny checkpoint, and the input images
-    the example specs use (inputs/), as `farm models make-tiny` writes them."""
-    from worker.tiny import make_tiny, make_tiny_inputs
+    the example specs use (inputs/), as `farm models make-tiny` writes them (with the tiny
+    inpainting checkpoint and masks/ of jobs/inpaint.yaml)."""
+    from worker.tiny import make_tiny, make_tiny_inpaint, make_tiny_inputs, make_tiny_masks
 
     models = tmp_path_factory.mktemp("models")
     make_tiny(models, "seedfarm-tiny")
     make_tiny_inputs(models)
+    make_tiny_inpaint(models)
+    make_tiny_masks(models)
     return models
 
 

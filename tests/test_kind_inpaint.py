@@ -516,10 +516,8 @@ def test_an_sdxl_inpainting_checkpoint_loads_and_inpaints(tmp_path):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from factories import make_task
     from worker.kinds import inpaint
     from worker.pipelines import load_pipeline
-    from worker.render import Slot
     from worker.tiny import tiny_pipeline, write_checkpoint, write_config_dir
 
     pipe = tiny_pipeline("SDXL")
