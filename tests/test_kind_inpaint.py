@@ -535,3 +535,18 @@ def test_an_sdxl_inpainting_checkpoint_loads_and_inpaints(tmp_path):
     (out,) = inpaint.render(loaded, [_slot(task, init, _square_mask())])
     out, original = np.asarray(out, dtype=np.int16), np.asarray(init, dtype=np.int16)
     assert abs(out[:6] - original[:6]).max() <= 1 and abs(out[24:40, 24:40] - original[24:40, 24:40]).mean() > 20
+
+
+def test_renders_of_an_inpainting_checkpoint_say_conditional_mask_weight(tiny_models, tmp_path):
+    from factories import make_task
+    from model_tree import render
+    from worker.context import WorkerContext
+
+    ctx = WorkerContext(models_dir=tiny_models)
+    _, params = render(ctx, make_task(job="cmw", checkpoint="seedfarm-tiny-inpaint"), tmp_path / "a")
+    assert params["Conditional mask weight"] == 1.0
+    keys = list(params)
+    assert keys.index("Model") < keys.index("Conditional mask weight") < keys.index("RNG")  # A1111's place
+    _, params = render(ctx, make_task(job="cmw", checkpoint="seedfarm-tiny"), tmp_path / "b")
+    assert "Conditional mask weight" not in params
+

@@ -17,9 +17,14 @@ from PIL import Image
 from worker.families import of_pipeline
 
 
+# What an inpainting UNet takes besides the latents: the mask and the masked image's latents.
+EXTRA_CHANNELS = 5
+
+
 def is_inpainting(unet) -> bool:
-    """A UNet that takes more input channels than it gives back (the latents') takes conditioning."""
-    return unet.config.in_channels != unet.config.out_channels
+    """An SD UNet taking 5 input channels more than it gives back (the latents')."""
+    out = getattr(unet.config, "out_channels", None)
+    return out is not None and unet.config.in_channels == out + EXTRA_CHANNELS
 
 
 def pixels(image: Image.Image) -> torch.Tensor:
