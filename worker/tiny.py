@@ -108,7 +108,7 @@ def tiny_inpaint_pipeline():
         torch.manual_seed(TINY_SEED + INPAINT_CHANNELS)
         unet = UNet2DConditionModel(**{**TINY_UNET, "in_channels": INPAINT_CHANNELS}, cross_attention_dim=32).eval()
     parts = {k: v for k, v in base.components.items() if k != "unet"}
-    pipe = StableDiffusionPipeline(**parts, unet=unet)
+    pipe = StableDiffusionPipeline(**parts, unet=unet, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
