@@ -461,6 +461,14 @@ def test_an_image_rendered_in_a_batch_equals_it_alone(pipes):
         assert abs(np.asarray(batch[0], dtype=np.int16) - np.asarray(batch[1], dtype=np.int16)).max() > 5
 
 
+def test_an_inpaint_task_without_its_mask_is_one_line(pipes):
+    from worker.kinds import inpaint
+    from worker.render import RenderError, Slot
+
+    with pytest.raises(RenderError, match="^an inpaint task needs an init image and a mask"):
+        inpaint.render(pipes["plain"], [Slot(_inpaint_task(mask_image=""), 0, {"init_image": _noise_image(1)})])
+
+
 def test_outpaint_grows_the_canvas_and_keeps_the_image(pipes):
     from worker.kinds import inpaint
 

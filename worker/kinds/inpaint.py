@@ -41,6 +41,9 @@ def prepare(slot: diffusion.Slot, width: int, height: int) -> masks.Prepared:
     """A slot's init image and mask (its inputs) as A1111 prepares them. Outpaint: the init image
     brought to the task's size (its resize mode), then padded (worker/masks.py outpaint_canvas)."""
     task = slot.task
+    if "init_image" not in slot.inputs or not (any(task.outpaint) or "mask_image" in slot.inputs):
+        raise diffusion.RenderError("an inpaint task needs an init image and a mask (or outpaint sides); "
+                                    "this one names neither: submit its job again with this seedfarm")
     image = slot.inputs["init_image"]
     if any(task.outpaint):
         image = resize_image(image, task.resize_mode or JUST_RESIZE, task.width, task.height)
