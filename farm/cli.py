@@ -383,10 +383,10 @@ def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: boo
     """Write a tiny random-weight model of a family into MODELS_DIR, in its users' layout (SD: an
     A1111 checkpoint; Flux and other families built from parts: the denoiser in diffusion_models/
     and its text encoders and VAE beside it), the tiny upscaler models (ESRGAN/, RealESRGAN/,
-    upscale_models/) and small input images in MODELS_DIR/inputs/ for the example specs. Prints the
-    checkpoint's path."""
+    upscale_models/) and small input images in MODELS_DIR/inputs/ for the example specs (SD1.5 also:
+    the tiny inpainting checkpoint and masks in MODELS_DIR/masks/). Prints the checkpoint's path."""
     need_worker_extra()
-    from worker.tiny import TINY_WRITERS, make_tiny_inputs, write_tiny_family
+    from worker.tiny import TINY_WRITERS, make_tiny_inpaint, make_tiny_inputs, make_tiny_masks, write_tiny_family
     from worker.tiny_upscalers import write_tiny_upscalers
 
     family_name = "SDXL" if sdxl else family_name
@@ -398,6 +398,9 @@ def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: boo
     click.echo(write_tiny_family(Path(models_dir), family_name, name))
     make_tiny_inputs(Path(models_dir))  # the example specs' input images (init_images: inputs/...)
     write_tiny_upscalers(Path(models_dir))  # and their upscaler models (hr_upscaler, upscaler)
+    if family_name == "SD1.5":  # jobs/inpaint.yaml's inpainting checkpoint and masks
+        make_tiny_inpaint(Path(models_dir))
+        make_tiny_masks(Path(models_dir))
 
 
 @models.command("list")

@@ -196,6 +196,21 @@ def header_family(tensors: Iterable[str] | dict[str, tuple]) -> str:
     return DEFAULT.name
 
 
+# An SD UNet's first convolution: 4 input channels, or 9 in an inpainting checkpoint (the latents,
+# the mask and the masked image's latents), as sd-v1-5-inpainting and SDXL's inpainting 0.1 have.
+# Such a checkpoint is its family's (SD1.5, SDXL) and loads as it does, with a wider UNet
+# (worker/pipelines.py); worker/inpainting.py gives the UNet its extra input.
+CONV_IN = DENOISER_PREFIX + "input_blocks.0.0.weight"
+INPAINT_CHANNELS = 9
+
+
+def is_inpainting(tensors: dict[str, tuple]) -> bool:
+    """Whether an SD checkpoint (name -> (dtype, shape)) is an inpainting model: its UNet takes
+    9 input channels."""
+    shape = (tensors.get(CONV_IN) or (None, ()))[1]
+    return len(shape) > 1 and shape[1] == INPAINT_CHANNELS
+
+
 def folder_family(folder: Path) -> str:
     """A diffusers folder's family from the pipeline class in model_index.json (SD2 shares SD1.5's
     class: its text encoder is 1024 wide); another pipeline shows its class name (e.g. Flux)."""

@@ -95,7 +95,12 @@ def img2img_steps(steps: int, strength: float, fixed_steps: int = 0) -> tuple[in
 
 
 def output_size(task) -> tuple[int, int]:
-    """The (width, height) of the images a task makes: the hires size for kind "hires"."""
+    """The (width, height) of the images a task makes: the hires size for kind "hires"; for kind
+    "inpaint" the size its diffusion runs at (an outpaint's canvas)."""
+    if task.kind == "inpaint":
+        from farm.inpaint import render_size
+
+        return render_size(task)
     if task.kind != "hires":
         return task.width, task.height
     return hires_size(task.width, task.height, task.hr_scale, task.hr_resize_x, task.hr_resize_y)[1]

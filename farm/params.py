@@ -23,6 +23,8 @@ from farm.img2img import IMG2IMG_DENOISING, JUST_RESIZE
 from farm.upscale import DEFAULT_UPSCALE_BY, MAX_UPSCALE_BY, UPSCALE_KEYS
 from farm.upscale import DEFAULT_UPSCALER as UPSCALE_DEFAULT_UPSCALER
 from farm.upscale import output_size as upscale_output_size
+from farm.inpaint import (DEFAULT_FILL, DEFAULT_MASK_BLUR, DEFAULT_PADDING, MAX_MASK_BLUR, MAX_PADDING, ORIGINAL,
+                          OUTPAINT_FILL, fill_name, outpaint_sides, outpaint_text)
 from farm.samplers import ETA_INFOTEXT_KEYS, USES_ENSD, display_name, effective_eta, flow_sampler, parse_sampler
 
 # A vae/lora axis value meaning "none": the checkpoint's own VAE, no extra LoRA.
@@ -263,6 +265,8 @@ def _upscale_to_task(v: dict, spec) -> dict:
 def _kind_to_task(v: dict, spec) -> dict:
     if is_upscale(spec):
         return {"kind": "upscale"}
+    if is_inpaint(spec):
+        return {"kind": "inpaint"}
     if is_img2img(spec):
         return {"kind": "img2img"}
     return {"kind": "hires" if is_hires(spec) else "txt2img"}
@@ -297,6 +301,69 @@ def _init_image_star(task: dict, seed: int) -> str | None:
 
 def _init_image_to_task(v: dict, spec) -> dict:
     return {"init_image": spec.input_image("init_images", v["init_images"]).name} if "init_images" in v else {}
+
+
+# ---- inpaint and outpaint (farm/inpaint.py, farm/spec/inpaint.py; the kind worker/kinds/inpaint.py) ---
+# A spec with a mask or an outpaint renders kind "inpaint" (an img2img of its init images).
+
+
+def is_inpaint(spec) -> bool:
+    return "mask" in spec.inputs or "outpaint" in spec.values
+
+
+def _inpaint_to_task(v: dict, spec) -> dict:
+    """Every inpaint field of a task (one row sets them all, as the hires row does)."""
+    if not is_inpaint(spec):
+        return {}
+    outpaint = outpaint_sides(v["outpaint"]) if "outpaint" in v else (0, 0, 0, 0)
+    out = {"mask_blur": int(v.get("mask_blur", DEFAULT_MASK_BLUR)),
+           "inpainting_fill": v.get("inpainting_fill", OUTPAINT_FILL if "outpaint" in v else DEFAULT_FILL),
+           "inpaint_full_res": bool(v.get("inpaint_full_res", False)),
+           "inpaint_full_res_padding": int(v.get("inpaint_full_res_padding", DEFAULT_PADDING)),
+           "mask_invert": bool(v.get("mask_invert", False)), "outpaint": outpaint}
+    if "mask" in spec.inputs:
+        out["mask_image"] = spec.input_image("mask", v["init_images"]).name
+    return out
+
+
+def _inpaint_info(task, seed: int) -> dict:
+    """A1111's inpaint keys, in the order it adds them. Outpaint: A1111's script blurs the mask by
+    twice its own slider and writes that; `Outpaint` (the sides) is seedfarm's own key."""
+    if task.kind != "inpaint":
+        return {}
+    outpaint = any(task.outpaint)
+    info: dict = {"Mask blur": task.mask_blur * 2 if outpaint else task.mask_blur}
+    if task.mask_invert:
+        info["Mask mode"] = "Inpaint not masked"
+    if task.inpaint_full_res:
+        info["Inpaint area"] = "Only masked"
+        info["Masked area padding"] = task.inpaint_full_res_padding
+    if task.inpainting_fill != ORIGINAL:
+        info["Masked content"] = task.inpainting_fill
+    if outpaint:
+        info["Outpaint"] = outpaint_text(task.outpaint)
+    return info
+
+
+def _inpaint_from_info(params: dict, notes: list) -> dict:
+    outpaint = "Outpaint" in params
+    entries: dict = {}
+    if "Mask blur" in params:
+        entries["mask_blur"] = params["Mask blur"] // 2 if outpaint else params["Mask blur"]
+    if params.get("Mask mode") == "Inpaint not masked":
+        entries["mask_invert"] = True
+    if params.get("Inpaint area") == "Only masked":
+        entries["inpaint_full_res"] = True
+        entries["inpaint_full_res_padding"] = params.get("Masked area padding", DEFAULT_PADDING)
+    if "Masked content" in params:
+        entries["inpainting_fill"] = fill_name(str(params["Masked content"]))
+    if outpaint:
+        entries["outpaint"] = outpaint_text(outpaint_sides(str(params["Outpaint"])))
+        entries.setdefault("inpainting_fill", ORIGINAL)  # the script's default is fill; A1111 leaves original out
+    elif entries:
+        notes.append("an inpaint render: give its init image and mask as init_images and mask "
+                     "(the infotext names neither)")
+    return entries
 
 
 def _hires_to_task(v: dict, spec) -> dict:
@@ -547,6 +614,30 @@ PARAMS: tuple[Param, ...] = (
           read=lambda r, n: [t for t, _ in r.texts(n, "hr_negative_prompt", "the hires negative prompt text")],
           fields=("hr_negative_prompt",), id_rule=UNLESS_DEFAULT, in_batch_key=True,
           title="Hires negative prompt", star=_field("hr_negative_prompt")),
+    # inpaint and outpaint: the mask row sets every inpaint field and writes/reads every inpaint key;
+    # the mask itself is no axis (it goes with its init image: farm/spec/inpaint.py)
+    Param("mask", in_spec=False, fields=("mask_image",), id_rule=UNLESS_DEFAULT, title="Mask",
+          to_task=_inpaint_to_task, write_info=_inpaint_info, read_info=_inpaint_from_info,
+          info_types=(("Mask blur", int), ("Masked area padding", int))),
+    Param("outpaint", read=lambda r, n: r.outpaints(n),
+          needs=("init_images", "outpaint: pads an init image; add init_images"),
+          fields=("outpaint",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Outpaint",
+          star=lambda t, s: outpaint_text(t["outpaint"]) if any(t.get("outpaint") or ()) else None),
+    Param("mask_blur", read=lambda r, n: r.numbers(n, "mask_blur", int, 0, MAX_MASK_BLUR),
+          fields=("mask_blur",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Mask blur",
+          star=lambda t, s: t.get("mask_blur", DEFAULT_MASK_BLUR) if t.get("kind") == "inpaint" else None),
+    Param("inpainting_fill", ("masked_content",), read=lambda r, n: r.fills(n),
+          fields=("inpainting_fill",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Masked content",
+          star=lambda t, s: t.get("inpainting_fill") if t.get("kind") == "inpaint" else None),
+    Param("inpaint_full_res", ("only_masked",), read=lambda r, n: r.flags(n, "inpaint_full_res"),
+          fields=("inpaint_full_res",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Only masked",
+          star=_field("inpaint_full_res")),
+    Param("inpaint_full_res_padding", read=lambda r, n: r.numbers(n, "inpaint_full_res_padding", int, 0, MAX_PADDING),
+          fields=("inpaint_full_res_padding",), id_rule=UNLESS_DEFAULT, in_batch_key=True,
+          title="Masked area padding", star=_field("inpaint_full_res_padding")),
+    Param("mask_invert", read=lambda r, n: r.flags(n, "mask_invert"),
+          fields=("mask_invert",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Inpaint not masked",
+          star=_field("mask_invert")),
     Param("seed_resize_from",
           read=lambda r, n: r.sizes(n, "seed_resize_from"),
           fields=("seed_resize_width", "seed_resize_height"), id_rule=UNLESS_DEFAULT,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,7 @@ TASK_SCHEMA_VERSION = 1
 # Fields that do not change the pixels and so stay out of the id. Which of the others are in the
 # id only when not at their default (fields added after v1): farm/params.py.
 _NOT_IN_ID = {"id", "job", "index", "axes"}
+_Side = Annotated[int, Field(ge=0, le=2048)]  # an outpaint side (farm/inpaint.py MAX_OUTPAINT)
 
 
 class RenderTask(BaseModel):
@@ -85,6 +86,17 @@ class RenderTask(BaseModel):
     init_image: str = Field(default="", pattern=r"^([0-9a-f]{64}\.(png|jpg|jpeg|webp))?$",
                             description="img2img: the init image's content name in the job's store")
     resize_mode: str = Field(default="", description="img2img: A1111's resize mode, '' = not an img2img task")
+    # inpaint and outpaint (kind "inpaint", farm/inpaint.py): A1111's img2img inpaint settings
+    mask_image: str = Field(default="", pattern=r"^([0-9a-f]{64}\.(png|jpg|jpeg|webp))?$",
+                            description="inpaint: the mask's content name in the job's store (white = repaint)")
+    mask_blur: int = Field(default=4, ge=0, le=64, description="inpaint: A1111's 'Mask blur' (Gaussian sigma, pixels)")
+    inpainting_fill: str = Field(default="original", pattern="^(fill|original|latent noise|latent nothing)$",
+                                 description="inpaint: A1111's 'Masked content'")
+    inpaint_full_res: bool = Field(default=False, description="inpaint: A1111's 'Only masked' inpaint area")
+    inpaint_full_res_padding: int = Field(default=32, ge=0, le=256, description="inpaint: 'Only masked' padding")
+    mask_invert: bool = Field(default=False, description="inpaint: A1111's 'Inpaint not masked'")
+    outpaint: tuple[_Side, _Side, _Side, _Side] = Field(default=(0, 0, 0, 0),
+                                                description="outpaint: pixels added (left, right, up, down)")
     filename: str = Field(default="[seed]-[task_id]", description="output filename pattern")
     axes: dict[str, Any] = Field(default_factory=dict, description="swept axis -> value, for labels")
 

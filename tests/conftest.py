@@ -42,15 +42,18 @@ def private_hash_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, private_hash_cache) -> Path:
-    """A models folder in A1111 layout holding the built-in tiny checkpoint, the tiny upscaler models
-    and the input images the example specs use (inputs/), as `farm models make-tiny` writes them."""
-    from worker.tiny import make_tiny, make_tiny_inputs
+    """A models folder in A1111 layout holding the built-in tiny checkpoint, and the input images
+    the example specs use (inputs/), as `farm models make-tiny` writes them (with the tiny
+    upscaler models, and the tiny inpainting checkpoint and masks/ of jobs/inpaint.yaml)."""
+    from worker.tiny import make_tiny, make_tiny_inpaint, make_tiny_inputs, make_tiny_masks
     from worker.tiny_upscalers import write_tiny_upscalers
 
     models = tmp_path_factory.mktemp("models")
     make_tiny(models, "seedfarm-tiny")
     make_tiny_inputs(models)
     write_tiny_upscalers(models)
+    make_tiny_inpaint(models)
+    make_tiny_masks(models)
     return models
 
 

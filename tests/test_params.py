@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from farm.spec.inpaint import INPAINT_KEYS
 from farm.params import (
     HIRES_KEYS,
     ALIASES, AXIS_ORDER, BATCH_FIELDS, BY_KEY, DEFAULTS, IN_ID_UNLESS_DEFAULT, PARAMS, axis_title, filename_token,
@@ -46,7 +47,7 @@ GRID_LABELS = {
 def test_axis_titles_are_the_grids_labels():
     assert {axis: axis_title(axis) for axis in GRID_LABELS} == GRID_LABELS
     new_axes = {"eta", "ensd", "distilled_cfg", "shift", "denoising_strength", *HIRES_KEYS, "init_images", "resize_mode",
-                *UPSCALE_KEYS}
+                *UPSCALE_KEYS, "outpaint", *INPAINT_KEYS}
     assert set(AXIS_ORDER) - set(GRID_LABELS) == new_axes
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from farm.spec import AXIS_ORDER, JobSpec, SpecError, load_spec, parse_spec
+from farm.spec.inpaint import INPAINT_KEYS
 from farm.params import HIRES_KEYS
 from farm.upscale import UPSCALE_KEYS
 
@@ -61,7 +62,8 @@ def test_defaults_are_a1111s():
                 "rng", "eta", "ensd", "seed_resize_from", "variation_strength", "variation_seed",
                 "denoising_strength", *HIRES_KEYS,  # hires fix: only when asked for
                 "init_images", "resize_mode",  # img2img likewise
-                *UPSCALE_KEYS)  # and the upscale kind
+                *UPSCALE_KEYS,  # the upscale kind
+                "outpaint", *INPAINT_KEYS)  # and inpaint
     assert list(axes) == [a for a in AXIS_ORDER if a not in optional]
     assert axes["sampler"] == ["DPM++ 2M"] and axes["schedule"] == ["Automatic"]
     assert axes["steps"] == [20] and axes["cfg"] == [7.0] and axes["size"] == ["512x512"]

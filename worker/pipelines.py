@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from farm.families import FAMILIES, NOT_A_CHECKPOINT, family, folder_family, header_family
+from farm.families import FAMILIES, NOT_A_CHECKPOINT, family, folder_family, header_family, is_inpainting
 from farm.model_files import (MODEL_SUFFIXES, ModelFileError, folder_files, folder_weights, read_model_index,
                               read_tensor_shapes)
 from farm.models import Registry, kind_dirs
@@ -150,6 +150,8 @@ def load_pipeline(
             local_files_only=True,
             torch_dtype=dtype,
             **_no_safety_checker(pipeline_class),
+            # an inpainting checkpoint: the family's pipeline with its 9-channel UNet (worker/inpainting.py)
+            **(_inpaint_unet(path, config, dtype) if is_inpainting(tensors) else {}),
         )
     except Exception as e:  # diffusers raises many types; the user needs one line naming the file
         raise ModelLoadError(_load_failure(path, config, e)) from e
@@ -302,6 +304,18 @@ def _ready(pipe, path: Path, config: Path, device: torch.device, clip_tokenizers
     pipe.seedfarm_config_dir = config  # a VAE file for this checkpoint is built from the same configs
     pipe.seedfarm_scheduler_config = dict(pipe.scheduler.config)  # the family's own, before any task's
     return pipe
+
+
+def _inpaint_unet(path: Path, config: Path, dtype: torch.dtype) -> dict:
+    """An inpainting checkpoint's UNet: the family's UNet config with 9 input channels."""
+    from diffusers import UNet2DConditionModel
+
+    from farm.families import INPAINT_CHANNELS
+
+    unet = UNet2DConditionModel.from_single_file(str(path), config=str(config), subfolder="unet",
+                                                 in_channels=INPAINT_CHANNELS, local_files_only=True,
+                                                 torch_dtype=dtype)
+    return {"unet": unet}
 
 
 def _no_safety_checker(pipeline_class) -> dict:

@@ -21,6 +21,7 @@ from farm.prompts import extract_extra_networks, lora_refs
 from farm.task import RenderTask
 from worker.embeddings import load_embeddings, unload_embeddings, used_embeddings
 from worker.families import ModelFiles, PartsFamily, of_pipeline
+from worker.inpainting import is_inpainting
 from worker.lora import apply_loras, remove_loras
 from worker.memory import (MemoryProfile, apply_profile, auto_max_batch, choose_profile, place, prepare_vae,
                            profile_for, set_vae_tiling)
@@ -88,6 +89,8 @@ class TaskModels:
             lora_hashes = apply_loras(pipe, refs, self.registry, self.allow_pickle)
             if lora_hashes:
                 extra["Lora hashes"] = _hash_list(lora_hashes)
+            if not isinstance(of_pipeline(pipe), PartsFamily) and is_inpainting(of_pipeline(pipe).denoiser_of(pipe)):
+                extra["Conditional mask weight"] = "1.0"  # A1111 writes it for every render of an inpainting model
             # each task's infotext names the embeddings its own prompts use; the batch loads them all
             used = [used_embeddings(self.registry, [p, n]) for p, n in zip(prompts, negatives)]
             load_embeddings(pipe, {name: path for u in used for name, path in u.items()}, self.allow_pickle)

@@ -21,6 +21,7 @@ from PIL import Image
 from farm.task import RenderTask
 from worker.conditioning import Conditioning, ConditioningError, ScheduledPair, conditioning_schedule, entry_at
 from worker.families import PartsFamily, of_pipeline
+from worker.inpainting import full_mask
 from worker.rng import image_noise, step_generator
 from worker.samplers import flow_scheduler, make_scheduler
 
@@ -263,7 +264,7 @@ def _render_call(pipe, slots: list[Slot], schedules: list[list[ScheduledPair]], 
     composable = any(entry.composable for entry in schedules[0])
     guidance = composable_guidance(family.denoiser_of(pipe), current, len(slots)) if composable else nullcontext()
 
-    with torch.inference_mode(), guidance:
+    with torch.inference_mode(), guidance, full_mask(pipe):  # an inpainting UNet's extra input
         return how.call(pipe, slots, kwargs)
 
 

@@ -95,6 +95,36 @@ def make_tiny(models_dir: Path, name: str = "seedfarm-tiny", sdxl: bool = False)
     return checkpoint
 
 
+def tiny_inpaint_pipeline():
+    """The tiny SD1.5 inpainting model: the tiny SD1.5 parts with a UNet of 9 input channels
+    (latents, mask, masked image latents) from its own seed, in the family's pipeline."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from farm.families import INPAINT_CHANNELS
+    from worker.families.base import TINY_SEED, TINY_UNET
+
+    base = tiny_pipeline("SD1.5")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED + INPAINT_CHANNELS)
+        unet = UNet2DConditionModel(**{**TINY_UNET, "in_channels": INPAINT_CHANNELS}, cross_attention_dim=32).eval()
+    parts = {k: v for k, v in base.components.items() if k != "unet"}
+    pipe = StableDiffusionPipeline(**parts, unet=unet, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_tiny_inpaint(models_dir: Path, name: str = "seedfarm-tiny-inpaint") -> Path:
+    """The tiny SD1.5 inpainting checkpoint under models_dir/Stable-diffusion/, as
+    sd-v1-5-inpainting is laid out (conv_in of 9 channels). Returns the checkpoint."""
+    target_dir = Path(models_dir) / "Stable-diffusion"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    pipe = tiny_inpaint_pipeline()
+    checkpoint = target_dir / f"{name}.safetensors"
+    write_config_dir(pipe, target_dir / f"{name}.config")
+    write_checkpoint(pipe, checkpoint)
+    return checkpoint
+
+
 def make_tiny_sdxl(models_dir: Path, name: str = "seedfarm-tiny-xl") -> Path:
     """The tiny SDXL model under models_dir/Stable-diffusion/. Returns the checkpoint."""
     return make_tiny(models_dir, name, sdxl=True)
@@ -169,6 +199,27 @@ def make_tiny_inputs(models_dir: Path) -> list[Path]:
               "cutout.png": Image.fromarray(np.dstack([square[..., ::-1], alpha]), "RGBA")}
     paths = []
     for name, image in images.items():
+        image.save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+def make_tiny_masks(models_dir: Path) -> list[Path]:
+    """Inpaint masks for make_tiny_inputs' images (white = repaint), under models_dir/masks/
+    with the same names, as a mask folder is matched: a square, an ellipse, and an RGBA mask whose
+    opaque strokes are the mask (A1111's drawn masks). Deterministic pixels, PNG."""
+    from PIL import Image, ImageDraw
+
+    folder = Path(models_dir) / "masks"
+    folder.mkdir(parents=True, exist_ok=True)
+    square = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(square).rectangle((16, 16, 47, 47), fill=255)
+    ellipse = Image.new("L", (96, 64), 0)
+    ImageDraw.Draw(ellipse).ellipse((28, 12, 67, 51), fill=255)
+    strokes = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(strokes).line((8, 56, 56, 8), fill=(255, 255, 255, 255), width=12)
+    paths = []
+    for name, image in {"gradient.png": square, "wide.png": ellipse, "cutout.png": strokes}.items():
         image.save(folder / name)
         paths.append(folder / name)
     return paths

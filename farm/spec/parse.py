@@ -22,6 +22,7 @@ from farm.params import ALIASES, AXIS_ORDER, DEFAULTS, HIRES_KEYS, PARAMS
 from farm.samplers import eta_problem, flow_sampler, parse_sampler
 from farm.spec.axes import AxisReader
 from farm.spec.combine import CombineReader
+from farm.spec.inpaint import InpaintReader
 from farm.spec.inputs import InputReader
 from farm.spec.jobspec import DEFAULT_FILENAME, SPEC_VERSION, JobSpec, job_id
 from farm.spec.models import ModelChecks
@@ -33,7 +34,7 @@ from farm.spec.nodes import MAX_JOB_TASKS, MAX_NAME_CHARS, MAX_SPEC_BYTES, SpecE
 from farm.task import filename_pattern_problem
 
 OTHER_KEYS = ("version", "name", "prompt_matrix", "batch_size", "combine", "grid", "output", "priority", "requires",
-              "text_encoders")
+              "text_encoders", "mask")
 # Keys a checkpoint's family may default when the spec leaves them out (farm/families.py `defaults`).
 FAMILY_DEFAULTED = ("sampler", "schedule", "steps", "cfg", "distilled_cfg")
 REQUIRED = ("prompt", "checkpoint", "seed")
@@ -73,7 +74,7 @@ def parse_spec(
     return spec
 
 
-class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
+class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader, InpaintReader):
     """One pass over one spec text."""
 
     def parse(self, models_dir: Path | None, known: dict[str, str] | None = None) -> JobSpec:
@@ -136,6 +137,8 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
         if "init_images" in f:
             values["init_images"], inputs["init_images"] = self.input_images(f["init_images"][1], "init_images",
                                                                              models_dir, known or {})
+        if "mask" in f:
+            inputs["mask"] = self.mask_images(f, inputs.get("init_images", {}), models_dir, known or {})
         for param in PARAMS:
             if param.read is None or param.key not in f:
                 continue
@@ -166,6 +169,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
         parts = self.parts(f, values["checkpoint"], families, checkpoint_files, models_dir, known or {})
         self.hires(f, values, rows)
         self.img2img(f, rows)
+        self.inpaint(f)
 
         if "combine" in f:
             dims = self.combine(f["combine"][1], values)

@@ -52,9 +52,10 @@ class WorkerFamily:
                 for part, (tokenizer, encoder) in zip(self.facts.embedding_parts, self.text_encoders(pipe))]
 
     def latent_shape(self, pipe, width: int, height: int) -> tuple[int, int, int]:
-        """(channels, height, width) of one image's latents."""
+        """(channels, height, width) of one image's latents (an inpainting UNet takes 5 more input
+        channels than it has latent channels: its output's count is the latents')."""
         factor = pipe.vae_scale_factor
-        return (self.denoiser_of(pipe).config.in_channels, height // factor, width // factor)
+        return (self.denoiser_of(pipe).config.out_channels, height // factor, width // factor)
 
 
 @dataclass(frozen=True)

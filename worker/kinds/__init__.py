@@ -1,5 +1,5 @@
 """Task kinds: what a task asks the worker to make (RenderTask.kind). txt2img, hires (A1111's
-hires fix) and img2img; inpaint and upscale come next.
+hires fix), img2img, inpaint (with outpaint) and upscale (A1111's Extras).
 
 A kind is one module here with
 
@@ -18,9 +18,10 @@ from types import ModuleType
 
 from farm.task import RenderTask
 from worker.context import TaskError
-from worker.kinds import hires, img2img, txt2img, upscale
+from worker.kinds import hires, img2img, inpaint, txt2img, upscale
 
-KINDS: dict[str, ModuleType] = {"txt2img": txt2img, "hires": hires, "img2img": img2img, "upscale": upscale}
+KINDS: dict[str, ModuleType] = {"txt2img": txt2img, "hires": hires, "img2img": img2img, "inpaint": inpaint,
+                                "upscale": upscale}
 
 
 def kind_of(task: RenderTask) -> ModuleType:
