@@ -422,3 +422,46 @@ def test_a_depot_that_does_not_answer_a_lookup_is_left_alone_for_a_while(tmp_pat
     cache = ModelCache(tmp_path / "cache", 10**9, Depot(Down(tmp_path / "depot")))
     assert cache.lookup("checkpoint", "m", "d" * 64) is None
     assert not cache.can_fetch() and Down.looks == 1  # steering offers no fetching now
+
+
+def test_a_task_the_depot_cannot_serve_goes_back_while_a_holder_is_live_or_the_wait_is_short(monkeypatch):
+    from factories import make_task
+    from worker.model_cache import depot_wait
+
+    class Ledger:
+        def __init__(self, workers, since):
+            self._workers, self.since = workers, since
+
+        def workers(self):
+            return self._workers
+
+        def depot_wait_since(self, job, task_id, bound):
+            return self.since
+
+    import time
+
+    task = make_task(checkpoint="tinyA")
+    down = DepotUnreachable("cannot reach http://x/tinyA.safetensors to fetch checkpoint 'tinyA' (refused)", "checkpoint")
+    holder = {"name": "pc2", "holds": '["tinyA"]', "paused": ""}
+    long_ago = time.time() - 10_000
+    assert depot_wait(Ledger([holder], long_ago), "pc1", task, down) is None  # pc2 renders it
+    assert depot_wait(Ledger([], time.time() - 5), "pc1", task, down) is None  # the depot may come back
+    # no one else: this worker itself, a paused holder, or a holder of another checkpoint
+    others = [{"name": "pc1", "holds": '["tinyA"]'}, {**holder, "paused": "gaming"},
+              {"name": "pc3", "holds": '["tinyB"]'}]
+    reason = depot_wait(Ledger(others, long_ago), "pc1", task, down)
+    assert reason.startswith("cannot reach http://x/") and "no live worker holds it" in reason and "\n" not in reason
+    # a LoRA the depot cannot serve: a checkpoint holder may lack it too, only the wait counts
+    assert depot_wait(Ledger([holder], long_ago), "pc1", task, DepotUnreachable("x", "lora")) is not None
+
+
+def test_a_worker_whose_depot_went_quiet_does_not_fail_a_task_that_needs_a_fetch(tmp_path):
+    from factories import make_task
+
+    model = model_file(tmp_path / "models", "ckpt", 10_000)
+    cache = cache_with(tmp_path, model)
+    cache.down_until = __import__("time").time() + 60
+    task = make_task(checkpoint="ckpt", checkpoint_hash=sha256_file(model.path))
+    with pytest.raises(DepotUnreachable, match="did not answer lately") as error:
+        cache.ensure(task, Registry(cache.root))
+    assert error.value.kind == "checkpoint"

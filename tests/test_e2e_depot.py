@@ -84,3 +84,62 @@ def test_worker_with_empty_models_folder_renders_a_job_whose_models_are_only_in_
     assert worker.text().count("seedfarm.worker: fetched ") == 3
     assert "Traceback" not in worker.text()
 
+
+
+def test_a_task_whose_model_cannot_be_fetched_is_handed_back_until_a_holder_renders_it_or_fails_in_one_line(
+        redis_server, start_worker, tmp_path_factory, tmp_path):
+    """The depot's copy of tiny15 lives at a URL nobody answers: a worker that lacks tiny15 hands
+    its tasks back (no Celery retry), and they fail with one line only once the wait is over with no
+    holder; with a holder live, the holder renders them."""
+    import os
+    import time
+
+    from conftest import free_port
+    from farm.depot import Depot
+    from farm.ledger import job_key
+    from farm.tunables import DEPOT_WAIT_SECONDS
+
+    tree = a1111_tree(tmp_path_factory)
+    store = str(tmp_path / "store")
+    ckpt = tree / "models/Stable-diffusion/tiny15.safetensors"
+    Depot(open_store(store)).link("checkpoint", "tiny15", f"http://127.0.0.1:{free_port()}/tiny15.safetensors",
+                                  sha256_file(ckpt), size=ckpt.stat().st_size)
+    empty = tmp_path / "empty-models"
+    empty.mkdir()
+    hooks = str(Path(__file__).parent / "hooks")
+    fast = {"DEPOT_RETRY_DELAYS": [0.1], "DEPOT_DOWN_SECONDS": 1.0, "DEPOT_LOOKUP_TTL": 0.5}
+    lacking = start_worker(redis_server.url, empty, "lacking", args=("--depot", store, "--model-cache",
+                                                                      str(tmp_path / "cache")),
+                           env={"PYTHONPATH": os.pathsep.join([hooks, os.environ.get("PYTHONPATH", "")]),
+                                "FARM_TEST_TUNABLES": json.dumps(fast)})
+    lacking.wait_ready()
+    spec = tmp_path / "job.yaml"
+    ledger = Ledger(redis_server.client())
+    r = redis_server.client()
+
+    def submit(name: str) -> str:
+        spec.write_text(f"name: {name}\nprompt: a red robot\ncheckpoint: tiny15\nseed: 1\nsteps: 2\n"
+                        "sampler: Euler\nsize: 64x64\n")
+        result = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(tree))
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    # No holder: handed back, then (its wait made older than the bound) failed in one line.
+    first = submit("nobody")
+    waits = wait_for(lambda: list(r.scan_iter(f"{job_key(first, 'depot-wait')}:*")), 60, "a hand-back")
+    assert "handed 1 task(s) back to the queue" in lacking.text()
+    assert ledger.status(first).failed == {}
+    r.set(waits[0], str(time.time() - DEPOT_WAIT_SECONDS - 60), keepttl=True)
+    failed = wait_for(lambda: ledger.status(first).failed, 60, "the task to fail")
+    reason = next(iter(failed.values()))
+    assert reason.startswith("cannot reach http://127.0.0.1:") and "no live worker holds it" in reason
+    assert "\n" not in reason
+
+    # A holder comes: the tasks handed back meanwhile are rendered there.
+    second = submit("holder")
+    wait_for(lambda: list(r.scan_iter(f"{job_key(second, 'depot-wait')}:*")), 60, "a hand-back")
+    start_worker(redis_server.url, tree, "holder")
+    wait_for(lambda: ledger.job_info(second).get("status") == "complete", 90, "the holder to render the job")
+    assert ledger.status(second).failed == {}
+    assert set(ledger.status(second).workers) == {"holder"}
+    assert "retrying in" not in lacking.text() and "Traceback" not in lacking.text()

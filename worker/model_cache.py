@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -40,7 +41,8 @@ from farm.models import Registry, human_size
 from farm.prompts import extract_extra_networks, lora_refs
 from farm.store import TEMP_PREFIX
 from farm.task import RenderTask
-from farm.tunables import ASSUMED_FETCH_MBPS, DEPOT_DOWN_SECONDS, DEPOT_LOOKUP_TTL, DEPOT_RETRY_DELAYS
+from farm.tunables import (ASSUMED_FETCH_MBPS, DEPOT_DOWN_SECONDS, DEPOT_LOOKUP_TTL, DEPOT_RETRY_DELAYS,
+                           DEPOT_WAIT_SECONDS)
 from worker.context import TaskError
 
 log = logging.getLogger("seedfarm.worker")
@@ -54,8 +56,12 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)B?", re.IGNORECASE)
 
 
 class DepotUnreachable(Exception):
-    """The depot did not answer: not the task's fault, so it goes back to the queue (worker/tasks.py
-    retries it, on this worker or another) rather than failing."""
+    """The depot did not answer: not the task's fault, so it goes back to its queue (worker/tasks.py,
+    depot_wait below) rather than failing, while someone may still render it."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind  # of the model it could not fetch: a checkpoint's holders can render the task
 
 
 class CacheConfigError(Exception):
@@ -180,6 +186,9 @@ class ModelCache:
                     self.touch(here.parent)
                 continue
             record = self.lookup(kind, name, sha) if self.can_fetch() else None
+            if self.depot is not None and self.limit > 0 and not self.can_fetch():  # lately, or this look
+                raise DepotUnreachable(f"the model depot {self.depot.describe()} did not answer lately: cannot "
+                                       f"fetch {kind} '{name}' now", kind)
             if record is None or record.kind != kind:
                 continue
             self.in_use.add(record.sha256)
@@ -242,7 +251,8 @@ class ModelCache:
                 if delay is None:
                     self.down_until = time.time() + DEPOT_DOWN_SECONDS
                     raise DepotUnreachable(f"cannot reach {self.depot.where(record)} to fetch {record.kind} "
-                                           f"'{record.name}' ({e.__cause__}): is this PC online?") from None
+                                           f"'{record.name}' ({e.__cause__}): is this PC online?",
+                                           record.kind) from None
                 log.warning("cannot reach %s: %s; trying again in %.0f s", self.depot.where(record), e.__cause__, delay)
                 time.sleep(delay)
 
@@ -337,6 +347,20 @@ class ModelCache:
             return not entry.exists()
         finally:
             lock.release()
+
+
+def depot_wait(ledger, worker: str, task: RenderTask, error: DepotUnreachable) -> str | None:
+    """None when a task whose model could not be fetched goes back to its queue: a live worker
+    (not this one, not paused) holds its checkpoint, or the depot may still come back (within
+    DEPOT_WAIT_SECONDS of the task's first such failure); else the one line the task fails with."""
+    waited = time.time() - ledger.depot_wait_since(task.job, task.id, DEPOT_WAIT_SECONDS)
+    if error.kind == "checkpoint":
+        for w in ledger.workers():
+            if w.get("name") != worker and not w.get("paused") and task.checkpoint in json.loads(w.get("holds") or "[]"):
+                return None
+    if waited < DEPOT_WAIT_SECONDS:
+        return None
+    return f"{error} (for {waited / 60:.0f} min, and no live worker holds it)"
 
 
 def _read_ahead(chunks, depth: int = 16):
