@@ -121,20 +121,11 @@ class Depot:
         """Record a model kept at a URL (`hf://org/repo/file.safetensors`, https://...), pinned by
         its sha256: workers fetch it from there like a depot file. The size, unless given, from a
         HEAD request."""
-        if not URL.match(url):
-            raise DepotError(f"{url}: expected hf://ORG/REPO/FILE or an http(s):// URL")
-        sha256 = sha256.lower()
-        if not SHA256.fullmatch(sha256):
-            raise DepotError(f"sha256 '{sha256}': expected 64 hex digits (the file's SHA-256)")
-        suffix = Path(url.split("?")[0]).suffix.lower()
-        if suffix not in SUFFIXES[kind]:
-            raise DepotError(f"{url}: a {kind} file ends in {', '.join(SUFFIXES[kind])}")
-        if size is None:
-            size = url_size(url)
-        stem = name.rsplit("/", 1)[-1]
-        # A1111's hash of a LoRA is of its tensors, unknown until it is read
-        a1111 = "" if kind == "lora" else sha256[: 12 if kind == "embedding" else 10]
-        record = DepotRecord(sha256, stem, kind, "?", size, a1111, suffix, url)
+        try:
+            record = url_record(kind, name, url, sha256, size)
+        except (OSError, ValueError) as e:
+            raise DepotError(f"cannot read the size of {url} ({e}): pass --size") from None
+        sha256, stem = record.sha256, record.name
         self.store.write_text(layout.model_record_key(sha256), record.to_json())
         self.store.write_text(layout.model_name_key(kind, stem), json.dumps({"sha256": sha256, "pushed": time.time()}))
         return record
@@ -163,6 +154,28 @@ class Depot:
         return record, existing is None
 
 
+def url_record(kind: str, name: str, url: str, sha256: str, size: int | None = None) -> DepotRecord:
+    """The record of a model kept at a URL, pinned by its sha256 (`farm models link`, or a spec's
+    `{url: ..., sha256: ...}` on the worker that fetches it); the size, unless given, from a HEAD
+    request, whose failure (offline, 404) is an OSError (urllib's errors are)."""
+    if not URL.match(url):
+        raise DepotError(f"{url}: expected hf://ORG/REPO/FILE or an http(s):// URL")
+    sha256 = sha256.lower()
+    if not SHA256.fullmatch(sha256):
+        raise DepotError(f"sha256 '{sha256}': expected 64 hex digits (the file's SHA-256)")
+    suffix = Path(url.split("?")[0]).suffix.lower()
+    if suffix not in SUFFIXES[kind]:
+        raise DepotError(f"{url}: a {kind} file ends in {', '.join(SUFFIXES[kind])}")
+    if size is None:
+        with _open_url(url, "HEAD") as response:
+            size = int(response.headers.get("Content-Length") or -1)
+        if size < 0:
+            raise OSError("the server gives no Content-Length")
+    # A1111's hash of a LoRA is of its tensors, unknown until it is read
+    a1111 = "" if kind == "lora" else sha256[: 12 if kind == "embedding" else 10]
+    return DepotRecord(sha256, name.rsplit("/", 1)[-1], kind, "?", size, a1111, suffix, url)
+
+
 def resolve_url(url: str) -> str:
     """The https URL of a model URL: `hf://ORG/REPO[@REVISION]/PATH` is the Hugging Face hub's
     resolve URL (HF_ENDPOINT, as huggingface_hub reads it, for a mirror); others are as given."""
@@ -181,14 +194,6 @@ def _open_url(url: str, method: str = "GET"):
 
     request = urllib.request.Request(resolve_url(url), method=method, headers={"User-Agent": "seedfarm"})
     return urllib.request.urlopen(request, timeout=URL_TIMEOUT)  # noqa: S310 (http(s) only: URL)
-
-
-def url_size(url: str) -> int:
-    try:
-        with _open_url(url, "HEAD") as response:
-            return int(response.headers["Content-Length"])
-    except (OSError, KeyError, ValueError) as e:
-        raise DepotError(f"cannot read the size of {url} ({e}): pass --size") from None
 
 
 def url_chunks(url: str) -> Iterator[bytes]:

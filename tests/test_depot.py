@@ -465,3 +465,75 @@ def test_a_worker_whose_depot_went_quiet_does_not_fail_a_task_that_needs_a_fetch
     with pytest.raises(DepotUnreachable, match="did not answer lately") as error:
         cache.ensure(task, Registry(cache.root))
     assert error.value.kind == "checkpoint"
+
+
+# --- models a spec gives by URL and sha256 ------------------------------------------------------------
+
+URL_SPEC = """\
+name: by-url
+prompt: a fox
+checkpoint: [tinyA, {url: "hf://org/repo/sub/Deliberate_v2.safetensors", sha256: %s}]
+vae: {url: "https://example.com/dl/myvae.safetensors?v=2", sha256: %s, name: clear-vae}
+lora: {url: "https://civitai.com/api/download/models/1/style.safetensors", sha256: %s}
+seed: 1
+steps: 2
+size: 64x64
+"""
+
+
+def test_a_spec_gives_models_by_url_pinned_without_the_files_and_every_task_carries_them(tmp_path):
+    from farm.expand import expand
+    from farm.messages import route_of
+    from farm.spec import parse_spec
+    from farm.task import RenderTask
+
+    model_file(tmp_path / "m", "tinyA", 2000)
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    spec = parse_spec(URL_SPEC % (a, b.upper(), c), "job.yaml", models_dir=tmp_path / "m")
+    assert spec.values["checkpoint"] == ["tinyA", "Deliberate_v2"] and spec.values["vae"] == ["clear-vae"]
+    tasks = list(expand(spec))
+    by_url = next(t for t in tasks if t.checkpoint == "Deliberate_v2")
+    assert by_url.checkpoint_hash == a and by_url.vae_hash == b and "<lora:style:1>" in by_url.prompt
+    assert by_url.model_urls == {
+        "checkpoint:Deliberate_v2": (a, "hf://org/repo/sub/Deliberate_v2.safetensors"),
+        "vae:clear-vae": (b, "https://example.com/dl/myvae.safetensors?v=2"),
+        "lora:style": (c, "https://civitai.com/api/download/models/1/style.safetensors")}
+    assert route_of(by_url).url == "hf://org/repo/sub/Deliberate_v2.safetensors"
+    named = next(t for t in tasks if t.checkpoint == "tinyA")
+    assert route_of(named).url == "" and "url" not in route_of(named).to_json()  # queue names as before
+    assert RenderTask.from_json(by_url.to_json()) == by_url  # travels as JSON
+
+
+@pytest.mark.parametrize("value, message", [
+    ('{url: "ftp://x/m.safetensors", sha256: %s}' % ("a" * 64), "4:19: checkpoint: url: expected hf://ORG/REPO/FILE"),
+    ('{url: "hf://o/r/m.safetensors"}', "4:13: checkpoint: a model given by URL needs url: and sha256:"),
+    ('{url: "hf://o/r/m.txt", sha256: %s}' % ("a" * 64), "4:19: checkpoint: url: a checkpoint file ends in .safetensors"),
+    ('{url: "hf://o/r/m.safetensors", sha256: xyz}', "4:53: checkpoint: sha256: expected the file's SHA-256"),
+    ('{url: "hf://o/r/m.safetensors", sha: 1}', "4:45: unknown key 'sha' in a checkpoint given by URL (did you mean 'sha256'?)"),
+])
+def test_a_bad_model_url_in_a_spec_is_one_located_line(value, message):
+    from farm.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError) as error:
+        parse_spec(f"name: x\nprompt: a\nseed: 1\ncheckpoint: {value}\n", "job.yaml")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_worker_fetches_a_url_model_the_task_carries_and_offline_says_so_in_one_line(web, tmp_path):
+    from factories import make_task
+    from conftest import free_port
+
+    root, base = web
+    model = model_file(tmp_path / "models", "m", 40_000)
+    (root / "m.safetensors").write_bytes(model.path.read_bytes())
+    sha = sha256_file(model.path)
+    cache = ModelCache(tmp_path / "cache", 10**9, Depot(LocalStore(tmp_path / "depot")))
+    task = make_task(checkpoint="m", checkpoint_hash=sha, model_urls={"checkpoint:m": (sha, f"{base}/m.safetensors")})
+    cache.ensure(task, Registry(cache.root))
+    assert Registry(cache.root).resolve("checkpoint", "m").path.read_bytes() == model.path.read_bytes()
+    dead = f"http://127.0.0.1:{free_port()}/n.safetensors"  # nothing listens: offline
+    task = make_task(checkpoint="n", checkpoint_hash="d" * 64, model_urls={"checkpoint:n": ("d" * 64, dead)})
+    with pytest.raises(DepotUnreachable) as error:
+        cache.ensure(task, Registry(cache.root))
+    assert str(error.value).startswith(f"cannot reach {dead} to fetch checkpoint 'n' (")
+    assert str(error.value).endswith("is this PC online?") and "\n" not in str(error.value)

@@ -15,6 +15,7 @@ from farm.ledger import Ledger
 from farm.models import lora_hash
 from farm.store import open_store
 from model_tree import a1111_tree
+from test_depot import web  # noqa: F401 (the local HTTP server: the internet of these tests)
 from test_e2e_farm import wait_for
 
 SPEC = """\
@@ -143,3 +144,47 @@ def test_a_task_whose_model_cannot_be_fetched_is_handed_back_until_a_holder_rend
     assert ledger.status(second).failed == {}
     assert set(ledger.status(second).workers) == {"holder"}
     assert "retrying in" not in lacking.text() and "Traceback" not in lacking.text()
+
+
+def test_a_spec_giving_the_checkpoint_and_lora_by_url_and_sha256_renders_on_a_worker_without_them(
+        redis_server, start_worker, tmp_path_factory, tmp_path, web):
+    """No push, no link: the spec gives tiny15 and style15 by URL (a local HTTP server is the
+    internet) with their sha256; the coordinator pins them without the files, and a worker with an
+    empty models folder fetches, verifies and renders."""
+    root, base = web
+    tree = a1111_tree(tmp_path_factory)
+    ckpt, lora = tree / "models/Stable-diffusion/tiny15.safetensors", tree / "models/Lora/style15.safetensors"
+    shutil.copy(ckpt, root / "tiny15.safetensors")
+    (root / "org/loras/resolve/main").mkdir(parents=True)
+    shutil.copy(lora, root / "org/loras/resolve/main/style15.safetensors")
+    store = str(tmp_path / "store")
+    empty = tmp_path / "empty-models"
+    empty.mkdir()
+    worker = start_worker(redis_server.url, empty, "fresh",
+                          env={"FARM_CONFIGS_DIR": str(tiny_configs(tree, tmp_path / "configs")), "HF_ENDPOINT": base},
+                          args=("--model-cache", str(tmp_path / "cache"), "--depot", store))
+    worker.wait_ready()
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"""\
+name: by-url
+prompt: a red robot
+checkpoint: {{url: "{base}/tiny15.safetensors", sha256: {sha256_file(ckpt)}}}
+lora: {{url: "hf://org/loras/style15.safetensors", sha256: {sha256_file(lora)}}}
+lora_weight: 0.8
+seed: 1
+steps: 2
+sampler: Euler
+size: 64x64
+""")
+    result = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(empty))
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip()
+    ledger = Ledger(redis_server.client())
+    wait_for(lambda: ledger.job_info(job).get("status") == "complete", 120, "the job")
+    assert ledger.status(job).failed == {}
+    records = [json.loads(line) for line in open_store(store).read_text(f"{job}/manifest.jsonl").splitlines()]
+    _, _, params = parse_infotext(read_parameters(Path(store) / job / records[0]["image"]))
+    assert params["Model hash"] == sha256_file(ckpt)[:10] and params["Model"] == "tiny15"
+    assert params["Lora hashes"] == f"style15: {lora_hash(lora)[:12]}"
+    assert worker.text().count("seedfarm.worker: fetched ") == 2
+    assert not list(empty.iterdir()) and "Traceback" not in worker.text()

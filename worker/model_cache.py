@@ -34,7 +34,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from farm.depot import Depot, DepotRecord
+from farm.depot import Depot, DepotError, DepotRecord, url_chunks, url_record
 from farm.hashes import remember_sha256, sha256_file
 from farm.model_files import ModelFileError
 from farm.models import Registry, human_size
@@ -105,6 +105,7 @@ class ModelCache:
         self.mbps = ASSUMED_FETCH_MBPS  # the last download's measured speed
         self.down_until = 0.0  # the depot did not answer: offer no fetching until then
         self._lookups: dict[tuple, tuple[float, DepotRecord | None]] = {}
+        self.url_errors: dict[str, str] = {}  # URL -> why its last look failed
 
     # --- what is here ----------------------------------------------------------------------------
 
@@ -156,6 +157,22 @@ class ModelCache:
         self._lookups[key] = (time.monotonic(), record)
         return record
 
+    def url_lookup(self, kind: str, name: str, sha256: str, url: str) -> DepotRecord | None:
+        """The record of a model a spec gives by URL (its size from a HEAD request), remembered for
+        DEPOT_LOOKUP_TTL seconds; None when the URL does not answer (why: url_errors[url])."""
+        key = ("url", kind, name, sha256, url)
+        seen = self._lookups.get(key)
+        if seen and time.monotonic() - seen[0] < DEPOT_LOOKUP_TTL:
+            return seen[1]
+        try:
+            record = url_record(kind, name, url, sha256)
+        except (OSError, ValueError, DepotError) as e:
+            log.warning("%s does not answer (%s): %s '%s' cannot be fetched now", url, e, kind, name)
+            self.url_errors[url] = str(e)
+            record = None
+        self._lookups[key] = (time.monotonic(), record)
+        return record
+
     def fetch_seconds(self, size: int) -> float:
         """The routing estimate of a fetch: size over the last measured (or assumed) speed."""
         return size / (self.mbps * 1e6)
@@ -179,11 +196,21 @@ class ModelCache:
                 pass  # the render reports the bad tag
         self.in_use = set()
         for kind, name, sha in needs:
+            link = task.model_urls.get(f"{kind}:{name}")  # given by URL in the spec: fetched from there
+            sha = sha or (link[0] if link else None)  # a LoRA given so is pinned too
             here = self.local(registry, kind, name, sha)
             if here is not None:
                 if sha and here.is_relative_to(self.root):
                     self.in_use.add(sha)
                     self.touch(here.parent)
+                continue
+            if link is not None and self.limit > 0:
+                record = self.url_lookup(kind, name, *link)
+                if record is None:
+                    raise DepotUnreachable(f"cannot reach {link[1]} to fetch {kind} '{name}' "
+                                           f"({self.url_errors.get(link[1])}): is this PC online?", kind)
+                self.in_use.add(record.sha256)
+                self.fetch(record)
                 continue
             record = self.lookup(kind, name, sha) if self.can_fetch() else None
             if self.depot is not None and self.limit > 0 and not self.can_fetch():  # lately, or this look
@@ -250,10 +277,10 @@ class ModelCache:
             except _DepotHiccup as e:
                 if delay is None:
                     self.down_until = time.time() + DEPOT_DOWN_SECONDS
-                    raise DepotUnreachable(f"cannot reach {self.depot.where(record)} to fetch {record.kind} "
+                    raise DepotUnreachable(f"cannot reach {self.where(record)} to fetch {record.kind} "
                                            f"'{record.name}' ({e.__cause__}): is this PC online?",
                                            record.kind) from None
-                log.warning("cannot reach %s: %s; trying again in %.0f s", self.depot.where(record), e.__cause__, delay)
+                log.warning("cannot reach %s: %s; trying again in %.0f s", self.where(record), e.__cause__, delay)
                 time.sleep(delay)
 
     def _download_once(self, record: DepotRecord, entry: Path, target: Path) -> None:
@@ -298,18 +325,22 @@ class ModelCache:
     def _chunks(self, record: DepotRecord):
         """The depot object's chunks. Its errors are the depot's (_DepotHiccup), not the cache's; a
         missing object fails the task: the record says it should be there."""
-        chunks = _read_ahead(self.depot.chunks(record))
+        chunks = _read_ahead(url_chunks(record.url) if record.url else self.depot.chunks(record))
         while True:
             try:
                 chunk = next(chunks)
             except StopIteration:
                 return
             except FileNotFoundError:
-                raise TaskError(f"{self.depot.where(record)} has no file for {record.kind} '{record.name}' "
+                raise TaskError(f"{self.where(record)} has no file for {record.kind} '{record.name}' "
                                 "(the depot's record names it): push it again") from None
             except Exception as e:  # boto's connection errors, a share gone away
                 raise _DepotHiccup() from e
             yield chunk
+
+    def where(self, record: DepotRecord) -> str:
+        """Where a model's bytes come from, for messages (a spec's URL needs no depot)."""
+        return record.url or self.depot.describe()
 
     def make_room(self, record: DepotRecord) -> None:
         """Evict least recently used models until this one fits under the limit and on the disk."""

@@ -24,7 +24,7 @@ from farm.spec.axes import AxisReader
 from farm.spec.combine import CombineReader
 from farm.spec.inputs import InputReader
 from farm.spec.jobspec import DEFAULT_FILENAME, SPEC_VERSION, JobSpec, job_id
-from farm.spec.models import ModelChecks
+from farm.spec.models import ModelChecks, link_pins
 from farm.ranges import safe_len
 from farm.spec.nodes import MAX_JOB_TASKS, MAX_NAME_CHARS, MAX_SPEC_BYTES, SpecError, kind
 from farm.task import filename_pattern_problem
@@ -67,6 +67,7 @@ def parse_spec(
     parser.store = store
     spec = parser.parse(Path(models_dir) if models_dir is not None else None, known)
     spec._hashes.update(known)
+    spec._hashes.update(link_pins(spec.links))
     return spec
 
 
@@ -172,6 +173,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
             file=self.file, batch_size=batch_size, grid_x=grid_x, grid_y=grid_y, filename=filename,
             values=ordered, dims=tuple(dims), checkpoint_files=checkpoint_files, vae_files=vae_files,
             priority=priority, requires=requires, family_defaults=family_defaulted, parts=parts, inputs=inputs,
+            links=self.links,
         )
 
     def flow_samplers(self, f: dict, values: dict, flow: list) -> None:
