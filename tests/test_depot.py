@@ -537,3 +537,34 @@ def test_a_worker_fetches_a_url_model_the_task_carries_and_offline_says_so_in_on
         cache.ensure(task, Registry(cache.root))
     assert str(error.value).startswith(f"cannot reach {dead} to fetch checkpoint 'n' (")
     assert str(error.value).endswith("is this PC online?") and "\n" not in str(error.value)
+
+
+def test_a_same_named_vae_and_url_lora_with_other_weights_here_give_way_to_the_cached_pinned_copies(
+        tmp_path_factory, tmp_path):
+    """The user's own tinyvae and style15 are other files than the job pinned: the render uses the
+    model cache's copies (as for checkpoints and text encoders), never the user's."""
+    import os
+
+    from model_tree import a1111_tree, render, tiny_task
+    from farm.models import lora_hash
+    from worker.context import WorkerContext
+    from worker.tiny import make_tiny_lora, make_tiny_vae
+
+    tree = a1111_tree(tmp_path_factory)
+    own = tmp_path / "own"
+    shutil.copytree(tree / "models/Stable-diffusion", own / "Stable-diffusion")
+    make_tiny_vae(own, "tinyvae", seed=11)  # same names, other weights
+    make_tiny_lora(own, "style15", seed=12)
+    pinned = {"vae": tree / "models/VAE/tinyvae.safetensors", "lora": tree / "models/Lora/style15.safetensors"}
+    cache = ModelCache(tmp_path / "cache", 10**9, Depot(LocalStore(tmp_path / "depot")))
+    for kind, path in pinned.items():
+        entry = cache.root / {"vae": "VAE", "lora": "Lora"}[kind] / sha256_file(path)
+        entry.mkdir(parents=True)
+        shutil.copy(path, entry)
+    lora_sha = sha256_file(pinned["lora"])
+    task = tiny_task(vae="tinyvae", vae_hash=sha256_file(pinned["vae"]), prompt="a fox <lora:style15:0.8>",
+                     model_urls={"lora:style15": (lora_sha, "https://example.com/style15.safetensors")})
+    ctx = WorkerContext(models_dir=f"{own}{os.pathsep}{cache.root}", model_cache=cache)
+    _, params = render(ctx, task, tmp_path / "out")
+    assert params["VAE hash"] == sha256_file(pinned["vae"])[:10]
+    assert params["Lora hashes"] == f"style15: {lora_hash(pinned['lora'])[:12]}"
