@@ -97,6 +97,12 @@ class Depot:
             return None
         return self.record(sha) if isinstance(sha, str) and SHA256.fullmatch(sha) else None
 
+    def names(self, kind: str) -> list[str]:
+        """The stems pushed under a kind (what a prompt may name by word: embeddings)."""
+        prefix = layout.model_names_prefix(kind)
+        return [key[len(prefix):-len(".json")] for key in self.store.list_keys(prefix)
+                if key.endswith(".json") and "/" not in key[len(prefix):]]
+
     def records(self) -> list[DepotRecord]:
         found = []
         for key in self.store.list_keys(layout.model_records_prefix()):
@@ -210,6 +216,14 @@ def url_chunks(url: str) -> Iterator[bytes]:
         yield from iter(lambda: response.read(CHUNK), b"")
 
 
+def words_in(names: Iterable[str], texts: Iterable[str]) -> list[str]:
+    """The names that appear as a word in one of the texts: how a prompt uses an embedding (by its
+    file stem, as A1111 does; `sub/name` never)."""
+    texts = [t for t in texts if t]
+    return [name for name in names if "/" not in name
+            and any(re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", t) for t in texts)]
+
+
 def kind_of_path(path: Path) -> str:
     """The kind of a file given by path, from the folder it sits in (A1111/ComfyUI names);
     checkpoint when the folder says nothing."""
@@ -244,7 +258,10 @@ def job_models(tasks: Iterable, registry: Registry) -> tuple[list[ModelFile], li
     from farm.prompts import extract_extra_networks, lora_refs
 
     wanted: dict[tuple[str, str], None] = {}
+    embeddings = list(registry.files("embedding"))
     for task in tasks:
+        for name in words_in(embeddings, (task.prompt, task.negative_prompt, task.hr_prompt, task.hr_negative_prompt)):
+            wanted[("embedding", name)] = None
         wanted[("checkpoint", task.checkpoint)] = None
         if task.vae:
             wanted[("vae", task.vae)] = None

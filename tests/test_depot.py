@@ -568,3 +568,23 @@ def test_a_same_named_vae_and_url_lora_with_other_weights_here_give_way_to_the_c
     _, params = render(ctx, task, tmp_path / "out")
     assert params["VAE hash"] == sha256_file(pinned["vae"])[:10]
     assert params["Lora hashes"] == f"style15: {lora_hash(pinned['lora'])[:12]}"
+
+
+def test_embeddings_are_pushed_with_a_job_and_fetched_by_the_word_that_names_them(tmp_path):
+    from factories import make_task
+    from farm.depot import job_models
+
+    coord = tmp_path / "coord"
+    emb = coord / "embeddings" / "emb15.safetensors"
+    emb.parent.mkdir(parents=True)
+    emb.write_bytes(b"e" * 3000)
+    model_file(coord, "tinyA", 2000)
+    task = make_task(checkpoint="tinyA", prompt="a fox", negative_prompt="emb15, blurry")
+    found, problems = job_models([task], Registry(coord))
+    assert sorted((m.kind, m.name) for m in found) == [("checkpoint", "tinyA"), ("embedding", "emb15")] and not problems
+    cache = cache_with(tmp_path, *found)
+    assert cache.depot.names("embedding") == ["emb15"]
+    cache.ensure(make_task(checkpoint="tinyA", prompt="a fox emb15-like, not emb15x"), Registry(cache.root))
+    assert "emb15" not in Registry(cache.root).files("embedding")  # no word names it
+    cache.ensure(task, Registry(cache.root))
+    assert Registry(cache.root).resolve("embedding", "emb15").path.read_bytes() == emb.read_bytes()

@@ -20,7 +20,7 @@ from test_e2e_farm import wait_for
 
 SPEC = """\
 name: {name}
-prompt: "a red robot <lora:style15:0.8>"
+prompt: "a red robot emb15 <lora:style15:0.8>"
 checkpoint: tiny15
 vae: tinyvae
 seed: {seeds}
@@ -57,7 +57,7 @@ def test_worker_with_empty_models_folder_renders_a_job_whose_models_are_only_in_
     result = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(tree),
                   "--push-models")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count("pushed: ") == 3  # checkpoint, VAE, LoRA
+    assert result.stderr.count("pushed: ") == 4  # checkpoint, VAE, LoRA, embedding
     job = result.stdout.strip()
     ledger = Ledger(redis_server.client())
     wait_for(lambda: ledger.job_info(job).get("status") == "complete", 120, "the job")
@@ -68,9 +68,11 @@ def test_worker_with_empty_models_folder_renders_a_job_whose_models_are_only_in_
     assert params["Model hash"] == sha256_file(tree / "models/Stable-diffusion/tiny15.safetensors")[:10]
     assert params["VAE hash"] == sha256_file(tree / "models/VAE/tinyvae.safetensors")[:10]
     assert params["Lora hashes"] == f"style15: {lora_hash(tree / 'models/Lora/style15.safetensors')[:12]}"
+    assert params["TI hashes"] == f"emb15: {sha256_file(tree / 'embeddings/emb15.safetensors')[:12]}"
     assert not list(empty.iterdir())  # nothing was written into the user's own folder
-    assert {p.parent.parent.name for p in cache.rglob("*.safetensors")} == {"Stable-diffusion", "VAE", "Lora"}
-    assert worker.text().count("seedfarm.worker: fetched ") == 3
+    assert {p.parent.parent.name for p in cache.rglob("*.safetensors")} == {"Stable-diffusion", "VAE", "Lora",
+                                                                            "embeddings"}
+    assert worker.text().count("seedfarm.worker: fetched ") == 4
     # it now announces the checkpoint as held (others' routing leaves its tasks to it first)
     wait_for(lambda: any(json.loads(w.get("holds") or "[]") == ["tiny15"] for w in ledger.workers()), 20,
              "the heartbeat announcing tiny15")
@@ -79,10 +81,10 @@ def test_worker_with_empty_models_folder_renders_a_job_whose_models_are_only_in_
     spec.write_text(SPEC.format(name="second", seeds="3"))
     again = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(tree),
                  "--push-models")
-    assert again.returncode == 0 and again.stderr.count("in the depot already") == 3
+    assert again.returncode == 0 and again.stderr.count("in the depot already") == 4
     second = again.stdout.strip()
     wait_for(lambda: ledger.job_info(second).get("status") == "complete", 60, "the second job")
-    assert worker.text().count("seedfarm.worker: fetched ") == 3
+    assert worker.text().count("seedfarm.worker: fetched ") == 4
     assert "Traceback" not in worker.text()
 
 

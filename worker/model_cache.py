@@ -34,7 +34,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from farm.depot import Depot, DepotError, DepotRecord, url_chunks, url_record
+from farm.depot import Depot, DepotError, DepotRecord, url_chunks, url_record, words_in
 from farm.hashes import remember_sha256, sha256_file
 from farm.model_files import ModelFileError
 from farm.models import Registry, human_size
@@ -104,7 +104,7 @@ class ModelCache:
         self.in_use: set[str] = set()  # sha256s of the cached models the running task needs
         self.mbps = ASSUMED_FETCH_MBPS  # the last download's measured speed
         self.down_until = 0.0  # the depot did not answer: offer no fetching until then
-        self._lookups: dict[tuple, tuple[float, DepotRecord | None]] = {}
+        self._lookups: dict[tuple, tuple[float, object]] = {}  # records (or None), lists of names
         self.url_errors: dict[str, str] = {}  # URL -> why its last look failed
 
     # --- what is here ----------------------------------------------------------------------------
@@ -157,6 +157,23 @@ class ModelCache:
         self._lookups[key] = (time.monotonic(), record)
         return record
 
+    def depot_names(self, kind: str) -> list[str]:
+        """The stems the depot has of a kind (embeddings: a prompt names them by word), remembered
+        for DEPOT_LOOKUP_TTL seconds; none when fetching is off or the depot does not answer."""
+        seen = self._lookups.get(("names", kind))
+        if seen and time.monotonic() - seen[0] < DEPOT_LOOKUP_TTL:
+            return seen[1]
+        names: list[str] = []
+        if self.can_fetch():
+            try:
+                names = self.depot.names(kind)
+            except Exception as e:  # as lookup(): a depot away offers nothing for a while
+                log.warning("model depot %s does not answer (%s): fetching nothing for %.0f s",
+                            self.depot.describe(), e, DEPOT_DOWN_SECONDS)
+                self.down_until = time.time() + DEPOT_DOWN_SECONDS
+        self._lookups[("names", kind)] = (time.monotonic(), names)
+        return names
+
     def url_lookup(self, kind: str, name: str, sha256: str, url: str) -> DepotRecord | None:
         """The record of a model a spec gives by URL (its size from a HEAD request), remembered for
         DEPOT_LOOKUP_TTL seconds; None when the URL does not answer (why: url_errors[url])."""
@@ -194,6 +211,8 @@ class ModelCache:
                 needs += [("lora", ref.name, None) for ref in lora_refs(extract_extra_networks(text)[1])]
             except ValueError:
                 pass  # the render reports the bad tag
+        texts = (task.prompt, task.negative_prompt, task.hr_prompt, task.hr_negative_prompt)
+        needs += [("embedding", name, None) for name in words_in(self.depot_names("embedding"), texts)]
         self.in_use = set()
         for kind, name, sha in needs:
             link = task.model_urls.get(f"{kind}:{name}")  # given by URL in the spec: fetched from there
