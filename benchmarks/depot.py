@@ -8,9 +8,12 @@
   first_image     submit -> first image stored, on a real `farm worker` with an empty models folder
                   that must fetch the checkpoint (rendering stood in: FARM_STANDIN, worker/standin.py),
                   and the same for a second job on that worker (from its cache)
+  folder_*        the same bytes in a folder-store depot on another path (as a NAS mount is): its
+                  plain read and the worker's fetch, against the plain copy: the fetch path's own
+                  overhead, without moto's single Python server in the way
 
 The file is padding (the stand-in renderer never reads it): this measures moving, verifying and
-caching the bytes, not loading them. Usage: python benchmarks/depot.py [GB]"""
+caching the bytes, not loading them. Usage: python benchmarks/depot.py [GB] [--folder-only]"""
 
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ def fsynced(path: Path) -> None:
 
 
 def main() -> None:
-    gb = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    gb = float(args[0]) if args else 2.0
     size = int(gb * 1e9)
     import boto3
 
@@ -51,7 +55,7 @@ def main() -> None:
     from farm.ledger import Ledger
     from farm.models import ModelFile
     from farm.spec import parse_spec
-    from farm.store import open_store
+    from farm.store import LocalStore, layout, open_store
     from worker.model_cache import ModelCache
 
     work = Path(tempfile.mkdtemp(prefix="farm-bench-depot-"))
@@ -78,7 +82,6 @@ def main() -> None:
             seconds = time.perf_counter() - start
             result[name] = {"seconds": round(seconds, 2), "MB/s": round(size / 1e6 / seconds, 1)}
 
-        timing("push", lambda: depot.push(ModelFile("checkpoint", "big", source)))
         copy = work / "copy.bin"
         timing("copy", lambda: (shutil.copyfile(source, copy), fsynced(copy)))
         copy.unlink()
@@ -89,6 +92,28 @@ def main() -> None:
                     f.write(chunk)
                 os.fsync(f.fileno())
 
+        # a folder-store depot on another path (a NAS mount): the fetch path's own cost
+        nas = Depot(LocalStore(work / "nas"))
+        nas.push(ModelFile("checkpoint", "big", source))
+
+        def folder_read() -> None:
+            with open(copy, "wb") as f:
+                for chunk in nas.chunks(nas.record(sha)):
+                    f.write(chunk)
+                os.fsync(f.fileno())
+
+        timing("folder_copy", lambda: (shutil.copyfile(nas.store.path(layout.model_object_key(sha)), copy), fsynced(copy)))
+        copy.unlink()
+        timing("folder_read", folder_read)
+        copy.unlink()
+        timing("folder_fetch", lambda: ModelCache(work / "folder-cache", 10**12, nas).fetch(nas.record(sha)))
+        shutil.rmtree(work / "folder-cache")
+        result["folder_fetch_over_copy"] = round(result["folder_fetch"]["seconds"] / result["folder_copy"]["seconds"], 2)
+        if "--folder-only" in sys.argv:
+            emit("depot", result)
+            return
+
+        timing("push", lambda: depot.push(ModelFile("checkpoint", "big", source)))
         timing("get", plain_get)
         copy.unlink()
         cache = ModelCache(work / "cache", 10**12, depot)

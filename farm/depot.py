@@ -97,6 +97,12 @@ class Depot:
             return None
         return self.record(sha) if isinstance(sha, str) and SHA256.fullmatch(sha) else None
 
+    def names(self, kind: str) -> list[str]:
+        """The stems pushed under a kind (what a prompt may name by word: embeddings)."""
+        prefix = layout.model_names_prefix(kind)
+        return [key[len(prefix):-len(".json")] for key in self.store.list_keys(prefix)
+                if key.endswith(".json") and "/" not in key[len(prefix):]]
+
     def records(self) -> list[DepotRecord]:
         found = []
         for key in self.store.list_keys(layout.model_records_prefix()):
@@ -121,20 +127,11 @@ class Depot:
         """Record a model kept at a URL (`hf://org/repo/file.safetensors`, https://...), pinned by
         its sha256: workers fetch it from there like a depot file. The size, unless given, from a
         HEAD request."""
-        if not URL.match(url):
-            raise DepotError(f"{url}: expected hf://ORG/REPO/FILE or an http(s):// URL")
-        sha256 = sha256.lower()
-        if not SHA256.fullmatch(sha256):
-            raise DepotError(f"sha256 '{sha256}': expected 64 hex digits (the file's SHA-256)")
-        suffix = Path(url.split("?")[0]).suffix.lower()
-        if suffix not in SUFFIXES[kind]:
-            raise DepotError(f"{url}: a {kind} file ends in {', '.join(SUFFIXES[kind])}")
-        if size is None:
-            size = url_size(url)
-        stem = name.rsplit("/", 1)[-1]
-        # A1111's hash of a LoRA is of its tensors, unknown until it is read
-        a1111 = "" if kind == "lora" else sha256[: 12 if kind == "embedding" else 10]
-        record = DepotRecord(sha256, stem, kind, "?", size, a1111, suffix, url)
+        try:
+            record = url_record(kind, name, url, sha256, size)
+        except (OSError, ValueError) as e:
+            raise DepotError(f"cannot read the size of {url} ({e}): pass --size") from None
+        sha256, stem = record.sha256, record.name
         self.store.write_text(layout.model_record_key(sha256), record.to_json())
         self.store.write_text(layout.model_name_key(kind, stem), json.dumps({"sha256": sha256, "pushed": time.time()}))
         return record
@@ -163,6 +160,28 @@ class Depot:
         return record, existing is None
 
 
+def url_record(kind: str, name: str, url: str, sha256: str, size: int | None = None) -> DepotRecord:
+    """The record of a model kept at a URL, pinned by its sha256 (`farm models link`, or a spec's
+    `{url: ..., sha256: ...}` on the worker that fetches it); the size, unless given, from a HEAD
+    request, whose failure (offline, 404) is an OSError (urllib's errors are)."""
+    if not URL.match(url):
+        raise DepotError(f"{url}: expected hf://ORG/REPO/FILE or an http(s):// URL")
+    sha256 = sha256.lower()
+    if not SHA256.fullmatch(sha256):
+        raise DepotError(f"sha256 '{sha256}': expected 64 hex digits (the file's SHA-256)")
+    suffix = Path(url.split("?")[0]).suffix.lower()
+    if suffix not in SUFFIXES[kind]:
+        raise DepotError(f"{url}: a {kind} file ends in {', '.join(SUFFIXES[kind])}")
+    if size is None:
+        with _open_url(url, "HEAD") as response:
+            size = int(response.headers.get("Content-Length") or -1)
+        if size < 0:
+            raise OSError("the server gives no Content-Length")
+    # A1111's hash of a LoRA is of its tensors, unknown until it is read
+    a1111 = "" if kind == "lora" else sha256[: 12 if kind == "embedding" else 10]
+    return DepotRecord(sha256, name.rsplit("/", 1)[-1], kind, "?", size, a1111, suffix, url)
+
+
 def resolve_url(url: str) -> str:
     """The https URL of a model URL: `hf://ORG/REPO[@REVISION]/PATH` is the Hugging Face hub's
     resolve URL (HF_ENDPOINT, as huggingface_hub reads it, for a mirror); others are as given."""
@@ -183,14 +202,6 @@ def _open_url(url: str, method: str = "GET"):
     return urllib.request.urlopen(request, timeout=URL_TIMEOUT)  # noqa: S310 (http(s) only: URL)
 
 
-def url_size(url: str) -> int:
-    try:
-        with _open_url(url, "HEAD") as response:
-            return int(response.headers["Content-Length"])
-    except (OSError, KeyError, ValueError) as e:
-        raise DepotError(f"cannot read the size of {url} ({e}): pass --size") from None
-
-
 def url_chunks(url: str) -> Iterator[bytes]:
     """A URL's bytes in chunks; a 404 is FileNotFoundError, as for a store."""
     import urllib.error
@@ -203,6 +214,14 @@ def url_chunks(url: str) -> Iterator[bytes]:
         raise
     with response:
         yield from iter(lambda: response.read(CHUNK), b"")
+
+
+def words_in(names: Iterable[str], texts: Iterable[str]) -> list[str]:
+    """The names that appear as a word in one of the texts: how a prompt uses an embedding (by its
+    file stem, as A1111 does; `sub/name` never)."""
+    texts = [t for t in texts if t]
+    return [name for name in names if "/" not in name
+            and any(re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", t) for t in texts)]
 
 
 def kind_of_path(path: Path) -> str:
@@ -239,7 +258,10 @@ def job_models(tasks: Iterable, registry: Registry) -> tuple[list[ModelFile], li
     from farm.prompts import extract_extra_networks, lora_refs
 
     wanted: dict[tuple[str, str], None] = {}
+    embeddings = list(registry.files("embedding"))
     for task in tasks:
+        for name in words_in(embeddings, (task.prompt, task.negative_prompt, task.hr_prompt, task.hr_negative_prompt)):
+            wanted[("embedding", name)] = None
         wanted[("checkpoint", task.checkpoint)] = None
         if task.vae:
             wanted[("vae", task.vae)] = None

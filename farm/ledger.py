@@ -236,6 +236,13 @@ class Ledger:
         keys = [job_key(job, "held"), job_key(job, "running")]
         return bool(self._release(keys=keys, args=[task_id, life]))
 
+    def depot_wait_since(self, job: str, task_id: str, bound: float) -> float:
+        """When this task first found the model depot unreachable (worker/model_cache.py
+        depot_wait): the start of its bounded wait, kept twice the bound."""
+        key = f"{job_key(job, 'depot-wait')}:{task_id}"
+        self.r.set(key, str(time.time()), nx=True, ex=max(1, int(2 * bound)))
+        return float(self.r.get(key) or time.time())
+
     def task_finished(self, job: str, task_id: str, worker: str, images: int = 0, seconds: float = 0.0,
                       failed: str | None = None, load_seconds: float = 0.0) -> bool:
         """Record a finished task; True for exactly one caller, when the job's last task lands.

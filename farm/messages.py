@@ -40,11 +40,16 @@ class Route:
     # the checkpoint holds), so a worker can weigh the files the render holds (farm/vram.py); () for
     # SD1.5/SDXL, whose queue names are therefore those they always had.
     parts: tuple[tuple[str, str], ...] = ()
+    # A checkpoint the spec gives by URL (farm/spec/models.py): a worker lacking it may fetch it from
+    # there (worker/steering.py); "" for one named only
+    url: str = ""
 
     def _fields(self) -> dict:
         data = asdict(self)
         if not self.parts:  # left out at its default: the queue names of existing routes stay
             del data["parts"]
+        if not self.url:
+            del data["url"]
         return data
 
     @cached_property  # publishing asks for it once per task
@@ -71,8 +76,9 @@ def route_of(task: RenderTask, priority: str = "normal", tags: tuple[str, ...] =
     """The route of a task's queue (a group of tasks with equal batch keys shares it: text encoders
     and VAE are in the batch key)."""
     parts = (*sorted(task.text_encoders.items()), ("vae", task.vae)) if task.text_encoders else ()
+    url = task.model_urls.get(f"checkpoint:{task.checkpoint}", ("", ""))[1]
     return Route(priority, task.checkpoint, task.checkpoint_hash, task.width * task.height * task.batch_size, tags,
-                 parts)
+                 parts, url)
 
 
 def send(app, tasks: list[RenderTask], store_url: str, queue: str, producer=None) -> None:

@@ -692,6 +692,10 @@ PARAMS: tuple[Param, ...] = (
     Param("text_encoders", in_spec=False, fields=("text_encoders", "part_hashes"), id_rule=UNLESS_DEFAULT,
           in_batch_key=True, to_task=_parts_to_task,
           write_info=_modules_info, read_info=_modules_from_info),
+    # not an axis: the models the spec gives by URL and sha256, so a worker that lacks one fetches it
+    # (worker/model_cache.py); every task of the job carries them all (a few per job)
+    Param("model_urls", in_spec=False, fields=("model_urls",), id_rule=UNLESS_DEFAULT,
+          to_task=lambda v, spec: {"model_urls": dict(spec.links)}),
     # not an axis: one value per job (the spec key batch_size)
     Param("batch_size", in_spec=False, fields=("batch_size",), in_batch_key=True,
           to_task=lambda v, spec: {"batch_size": spec.batch_size}),

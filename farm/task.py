@@ -60,6 +60,9 @@ class RenderTask(BaseModel):
     text_encoders: dict[str, str] = Field(default_factory=dict,
                                           description="part role -> text encoder file (stem) for a family built from parts")
     part_hashes: dict[str, str] = Field(default_factory=dict, description="part role -> sha256 of its file")
+    # models the spec gives by URL and sha256 (farm/spec/models.py): a worker lacking one fetches it
+    model_urls: dict[str, tuple[str, str]] = Field(default_factory=dict,
+                                                   description="'kind:name' -> (sha256, URL) of a model given by URL")
     kind: str = Field(default="txt2img", description="the task kind the worker dispatches on")
     # hires fix (kind "hires", farm/hires.py): the second pass; "" or None = as the first pass
     denoising_strength: float | None = Field(default=None, gt=0, le=1,

@@ -128,6 +128,11 @@ ASSUMED_RENDER_SECONDS = 5.0
 DEPOT_RETRY_DELAYS = (1.0, 2.0, 4.0)
 # After that, this worker offers no fetching for this long (steering leaves such queues to holders).
 DEPOT_DOWN_SECONDS = 60.0
+# A task whose model the depot (or its URL) cannot deliver goes back to its queue, not counted as a
+# try: while a live worker holds its checkpoint (that one renders it), and otherwise for this long from
+# its first such failure (a NAS rebooting, a router's update), each worker trying again only after
+# DEPOT_DOWN_SECONDS; then it fails with the reason. A quarter of an hour outlasts a reboot.
+DEPOT_WAIT_SECONDS = 900.0
 # How long a worker trusts its last look at a depot record (present or absent) when choosing queues:
 # steering looks after every task, a depot lookup is one GET.
 DEPOT_LOOKUP_TTL = 30.0

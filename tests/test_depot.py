@@ -422,3 +422,169 @@ def test_a_depot_that_does_not_answer_a_lookup_is_left_alone_for_a_while(tmp_pat
     cache = ModelCache(tmp_path / "cache", 10**9, Depot(Down(tmp_path / "depot")))
     assert cache.lookup("checkpoint", "m", "d" * 64) is None
     assert not cache.can_fetch() and Down.looks == 1  # steering offers no fetching now
+
+
+def test_a_task_the_depot_cannot_serve_goes_back_while_a_holder_is_live_or_the_wait_is_short(monkeypatch):
+    from factories import make_task
+    from worker.model_cache import depot_wait
+
+    class Ledger:
+        def __init__(self, workers, since):
+            self._workers, self.since = workers, since
+
+        def workers(self):
+            return self._workers
+
+        def depot_wait_since(self, job, task_id, bound):
+            return self.since
+
+    import time
+
+    task = make_task(checkpoint="tinyA")
+    down = DepotUnreachable("cannot reach http://x/tinyA.safetensors to fetch checkpoint 'tinyA' (refused)", "checkpoint")
+    holder = {"name": "pc2", "holds": '["tinyA"]', "paused": ""}
+    long_ago = time.time() - 10_000
+    assert depot_wait(Ledger([holder], long_ago), "pc1", task, down) is None  # pc2 renders it
+    assert depot_wait(Ledger([], time.time() - 5), "pc1", task, down) is None  # the depot may come back
+    # no one else: this worker itself, a paused holder, or a holder of another checkpoint
+    others = [{"name": "pc1", "holds": '["tinyA"]'}, {**holder, "paused": "gaming"},
+              {"name": "pc3", "holds": '["tinyB"]'}]
+    reason = depot_wait(Ledger(others, long_ago), "pc1", task, down)
+    assert reason.startswith("cannot reach http://x/") and "no live worker holds it" in reason and "\n" not in reason
+    # a LoRA the depot cannot serve: a checkpoint holder may lack it too, only the wait counts
+    assert depot_wait(Ledger([holder], long_ago), "pc1", task, DepotUnreachable("x", "lora")) is not None
+
+
+def test_a_worker_whose_depot_went_quiet_does_not_fail_a_task_that_needs_a_fetch(tmp_path):
+    from factories import make_task
+
+    model = model_file(tmp_path / "models", "ckpt", 10_000)
+    cache = cache_with(tmp_path, model)
+    cache.down_until = __import__("time").time() + 60
+    task = make_task(checkpoint="ckpt", checkpoint_hash=sha256_file(model.path))
+    with pytest.raises(DepotUnreachable, match="did not answer lately") as error:
+        cache.ensure(task, Registry(cache.root))
+    assert error.value.kind == "checkpoint"
+
+
+# --- models a spec gives by URL and sha256 ------------------------------------------------------------
+
+URL_SPEC = """\
+name: by-url
+prompt: a fox
+checkpoint: [tinyA, {url: "hf://org/repo/sub/Deliberate_v2.safetensors", sha256: %s}]
+vae: {url: "https://example.com/dl/myvae.safetensors?v=2", sha256: %s, name: clear-vae}
+lora: {url: "https://civitai.com/api/download/models/1/style.safetensors", sha256: %s}
+seed: 1
+steps: 2
+size: 64x64
+"""
+
+
+def test_a_spec_gives_models_by_url_pinned_without_the_files_and_every_task_carries_them(tmp_path):
+    from farm.expand import expand
+    from farm.messages import route_of
+    from farm.spec import parse_spec
+    from farm.task import RenderTask
+
+    model_file(tmp_path / "m", "tinyA", 2000)
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    spec = parse_spec(URL_SPEC % (a, b.upper(), c), "job.yaml", models_dir=tmp_path / "m")
+    assert spec.values["checkpoint"] == ["tinyA", "Deliberate_v2"] and spec.values["vae"] == ["clear-vae"]
+    tasks = list(expand(spec))
+    by_url = next(t for t in tasks if t.checkpoint == "Deliberate_v2")
+    assert by_url.checkpoint_hash == a and by_url.vae_hash == b and "<lora:style:1>" in by_url.prompt
+    assert by_url.model_urls == {
+        "checkpoint:Deliberate_v2": (a, "hf://org/repo/sub/Deliberate_v2.safetensors"),
+        "vae:clear-vae": (b, "https://example.com/dl/myvae.safetensors?v=2"),
+        "lora:style": (c, "https://civitai.com/api/download/models/1/style.safetensors")}
+    assert route_of(by_url).url == "hf://org/repo/sub/Deliberate_v2.safetensors"
+    named = next(t for t in tasks if t.checkpoint == "tinyA")
+    assert route_of(named).url == "" and "url" not in route_of(named).to_json()  # queue names as before
+    assert RenderTask.from_json(by_url.to_json()) == by_url  # travels as JSON
+
+
+@pytest.mark.parametrize("value, message", [
+    ('{url: "ftp://x/m.safetensors", sha256: %s}' % ("a" * 64), "4:19: checkpoint: url: expected hf://ORG/REPO/FILE"),
+    ('{url: "hf://o/r/m.safetensors"}', "4:13: checkpoint: a model given by URL needs url: and sha256:"),
+    ('{url: "hf://o/r/m.txt", sha256: %s}' % ("a" * 64), "4:19: checkpoint: url: a checkpoint file ends in .safetensors"),
+    ('{url: "hf://o/r/m.safetensors", sha256: xyz}', "4:53: checkpoint: sha256: expected the file's SHA-256"),
+    ('{url: "hf://o/r/m.safetensors", sha: 1}', "4:45: unknown key 'sha' in a checkpoint given by URL (did you mean 'sha256'?)"),
+])
+def test_a_bad_model_url_in_a_spec_is_one_located_line(value, message):
+    from farm.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError) as error:
+        parse_spec(f"name: x\nprompt: a\nseed: 1\ncheckpoint: {value}\n", "job.yaml")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_worker_fetches_a_url_model_the_task_carries_and_offline_says_so_in_one_line(web, tmp_path):
+    from factories import make_task
+    from conftest import free_port
+
+    root, base = web
+    model = model_file(tmp_path / "models", "m", 40_000)
+    (root / "m.safetensors").write_bytes(model.path.read_bytes())
+    sha = sha256_file(model.path)
+    cache = ModelCache(tmp_path / "cache", 10**9, Depot(LocalStore(tmp_path / "depot")))
+    task = make_task(checkpoint="m", checkpoint_hash=sha, model_urls={"checkpoint:m": (sha, f"{base}/m.safetensors")})
+    cache.ensure(task, Registry(cache.root))
+    assert Registry(cache.root).resolve("checkpoint", "m").path.read_bytes() == model.path.read_bytes()
+    dead = f"http://127.0.0.1:{free_port()}/n.safetensors"  # nothing listens: offline
+    task = make_task(checkpoint="n", checkpoint_hash="d" * 64, model_urls={"checkpoint:n": ("d" * 64, dead)})
+    with pytest.raises(DepotUnreachable) as error:
+        cache.ensure(task, Registry(cache.root))
+    assert str(error.value).startswith(f"cannot reach {dead} to fetch checkpoint 'n' (")
+    assert str(error.value).endswith("is this PC online?") and "\n" not in str(error.value)
+
+
+def test_a_same_named_vae_and_url_lora_with_other_weights_here_give_way_to_the_cached_pinned_copies(
+        tmp_path_factory, tmp_path):
+    """The user's own tinyvae and style15 are other files than the job pinned: the render uses the
+    model cache's copies (as for checkpoints and text encoders), never the user's."""
+    import os
+
+    from model_tree import a1111_tree, render, tiny_task
+    from farm.models import lora_hash
+    from worker.context import WorkerContext
+    from worker.tiny import make_tiny_lora, make_tiny_vae
+
+    tree = a1111_tree(tmp_path_factory)
+    own = tmp_path / "own"
+    shutil.copytree(tree / "models/Stable-diffusion", own / "Stable-diffusion")
+    make_tiny_vae(own, "tinyvae", seed=11)  # same names, other weights
+    make_tiny_lora(own, "style15", seed=12)
+    pinned = {"vae": tree / "models/VAE/tinyvae.safetensors", "lora": tree / "models/Lora/style15.safetensors"}
+    cache = ModelCache(tmp_path / "cache", 10**9, Depot(LocalStore(tmp_path / "depot")))
+    for kind, path in pinned.items():
+        entry = cache.root / {"vae": "VAE", "lora": "Lora"}[kind] / sha256_file(path)
+        entry.mkdir(parents=True)
+        shutil.copy(path, entry)
+    lora_sha = sha256_file(pinned["lora"])
+    task = tiny_task(vae="tinyvae", vae_hash=sha256_file(pinned["vae"]), prompt="a fox <lora:style15:0.8>",
+                     model_urls={"lora:style15": (lora_sha, "https://example.com/style15.safetensors")})
+    ctx = WorkerContext(models_dir=f"{own}{os.pathsep}{cache.root}", model_cache=cache)
+    _, params = render(ctx, task, tmp_path / "out")
+    assert params["VAE hash"] == sha256_file(pinned["vae"])[:10]
+    assert params["Lora hashes"] == f"style15: {lora_hash(pinned['lora'])[:12]}"
+
+
+def test_embeddings_are_pushed_with_a_job_and_fetched_by_the_word_that_names_them(tmp_path):
+    from factories import make_task
+    from farm.depot import job_models
+
+    coord = tmp_path / "coord"
+    emb = coord / "embeddings" / "emb15.safetensors"
+    emb.parent.mkdir(parents=True)
+    emb.write_bytes(b"e" * 3000)
+    model_file(coord, "tinyA", 2000)
+    task = make_task(checkpoint="tinyA", prompt="a fox", negative_prompt="emb15, blurry")
+    found, problems = job_models([task], Registry(coord))
+    assert sorted((m.kind, m.name) for m in found) == [("checkpoint", "tinyA"), ("embedding", "emb15")] and not problems
+    cache = cache_with(tmp_path, *found)
+    assert cache.depot.names("embedding") == ["emb15"]
+    cache.ensure(make_task(checkpoint="tinyA", prompt="a fox emb15-like, not emb15x"), Registry(cache.root))
+    assert "emb15" not in Registry(cache.root).files("embedding")  # no word names it
+    cache.ensure(task, Registry(cache.root))
+    assert Registry(cache.root).resolve("embedding", "emb15").path.read_bytes() == emb.read_bytes()

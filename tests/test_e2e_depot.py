@@ -15,11 +15,12 @@ from farm.ledger import Ledger
 from farm.models import lora_hash
 from farm.store import open_store
 from model_tree import a1111_tree
+from test_depot import web  # noqa: F401 (the local HTTP server: the internet of these tests)
 from test_e2e_farm import wait_for
 
 SPEC = """\
 name: {name}
-prompt: "a red robot <lora:style15:0.8>"
+prompt: "a red robot emb15 <lora:style15:0.8>"
 checkpoint: tiny15
 vae: tinyvae
 seed: {seeds}
@@ -56,7 +57,7 @@ def test_worker_with_empty_models_folder_renders_a_job_whose_models_are_only_in_
     result = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(tree),
                   "--push-models")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count("pushed: ") == 3  # checkpoint, VAE, LoRA
+    assert result.stderr.count("pushed: ") == 4  # checkpoint, VAE, LoRA, embedding
     job = result.stdout.strip()
     ledger = Ledger(redis_server.client())
     wait_for(lambda: ledger.job_info(job).get("status") == "complete", 120, "the job")
@@ -67,9 +68,11 @@ def test_worker_with_empty_models_folder_renders_a_job_whose_models_are_only_in_
     assert params["Model hash"] == sha256_file(tree / "models/Stable-diffusion/tiny15.safetensors")[:10]
     assert params["VAE hash"] == sha256_file(tree / "models/VAE/tinyvae.safetensors")[:10]
     assert params["Lora hashes"] == f"style15: {lora_hash(tree / 'models/Lora/style15.safetensors')[:12]}"
+    assert params["TI hashes"] == f"emb15: {sha256_file(tree / 'embeddings/emb15.safetensors')[:12]}"
     assert not list(empty.iterdir())  # nothing was written into the user's own folder
-    assert {p.parent.parent.name for p in cache.rglob("*.safetensors")} == {"Stable-diffusion", "VAE", "Lora"}
-    assert worker.text().count("seedfarm.worker: fetched ") == 3
+    assert {p.parent.parent.name for p in cache.rglob("*.safetensors")} == {"Stable-diffusion", "VAE", "Lora",
+                                                                            "embeddings"}
+    assert worker.text().count("seedfarm.worker: fetched ") == 4
     # it now announces the checkpoint as held (others' routing leaves its tasks to it first)
     wait_for(lambda: any(json.loads(w.get("holds") or "[]") == ["tiny15"] for w in ledger.workers()), 20,
              "the heartbeat announcing tiny15")
@@ -78,9 +81,112 @@ def test_worker_with_empty_models_folder_renders_a_job_whose_models_are_only_in_
     spec.write_text(SPEC.format(name="second", seeds="3"))
     again = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(tree),
                  "--push-models")
-    assert again.returncode == 0 and again.stderr.count("in the depot already") == 3
+    assert again.returncode == 0 and again.stderr.count("in the depot already") == 4
     second = again.stdout.strip()
     wait_for(lambda: ledger.job_info(second).get("status") == "complete", 60, "the second job")
-    assert worker.text().count("seedfarm.worker: fetched ") == 3
+    assert worker.text().count("seedfarm.worker: fetched ") == 4
     assert "Traceback" not in worker.text()
 
+
+
+def test_a_task_whose_model_cannot_be_fetched_is_handed_back_until_a_holder_renders_it_or_fails_in_one_line(
+        redis_server, start_worker, tmp_path_factory, tmp_path):
+    """The depot's copy of tiny15 lives at a URL nobody answers: a worker that lacks tiny15 hands
+    its tasks back (no Celery retry), and they fail with one line only once the wait is over with no
+    holder; with a holder live, the holder renders them."""
+    import os
+    import time
+
+    from conftest import free_port
+    from farm.depot import Depot
+    from farm.ledger import job_key
+    from farm.tunables import DEPOT_WAIT_SECONDS
+
+    tree = a1111_tree(tmp_path_factory)
+    store = str(tmp_path / "store")
+    ckpt = tree / "models/Stable-diffusion/tiny15.safetensors"
+    Depot(open_store(store)).link("checkpoint", "tiny15", f"http://127.0.0.1:{free_port()}/tiny15.safetensors",
+                                  sha256_file(ckpt), size=ckpt.stat().st_size)
+    empty = tmp_path / "empty-models"
+    empty.mkdir()
+    hooks = str(Path(__file__).parent / "hooks")
+    fast = {"DEPOT_RETRY_DELAYS": [0.1], "DEPOT_DOWN_SECONDS": 1.0, "DEPOT_LOOKUP_TTL": 0.5}
+    lacking = start_worker(redis_server.url, empty, "lacking", args=("--depot", store, "--model-cache",
+                                                                      str(tmp_path / "cache")),
+                           env={"PYTHONPATH": os.pathsep.join([hooks, os.environ.get("PYTHONPATH", "")]),
+                                "FARM_TEST_TUNABLES": json.dumps(fast)})
+    lacking.wait_ready()
+    spec = tmp_path / "job.yaml"
+    ledger = Ledger(redis_server.client())
+    r = redis_server.client()
+
+    def submit(name: str) -> str:
+        spec.write_text(f"name: {name}\nprompt: a red robot\ncheckpoint: tiny15\nseed: 1\nsteps: 2\n"
+                        "sampler: Euler\nsize: 64x64\n")
+        result = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(tree))
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    # No holder: handed back, then (its wait made older than the bound) failed in one line.
+    first = submit("nobody")
+    waits = wait_for(lambda: list(r.scan_iter(f"{job_key(first, 'depot-wait')}:*")), 60, "a hand-back")
+    assert "handed 1 task(s) back to the queue" in lacking.text()
+    assert ledger.status(first).failed == {}
+    r.set(waits[0], str(time.time() - DEPOT_WAIT_SECONDS - 60), keepttl=True)
+    failed = wait_for(lambda: ledger.status(first).failed, 60, "the task to fail")
+    reason = next(iter(failed.values()))
+    assert reason.startswith("cannot reach http://127.0.0.1:") and "no live worker holds it" in reason
+    assert "\n" not in reason
+
+    # A holder comes: the tasks handed back meanwhile are rendered there.
+    second = submit("holder")
+    wait_for(lambda: list(r.scan_iter(f"{job_key(second, 'depot-wait')}:*")), 60, "a hand-back")
+    start_worker(redis_server.url, tree, "holder")
+    wait_for(lambda: ledger.job_info(second).get("status") == "complete", 90, "the holder to render the job")
+    assert ledger.status(second).failed == {}
+    assert set(ledger.status(second).workers) == {"holder"}
+    assert "retrying in" not in lacking.text() and "Traceback" not in lacking.text()
+
+
+def test_a_spec_giving_the_checkpoint_and_lora_by_url_and_sha256_renders_on_a_worker_without_them(
+        redis_server, start_worker, tmp_path_factory, tmp_path, web):
+    """No push, no link: the spec gives tiny15 and style15 by URL (a local HTTP server is the
+    internet) with their sha256; the coordinator pins them without the files, and a worker with an
+    empty models folder fetches, verifies and renders."""
+    root, base = web
+    tree = a1111_tree(tmp_path_factory)
+    ckpt, lora = tree / "models/Stable-diffusion/tiny15.safetensors", tree / "models/Lora/style15.safetensors"
+    shutil.copy(ckpt, root / "tiny15.safetensors")
+    (root / "org/loras/resolve/main").mkdir(parents=True)
+    shutil.copy(lora, root / "org/loras/resolve/main/style15.safetensors")
+    store = str(tmp_path / "store")
+    empty = tmp_path / "empty-models"
+    empty.mkdir()
+    worker = start_worker(redis_server.url, empty, "fresh",
+                          env={"FARM_CONFIGS_DIR": str(tiny_configs(tree, tmp_path / "configs")), "HF_ENDPOINT": base},
+                          args=("--model-cache", str(tmp_path / "cache"), "--depot", store))
+    worker.wait_ready()
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"""\
+name: by-url
+prompt: a red robot
+checkpoint: {{url: "{base}/tiny15.safetensors", sha256: {sha256_file(ckpt)}}}
+lora: {{url: "hf://org/loras/style15.safetensors", sha256: {sha256_file(lora)}}}
+lora_weight: 0.8
+seed: 1
+steps: 2
+sampler: Euler
+size: 64x64
+""")
+    result = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(empty))
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip()
+    ledger = Ledger(redis_server.client())
+    wait_for(lambda: ledger.job_info(job).get("status") == "complete", 120, "the job")
+    assert ledger.status(job).failed == {}
+    records = [json.loads(line) for line in open_store(store).read_text(f"{job}/manifest.jsonl").splitlines()]
+    _, _, params = parse_infotext(read_parameters(Path(store) / job / records[0]["image"]))
+    assert params["Model hash"] == sha256_file(ckpt)[:10] and params["Model"] == "tiny15"
+    assert params["Lora hashes"] == f"style15: {lora_hash(lora)[:12]}"
+    assert worker.text().count("seedfarm.worker: fetched ") == 2
+    assert not list(empty.iterdir()) and "Traceback" not in worker.text()

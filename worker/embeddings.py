@@ -10,13 +10,13 @@ the task. Layouts read (as A1111's modules/textual_inversion/textual_inversion.p
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
 from farm.families import FAMILIES
 from farm.model_files import ModelFileError, read_safetensors_header
+from farm.depot import words_in
 from farm.models import Registry
 from worker.families import of_pipeline
 from worker.safe_load import ModelLoadError, is_pickle, load_pickle, refuse_pickle
@@ -24,14 +24,8 @@ from worker.safe_load import ModelLoadError, is_pickle, load_pickle, refuse_pick
 
 def used_embeddings(registry: Registry, texts: list[str]) -> dict[str, Path]:
     """name -> file for every embedding whose name appears as a word in one of the texts."""
-    found = {}
-    for name, model in registry.files("embedding").items():
-        if "/" in name:
-            continue  # A1111 uses the bare stem as the token
-        pattern = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
-        if any(pattern.search(t) for t in texts):
-            found[name] = model.path
-    return found
+    files = registry.files("embedding")
+    return {name: files[name].path for name in words_in(files, texts)}  # A1111 uses the bare stem as the token
 
 
 def read_embedding(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:

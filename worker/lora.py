@@ -19,7 +19,7 @@ from pathlib import Path
 
 from farm.families import UNKNOWN, file_family
 from farm.model_files import ModelFileError, read_safetensors_header
-from farm.models import Registry, lora_hash
+from farm.models import ModelFile, Registry, lora_hash
 from farm.prompts import LoraRef
 from worker.families import of_pipeline
 from worker.safe_load import ModelLoadError, is_pickle, load_pickle, refuse_pickle
@@ -42,10 +42,12 @@ def read_lora(path: Path, allow_pickle: bool) -> dict:
         raise ModelLoadError(f"{path.name}: cannot read the LoRA ({(str(e).splitlines() or [''])[0][:200]})") from None
 
 
-def apply_loras(pipe, refs: list[LoraRef], registry: Registry, allow_pickle: bool = False) -> dict[str, str]:
+def apply_loras(pipe, refs: list[LoraRef], registry: Registry, allow_pickle: bool = False,
+                pinned: dict[str, Path] | None = None) -> dict[str, str]:
     """Load and activate the task's LoRAs with their text-encoder and UNet weights. Returns
     name -> A1111 LoRA hash (12 hex) for the infotext's `Lora hashes`. On an error the caller
-    removes what was loaded (remove_loras; worker/prepare.py does it in any case)."""
+    removes what was loaded (remove_loras; worker/prepare.py does it in any case). `pinned`: name ->
+    file for LoRAs the spec pinned (worker/prepare.py), used instead of the file by that name."""
     if not refs:
         return {}
     family = of_pipeline(pipe)
@@ -53,7 +55,8 @@ def apply_loras(pipe, refs: list[LoraRef], registry: Registry, allow_pickle: boo
     names, weights = [], []
     for ref in refs:
         try:
-            model = registry.resolve("lora", ref.name)
+            model = ModelFile("lora", ref.name, pinned[ref.name]) if ref.name in (pinned or {}) else \
+                registry.resolve("lora", ref.name)
             lora_family = file_family(model.path, "lora")
         except ModelFileError as e:
             raise ModelLoadError(str(e)) from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -33,14 +34,15 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from farm.depot import Depot, DepotRecord
+from farm.depot import Depot, DepotError, DepotRecord, url_chunks, url_record, words_in
 from farm.hashes import remember_sha256, sha256_file
 from farm.model_files import ModelFileError
 from farm.models import Registry, human_size
 from farm.prompts import extract_extra_networks, lora_refs
 from farm.store import TEMP_PREFIX
 from farm.task import RenderTask
-from farm.tunables import ASSUMED_FETCH_MBPS, DEPOT_DOWN_SECONDS, DEPOT_LOOKUP_TTL, DEPOT_RETRY_DELAYS
+from farm.tunables import (ASSUMED_FETCH_MBPS, DEPOT_DOWN_SECONDS, DEPOT_LOOKUP_TTL, DEPOT_RETRY_DELAYS,
+                           DEPOT_WAIT_SECONDS)
 from worker.context import TaskError
 
 log = logging.getLogger("seedfarm.worker")
@@ -54,8 +56,12 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)B?", re.IGNORECASE)
 
 
 class DepotUnreachable(Exception):
-    """The depot did not answer: not the task's fault, so it goes back to the queue (worker/tasks.py
-    retries it, on this worker or another) rather than failing."""
+    """The depot did not answer: not the task's fault, so it goes back to its queue (worker/tasks.py,
+    depot_wait below) rather than failing, while someone may still render it."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind  # of the model it could not fetch: a checkpoint's holders can render the task
 
 
 class CacheConfigError(Exception):
@@ -98,7 +104,8 @@ class ModelCache:
         self.in_use: set[str] = set()  # sha256s of the cached models the running task needs
         self.mbps = ASSUMED_FETCH_MBPS  # the last download's measured speed
         self.down_until = 0.0  # the depot did not answer: offer no fetching until then
-        self._lookups: dict[tuple, tuple[float, DepotRecord | None]] = {}
+        self._lookups: dict[tuple, tuple[float, object]] = {}  # records (or None), lists of names
+        self.url_errors: dict[str, str] = {}  # URL -> why its last look failed
 
     # --- what is here ----------------------------------------------------------------------------
 
@@ -150,6 +157,39 @@ class ModelCache:
         self._lookups[key] = (time.monotonic(), record)
         return record
 
+    def depot_names(self, kind: str) -> list[str]:
+        """The stems the depot has of a kind (embeddings: a prompt names them by word), remembered
+        for DEPOT_LOOKUP_TTL seconds; none when fetching is off or the depot does not answer."""
+        seen = self._lookups.get(("names", kind))
+        if seen and time.monotonic() - seen[0] < DEPOT_LOOKUP_TTL:
+            return seen[1]
+        names: list[str] = []
+        if self.can_fetch():
+            try:
+                names = self.depot.names(kind)
+            except Exception as e:  # as lookup(): a depot away offers nothing for a while
+                log.warning("model depot %s does not answer (%s): fetching nothing for %.0f s",
+                            self.depot.describe(), e, DEPOT_DOWN_SECONDS)
+                self.down_until = time.time() + DEPOT_DOWN_SECONDS
+        self._lookups[("names", kind)] = (time.monotonic(), names)
+        return names
+
+    def url_lookup(self, kind: str, name: str, sha256: str, url: str) -> DepotRecord | None:
+        """The record of a model a spec gives by URL (its size from a HEAD request), remembered for
+        DEPOT_LOOKUP_TTL seconds; None when the URL does not answer (why: url_errors[url])."""
+        key = ("url", kind, name, sha256, url)
+        seen = self._lookups.get(key)
+        if seen and time.monotonic() - seen[0] < DEPOT_LOOKUP_TTL:
+            return seen[1]
+        try:
+            record = url_record(kind, name, url, sha256)
+        except (OSError, ValueError, DepotError) as e:
+            log.warning("%s does not answer (%s): %s '%s' cannot be fetched now", url, e, kind, name)
+            self.url_errors[url] = str(e)
+            record = None
+        self._lookups[key] = (time.monotonic(), record)
+        return record
+
     def fetch_seconds(self, size: int) -> float:
         """The routing estimate of a fetch: size over the last measured (or assumed) speed."""
         return size / (self.mbps * 1e6)
@@ -171,15 +211,30 @@ class ModelCache:
                 needs += [("lora", ref.name, None) for ref in lora_refs(extract_extra_networks(text)[1])]
             except ValueError:
                 pass  # the render reports the bad tag
+        texts = (task.prompt, task.negative_prompt, task.hr_prompt, task.hr_negative_prompt)
+        needs += [("embedding", name, None) for name in words_in(self.depot_names("embedding"), texts)]
         self.in_use = set()
         for kind, name, sha in needs:
+            link = task.model_urls.get(f"{kind}:{name}")  # given by URL in the spec: fetched from there
+            sha = sha or (link[0] if link else None)  # a LoRA given so is pinned too
             here = self.local(registry, kind, name, sha)
             if here is not None:
                 if sha and here.is_relative_to(self.root):
                     self.in_use.add(sha)
                     self.touch(here.parent)
                 continue
+            if link is not None and self.limit > 0:
+                record = self.url_lookup(kind, name, *link)
+                if record is None:
+                    raise DepotUnreachable(f"cannot reach {link[1]} to fetch {kind} '{name}' "
+                                           f"({self.url_errors.get(link[1])}): is this PC online?", kind)
+                self.in_use.add(record.sha256)
+                self.fetch(record)
+                continue
             record = self.lookup(kind, name, sha) if self.can_fetch() else None
+            if self.depot is not None and self.limit > 0 and not self.can_fetch():  # lately, or this look
+                raise DepotUnreachable(f"the model depot {self.depot.describe()} did not answer lately: cannot "
+                                       f"fetch {kind} '{name}' now", kind)
             if record is None or record.kind != kind:
                 continue
             self.in_use.add(record.sha256)
@@ -241,9 +296,10 @@ class ModelCache:
             except _DepotHiccup as e:
                 if delay is None:
                     self.down_until = time.time() + DEPOT_DOWN_SECONDS
-                    raise DepotUnreachable(f"cannot reach {self.depot.where(record)} to fetch {record.kind} "
-                                           f"'{record.name}' ({e.__cause__}): is this PC online?") from None
-                log.warning("cannot reach %s: %s; trying again in %.0f s", self.depot.where(record), e.__cause__, delay)
+                    raise DepotUnreachable(f"cannot reach {self.where(record)} to fetch {record.kind} "
+                                           f"'{record.name}' ({e.__cause__}): is this PC online?",
+                                           record.kind) from None
+                log.warning("cannot reach %s: %s; trying again in %.0f s", self.where(record), e.__cause__, delay)
                 time.sleep(delay)
 
     def _download_once(self, record: DepotRecord, entry: Path, target: Path) -> None:
@@ -288,18 +344,22 @@ class ModelCache:
     def _chunks(self, record: DepotRecord):
         """The depot object's chunks. Its errors are the depot's (_DepotHiccup), not the cache's; a
         missing object fails the task: the record says it should be there."""
-        chunks = _read_ahead(self.depot.chunks(record))
+        chunks = _read_ahead(url_chunks(record.url) if record.url else self.depot.chunks(record))
         while True:
             try:
                 chunk = next(chunks)
             except StopIteration:
                 return
             except FileNotFoundError:
-                raise TaskError(f"{self.depot.where(record)} has no file for {record.kind} '{record.name}' "
+                raise TaskError(f"{self.where(record)} has no file for {record.kind} '{record.name}' "
                                 "(the depot's record names it): push it again") from None
             except Exception as e:  # boto's connection errors, a share gone away
                 raise _DepotHiccup() from e
             yield chunk
+
+    def where(self, record: DepotRecord) -> str:
+        """Where a model's bytes come from, for messages (a spec's URL needs no depot)."""
+        return record.url or self.depot.describe()
 
     def make_room(self, record: DepotRecord) -> None:
         """Evict least recently used models until this one fits under the limit and on the disk."""
@@ -337,6 +397,20 @@ class ModelCache:
             return not entry.exists()
         finally:
             lock.release()
+
+
+def depot_wait(ledger, worker: str, task: RenderTask, error: DepotUnreachable) -> str | None:
+    """None when a task whose model could not be fetched goes back to its queue: a live worker
+    (not this one, not paused) holds its checkpoint, or the depot may still come back (within
+    DEPOT_WAIT_SECONDS of the task's first such failure); else the one line the task fails with."""
+    waited = time.time() - ledger.depot_wait_since(task.job, task.id, DEPOT_WAIT_SECONDS)
+    if error.kind == "checkpoint":
+        for w in ledger.workers():
+            if w.get("name") != worker and not w.get("paused") and task.checkpoint in json.loads(w.get("holds") or "[]"):
+                return None
+    if waited < DEPOT_WAIT_SECONDS:
+        return None
+    return f"{error} (for {waited / 60:.0f} min, and no live worker holds it)"
 
 
 def _read_ahead(chunks, depth: int = 16):

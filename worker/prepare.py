@@ -12,11 +12,13 @@ embedding tokens removed, the checkpoint's own VAE back; nothing leaks into the 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from farm.model_files import ModelFileError
-from farm.models import Registry
+from farm.hashes import sha256_file
+from farm.models import ModelFile, Registry
 from farm.prompts import extract_extra_networks, lora_refs
 from farm.task import RenderTask
 from worker.embeddings import load_embeddings, unload_embeddings, used_embeddings
@@ -86,7 +88,7 @@ class TaskModels:
             if task.vae and not isinstance(of_pipeline(pipe), PartsFamily):
                 extra.update(self._use_vae(pipe, task.vae, task.vae_hash))
             set_vae_tiling(pipe, self.profile_of(pipe), task.width, task.height)
-            lora_hashes = apply_loras(pipe, refs, self.registry, self.allow_pickle)
+            lora_hashes = apply_loras(pipe, refs, self.registry, self.allow_pickle, self._pinned_loras(task))
             if lora_hashes:
                 extra["Lora hashes"] = _hash_list(lora_hashes)
             if not isinstance(of_pipeline(pipe), PartsFamily) and is_inpainting(of_pipeline(pipe).denoiser_of(pipe)):
@@ -105,12 +107,41 @@ class TaskModels:
                 pipe.vae = own_vae
                 place(pipe, self.profile_of(pipe))
 
+    def _pinned(self, kind: str, sha256: str | None) -> Path | None:
+        """The file with this sha256 whatever its name: the model cache's copy (worker/context.py)."""
+        from worker.context import pinned_file
+
+        return pinned_file(kind, sha256, Path(os.pathsep.join(map(str, self.registry.roots))))
+
+    def _pinned_loras(self, task: RenderTask) -> dict[str, Path]:
+        """name -> file of the LoRAs the spec gave by URL and sha256 whose file by that name here is
+        not the pin (a same-named LoRA with other weights in the user's folder): the pinned copy."""
+        out = {}
+        for key, (sha, _) in task.model_urls.items():
+            if key.startswith("lora:"):
+                name = key.split(":", 1)[1]
+                try:
+                    own = self.registry.resolve("lora", name).path
+                except ModelFileError:
+                    own = None
+                found = self._pinned("lora", sha) if own is None or sha256_file(own) != sha else None
+                if found is not None:
+                    out[name] = found
+        return out
+
     def _use_vae(self, pipe, name: str, expected_hash: str | None) -> dict[str, str]:
         try:
             model = self.registry.resolve("vae", name)
             digest = model.sha256()
         except ModelFileError as e:
-            raise ModelLoadError(str(e)) from None
+            found = self._pinned("vae", expected_hash)  # fetched into the model cache under its hash
+            if found is None:
+                raise ModelLoadError(str(e)) from None
+            model, digest = ModelFile("vae", name, found), expected_hash
+        if expected_hash and digest != expected_hash:  # a same-named VAE with other weights: the pinned copy
+            found = self._pinned("vae", expected_hash)
+            if found is not None:
+                model, digest = ModelFile("vae", model.name, found), expected_hash
         if expected_hash and digest != expected_hash:
             raise ModelLoadError(
                 f"VAE '{name}' at {model.path} has hash {digest[:10]}, but the job was expanded against "

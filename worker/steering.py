@@ -77,7 +77,10 @@ class Steering:
         for route in routes.values() if cache is not None and cache.can_fetch() else ():
             if route.checkpoint in files or route.checkpoint in fetchable:
                 continue
-            record = cache.lookup("checkpoint", route.checkpoint, route.checkpoint_hash)
+            if route.url and route.checkpoint_hash:  # given by URL in the spec
+                record = cache.url_lookup("checkpoint", route.checkpoint, route.checkpoint_hash, route.url)
+            else:
+                record = cache.lookup("checkpoint", route.checkpoint, route.checkpoint_hash)
             if record is None or record.kind != "checkpoint":
                 continue
             fetchable[route.checkpoint] = cache.fetch_seconds(record.size)

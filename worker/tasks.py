@@ -20,6 +20,7 @@ from farm.store.failures import refused
 from farm.task import RenderTask
 from farm.tunables import RETRIES, RETRY_DELAY
 from worker.context import WorkerContext, context
+from worker.model_cache import DepotUnreachable, depot_wait
 from worker.render_loop import render_tasks
 
 if TYPE_CHECKING:
@@ -80,6 +81,22 @@ def register(app: Celery, ledger: "Ledger | None" = None, store_override: str | 
                     ledger.release_orphan(job, task.id, ctx.life)
                 log.info("handed %d task(s) back to the queue", len(left))
             return {**summary, "handed_back": len(left)}
+        except DepotUnreachable as e:
+            # Not the task's fault: back on its queue, not a try, while someone may render it
+            # (worker/model_cache.py depot_wait); this worker offers no fetching for a while.
+            ctx.writer.flush()
+            left = [task for task in group if not is_done(store, task)]
+            reason = depot_wait(ledger, ctx.name, group[0], e) if left else None
+            if reason is None:
+                if left:
+                    send(app, left, store_url, queue or route_of(left[0]).queue)
+                for task in left:
+                    ledger.release_orphan(job, task.id, ctx.life)
+                log.warning("job %s: %s; handed %d task(s) back to the queue", job, e, len(left))
+                return {"tasks": len(group), "images": 0, "handed_back": len(left)}
+            for task in left:
+                finished(task, {"task_id": task.id, "images": 0}, reason)
+            return {"tasks": len(group), "images": 0, "failed": reason}
         except NotImplementedError:
             # A second Ctrl+C (cold shutdown) on the solo pool lands here; hand the message back
             # instead of letting Celery ack it as failed, which would lose it.

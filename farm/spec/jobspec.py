@@ -52,6 +52,8 @@ class JobSpec(BaseModel):
     parts: dict[str, dict[str, tuple[str, str | None]]] = {}
     # input-image axis (init_images) -> axis value -> the pinned image (farm/inputs.py)
     inputs: dict[str, dict[str, InputImage]] = {}
+    # "kind:name" -> (sha256, URL) of each model the spec gives by URL (farm/spec/models.py)
+    links: dict[str, tuple[str, str]] = {}
     _hashes: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def family_of(self, checkpoint: str) -> str:

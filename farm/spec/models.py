@@ -7,14 +7,27 @@ import re
 from pathlib import Path
 from typing import Any
 
-from yaml.nodes import Node, SequenceNode
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from farm.checkpoints import resolve_checkpoint
 from farm.hires import LATENT_UPSCALERS, is_model_upscaler
+from farm.depot import SHA256, URL
+from farm.models import SUFFIXES
 from farm.models import ModelFileError, Registry
 from farm.prompts import extract_extra_networks, lora_refs
 from farm.params import NO_MODEL
-from farm.spec.nodes import NodeReader
+from farm.spec.nodes import NodeReader, kind as kind_of
+
+
+def link_pins(links: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """The JobSpec hashes (name, 'vae:NAME') of the checkpoints and VAEs a spec gives by URL: their
+    pins, as a models folder's files give theirs."""
+    pins = {}
+    for key, (sha256, _) in links.items():
+        model, name = key.split(":", 1)
+        if model in ("checkpoint", "vae"):
+            pins[name if model == "checkpoint" else f"vae:{name}"] = sha256
+    return pins
 
 def _tag_offset(value: Any, name: str) -> int | None:
     """Where the tag naming a LoRA starts in a prompt value, for the error's column; None when
@@ -24,13 +37,60 @@ def _tag_offset(value: Any, name: str) -> int | None:
 
 
 class ModelChecks(NodeReader):
-    """Checks model names against the models folder, when one is given."""
+    """Checks model names against the models folder, when one is given, and reads models given by
+    URL and sha256 instead of by name (`{url: hf://org/repo/file.safetensors, sha256: HEX}`)."""
+
+    @property
+    def links(self) -> dict[str, tuple[str, str]]:
+        """'kind:name' -> (sha256, URL) of the models this spec gives by URL."""
+        return self.__dict__.setdefault("_links", {})
+
+    def named(self, node: Node, kind: str, expect: str) -> list[tuple[str, Node, bool]]:
+        """(name, node, given by URL) of a model axis: names as texts() reads them, and models
+        given by URL (a mapping, alone or in the list), named by their file's stem."""
+        items = node.value if isinstance(node, SequenceNode) else [node]
+        if not any(isinstance(item, MappingNode) for item in items):
+            return [(text, item, False) for text, item in self.texts(node, kind, expect, split=True)]
+        out = []
+        for item in items:
+            if isinstance(item, MappingNode):
+                out.append((self.linked(item, kind), item, True))
+            else:
+                out += [(text, n, False) for text, n in self.texts(item, kind, expect, split=True)]
+        return out
+
+    def linked(self, node: MappingNode, kind: str) -> str:
+        """A model given by URL and sha256: pinned here without downloading it (workers fetch it,
+        farm/depot.py); its name is the file's stem unless `name:` says."""
+        f = self.keys(node, ("url", "sha256", "name"), f"a {kind} given by URL")
+        for need in ("url", "sha256"):
+            if need not in f:
+                raise self.error(node, f"{kind}: a model given by URL needs url: and sha256: (the file's SHA-256)")
+        url, sha = self.plain(f["url"][1]), self.plain(f["sha256"][1])
+        if not isinstance(url, str) or not URL.match(url):
+            raise self.error(f["url"][1], f"{kind}: url: expected hf://ORG/REPO/FILE or an http(s):// URL, "
+                                          f"got {kind_of(url)}")
+        if not isinstance(sha, str) or not SHA256.fullmatch(sha.lower()):
+            raise self.error(f["sha256"][1], f"{kind}: sha256: expected the file's SHA-256 (64 hex digits), "
+                                             f"got {kind_of(sha)}")
+        stem = url.split("?")[0].rsplit("/", 1)[-1]
+        suffix = "." + stem.rsplit(".", 1)[-1].lower() if "." in stem else ""
+        if suffix not in SUFFIXES[kind]:
+            raise self.error(f["url"][1], f"{kind}: url: a {kind} file ends in {', '.join(SUFFIXES[kind])}")
+        name = self.plain(f["name"][1]) if "name" in f else stem[: -len(suffix)]
+        if not isinstance(name, str) or not re.fullmatch(r"[\w.\- ]{1,200}", name):
+            raise self.error(f["name"][1] if "name" in f else f["url"][1],
+                             f"{kind}: name: letters, digits, '.', '-', '_' or spaces, got {kind_of(name)}")
+        pin = (sha.lower(), url)
+        if self.links.setdefault(f"{kind}:{name}", pin) != pin:
+            raise self.error(node, f"{kind}: '{name}' is given twice with different url or sha256")
+        return name
 
     def checkpoints(self, node: Node, models_dir: Path | None) -> tuple[list[str], dict[str, Path]]:
         names, files = [], {}
-        for text, item in self.texts(node, "checkpoint", "a checkpoint name (file stem)", split=True):
-            name = text.removesuffix(".safetensors").removesuffix(".ckpt")
-            if models_dir is not None:
+        for text, item, by_url in self.named(node, "checkpoint", "a checkpoint name (file stem)"):
+            name = text if by_url else text.removesuffix(".safetensors").removesuffix(".ckpt")
+            if models_dir is not None and not by_url:
                 try:
                     files[name] = resolve_checkpoint(name, models_dir)
                 except ValueError as e:
@@ -102,9 +162,11 @@ class ModelChecks(NodeReader):
     def model_names(self, node: Node, kind: str, models_dir: Path | None) -> tuple[list[str], dict[str, Path]]:
         """A vae or lora axis: file stems (or None), checked against the models folder if given."""
         names, files = [], {}
-        for text, item in self.texts(node, kind, f"a {kind} name (file stem) or {NO_MODEL}", split=True):
+        for text, item, by_url in self.named(node, kind, f"a {kind} name (file stem) or {NO_MODEL}"):
             name = NO_MODEL if text.lower() in ("none", "automatic") else re.sub(r"\.(safetensors|ckpt|pt)$", "", text)
-            if models_dir is not None and name != NO_MODEL:
+            if by_url:
+                name = text
+            elif models_dir is not None and name != NO_MODEL:
                 try:
                     files[name] = Registry(models_dir).resolve(kind, name).path
                 except ValueError as e:

@@ -25,7 +25,7 @@ from farm.spec.combine import CombineReader
 from farm.spec.inpaint import InpaintReader
 from farm.spec.inputs import InputReader
 from farm.spec.jobspec import DEFAULT_FILENAME, SPEC_VERSION, JobSpec, job_id
-from farm.spec.models import ModelChecks
+from farm.spec.models import ModelChecks, link_pins
 from farm.upscale import DEFAULT_UPSCALE_BY, UPSCALE_AXES, UPSCALE_KEYS
 from farm.upscale import size_problem as upscale_size_problem
 from farm.upscale import DEFAULT_UPSCALER as UPSCALE_DEFAULT_UPSCALER
@@ -71,6 +71,7 @@ def parse_spec(
     parser.store = store
     spec = parser.parse(Path(models_dir) if models_dir is not None else None, known)
     spec._hashes.update(known)
+    spec._hashes.update(link_pins(spec.links))
     return spec
 
 
@@ -190,6 +191,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader, InpaintRea
             values=ordered, dims=tuple(dims), checkpoint_files=checkpoint_files, vae_files=vae_files,
             upscaler_files=upscaler_files,
             priority=priority, requires=requires, family_defaults=family_defaulted, parts=parts, inputs=inputs,
+            links=self.links,
         )
 
     def flow_samplers(self, f: dict, values: dict, flow: list) -> None:

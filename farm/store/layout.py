@@ -133,6 +133,10 @@ def model_name_key(kind: str, name: str) -> str:
     return model_key(f"names/{kind}/{name}.json")
 
 
+def model_names_prefix(kind: str) -> str:
+    return model_key(f"names/{kind}/")
+
+
 def job_of(key: str) -> tuple[str, str]:
     """(job, path inside the job folder) of a key."""
     job, _, path = key.partition("/")
