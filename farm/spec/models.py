@@ -10,10 +10,9 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from farm.checkpoints import resolve_checkpoint
-from farm.hires import LATENT_UPSCALERS, is_model_upscaler
 from farm.depot import SHA256, URL
-from farm.models import SUFFIXES
-from farm.models import ModelFileError, Registry
+from farm.hires import LATENT_UPSCALERS, is_model_upscaler
+from farm.models import SUFFIXES, ModelFileError, Registry
 from farm.prompts import extract_extra_networks, lora_refs
 from farm.params import NO_MODEL
 from farm.spec.nodes import NodeReader, kind as kind_of
