@@ -71,9 +71,10 @@ class Steering:
                 held = self.footprint(family_name, path, route.parts, registry)
                 if held is not None:
                     footprints[key] = held
-        self.ctx.holds = sorted({r.checkpoint for r in routes.values() if r.checkpoint in files})
+        if self.ctx is not None:  # announced in the heartbeat (holders take a fetch's work first)
+            self.ctx.holds = sorted({r.checkpoint for r in routes.values() if r.checkpoint in files})
         fetchable: dict[str, float] = {}
-        cache = self.ctx.model_cache
+        cache = self.ctx.model_cache if self.ctx is not None else None
         for route in routes.values() if cache is not None and cache.can_fetch() else ():
             if route.checkpoint in files or route.checkpoint in fetchable:
                 continue
