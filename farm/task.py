@@ -78,6 +78,12 @@ class RenderTask(BaseModel):
     init_image: str = Field(default="", pattern=r"^([0-9a-f]{64}\.(png|jpg|jpeg|webp))?$",
                             description="img2img: the init image's content name in the job's store")
     resize_mode: str = Field(default="", description="img2img: A1111's resize mode, '' = not an img2img task")
+    # SDXL refiner (worker/refiner.py): another checkpoint takes over the same sampling
+    refiner: str = Field(default="", description="refiner checkpoint (file stem); '' = none")
+    refiner_hash: str | None = Field(default=None, description="sha256 of the refiner file, when known")
+    refiner_switch_at: float = Field(default=0.8, gt=0, le=1,
+                                     description="A1111 'Refiner switch at': the fraction of sampling after which "
+                                                 "the refiner takes over (1 = never)")
     filename: str = Field(default="[seed]-[task_id]", description="output filename pattern")
     axes: dict[str, Any] = Field(default_factory=dict, description="swept axis -> value, for labels")
 

@@ -15,6 +15,8 @@ from farm.prompts import extract_extra_networks, lora_refs
 from farm.params import NO_MODEL
 from farm.spec.nodes import NodeReader
 
+REFINER_FAMILY = "SDXL refiner"  # the one family a refiner may be (farm/families.py)
+
 def _tag_offset(value: Any, name: str) -> int | None:
     """Where the tag naming a LoRA starts in a prompt value, for the error's column; None when
     the value does not hold it as written (prompt_sr made it)."""
@@ -92,4 +94,27 @@ class ModelChecks(NodeReader):
                     raise self.error(item, str(e)) from None
             names.append(name)
         self.unique(names, node, kind)
+        return names, files
+
+    def refiners(self, node: Node, models_dir: Path | None) -> tuple[list[str], dict[str, Path]]:
+        """The refiner axis: checkpoint names (or None), each an SDXL refiner file when the models
+        folder is at hand (worker/refiner.py renders only those)."""
+        from farm.families import checkpoint_family
+
+        names, files = [], {}
+        for text, item in self.texts(node, "refiner", f"a refiner checkpoint name (file stem) or {NO_MODEL}",
+                                     split=True):
+            name = NO_MODEL if text.lower() == "none" else text.removesuffix(".safetensors").removesuffix(".ckpt")
+            if models_dir is not None and name != NO_MODEL:
+                try:
+                    files[name] = resolve_checkpoint(name, models_dir)
+                except ValueError as e:
+                    raise self.error(item, f"refiner: {e}") from None
+                found = checkpoint_family(name, files, {})
+                if found not in (REFINER_FAMILY, "?"):
+                    raise self.error(item, f"refiner: '{name}' is a {found} checkpoint, not an SDXL refiner; "
+                                     "seedfarm refines SDXL renders with SDXL refiner checkpoints "
+                                     "(sd_xl_refiner_1.0 and its fine-tunes)")
+            names.append(name)
+        self.unique(names, node, "refiner")
         return names, files

@@ -12,19 +12,19 @@ from pathlib import Path
 
 from yaml.nodes import Node
 
-from farm.families import checkpoint_family, default_size, family
+from farm.families import UNKNOWN, checkpoint_family, default_size, family
 from farm.hashes import sha256_file
 from farm.model_files import ModelFileError
 from farm.models import Registry
 from farm.parts import PartError, resolve_parts
 from farm.hires import size_problem
-from farm.params import ALIASES, AXIS_ORDER, DEFAULTS, HIRES_KEYS, PARAMS
+from farm.params import ALIASES, AXIS_ORDER, DEFAULTS, HIRES_KEYS, NO_MODEL, PARAMS
 from farm.samplers import eta_problem, flow_sampler, parse_sampler
 from farm.spec.axes import AxisReader
 from farm.spec.combine import CombineReader
 from farm.spec.inputs import InputReader
 from farm.spec.jobspec import DEFAULT_FILENAME, SPEC_VERSION, JobSpec, job_id
-from farm.spec.models import ModelChecks
+from farm.spec.models import REFINER_FAMILY, ModelChecks
 from farm.ranges import safe_len
 from farm.spec.nodes import MAX_JOB_TASKS, MAX_NAME_CHARS, MAX_SPEC_BYTES, SpecError, kind
 from farm.task import filename_pattern_problem
@@ -126,6 +126,9 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
         if "init_images" in f:
             values["init_images"], inputs["init_images"] = self.input_images(f["init_images"][1], "init_images",
                                                                              models_dir, known or {})
+        refiner_files: dict[str, Path] = {}
+        if "refiner" in f:
+            values["refiner"], refiner_files = self.refiners(f["refiner"][1], models_dir)
         for param in PARAMS:
             if param.read is None or param.key not in f:
                 continue
@@ -153,6 +156,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
         parts = self.parts(f, values["checkpoint"], families, checkpoint_files, models_dir, known or {})
         self.hires(f, values, rows)
         self.img2img(f, rows)
+        self.refiner(f, values, families)
 
         if "combine" in f:
             dims = self.combine(f["combine"][1], values)
@@ -172,6 +176,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
             file=self.file, batch_size=batch_size, grid_x=grid_x, grid_y=grid_y, filename=filename,
             values=ordered, dims=tuple(dims), checkpoint_files=checkpoint_files, vae_files=vae_files,
             priority=priority, requires=requires, family_defaults=family_defaulted, parts=parts, inputs=inputs,
+            refiner_files=refiner_files,
         )
 
     def flow_samplers(self, f: dict, values: dict, flow: list) -> None:
@@ -270,6 +275,28 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader):
             if row is not None and row.parts:
                 raise self.error(f["init_images"][0], f"init_images: img2img is not supported on {row.name} yet "
                                  "(it renders on SD1.5 and SDXL checkpoints)")
+
+    def refiner(self, f: dict, values: dict, families: dict[str, str]) -> None:
+        """A refiner checkpoint renders only as the `refiner` of an SDXL checkpoint's txt2img
+        (worker/refiner.py): not as a checkpoint, not under another family, not with hires fix or
+        img2img."""
+        for name, found in families.items():
+            if found == REFINER_FAMILY:
+                raise self.error(f["checkpoint"][1], f"checkpoint: '{name}' is an SDXL refiner; it takes over the "
+                                 "end of an SDXL render: give an SDXL checkpoint and refiner: " + name)
+        if not any(name != NO_MODEL for name in values.get("refiner", ())):
+            return
+        for name, found in families.items():
+            if found not in ("SDXL", UNKNOWN):
+                raise self.error(f["refiner"][0], f"refiner: checkpoint '{name}' is {found}; seedfarm's refiner "
+                                 "takes over SDXL renders only (A1111 also switches SD1.5 models; not supported here)")
+        given = [key for key in HIRES_KEYS if key in f]
+        if given:
+            raise self.error(f["refiner"][0], f"refiner: not supported with hires fix ({given[0]}) yet; render "
+                             "the refined images and upscale them in another job")
+        if "init_images" in f:
+            raise self.error(f["refiner"][0], "refiner: not supported with img2img (init_images) yet; it takes "
+                             "over txt2img renders")
 
     def sampler_eta_pairs(self, f: dict, values: dict) -> None:
         """Every sampler must render every eta it is swept with (samplers without eta ignore it)."""

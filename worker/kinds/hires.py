@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from farm.params import refines
 from farm.hires import LATENT_UPSCALERS, hires_size, img2img_steps, size_problem
 from worker import render as diffusion
 from worker.rng import image_noise, step_generator
@@ -28,6 +29,8 @@ from worker.samplers import make_scheduler
 
 def render(pipe, slots: list[diffusion.Slot]) -> list[Image.Image]:
     task = slots[0].task
+    if refines(task):  # the spec refuses it too; a task from elsewhere gets the same line
+        raise diffusion.RenderError("a refiner is not supported with hires fix yet")
     problem = size_problem(task.width, task.height, task.hr_scale, task.hr_resize_x, task.hr_resize_y)
     if problem:
         raise diffusion.RenderError(problem)
