@@ -376,18 +376,20 @@ def models() -> None:
 @click.argument("models_dir", type=click.Path(file_okay=False))
 @click.option("--name", default=None,
               help=f"File name (stem); default: {DEMO_CHECKPOINT} for SD1.5 and SDXL, the family's own otherwise.")
-@click.option("--family", "family_name", default="SD1.5", show_default=True,
-              help='The model family, as `farm models list` names it, e.g. "SDXL", "Flux.1 [dev]".')
+@click.option("--family", "family_name", default=None,
+              help='The model family, as `farm models list` names it, e.g. "SDXL", "Flux.1 [dev]" '
+                   "(default: SD1.5, plus the other tiny models the example jobs in jobs/ use).")
 @click.option("--sdxl", is_flag=True, help="Same as --family SDXL.")
-def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: bool) -> None:
+def make_tiny_cmd(models_dir: str, name: str | None, family_name: str | None, sdxl: bool) -> None:
     """Write a tiny random-weight model of a family into MODELS_DIR, in its users' layout (SD: an
     A1111 checkpoint; Flux and other families built from parts: the denoiser in diffusion_models/
     and its text encoders and VAE beside it), and small input images in MODELS_DIR/inputs/ for the
     example specs. Prints the checkpoint's path."""
     need_worker_extra()
-    from worker.tiny import TINY_WRITERS, make_tiny_inputs, write_tiny_family
+    from worker.tiny import TINY_WRITERS, make_tiny_inputs, write_example_models, write_tiny_family
 
-    family_name = "SDXL" if sdxl else family_name
+    examples = family_name is None and not sdxl and name is None  # the plain command
+    family_name = "SDXL" if sdxl else family_name or "SD1.5"
     if family_name not in TINY_WRITERS:
         raise click.BadParameter(f"no tiny model for '{family_name}'; one of: {', '.join(TINY_WRITERS)}",
                                  param_hint="--family")
@@ -395,6 +397,9 @@ def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: boo
         name = DEMO_CHECKPOINT
     click.echo(write_tiny_family(Path(models_dir), family_name, name))
     make_tiny_inputs(Path(models_dir))  # the example specs' input images (init_images: inputs/...)
+    if examples:  # one line per file, the SD1.5 checkpoint first (as always)
+        for path in write_example_models(Path(models_dir)):
+            click.echo(path)
 
 
 @models.command("list")

@@ -10,6 +10,7 @@ from typing import Any
 from yaml.nodes import Node, SequenceNode
 
 from farm.checkpoints import resolve_checkpoint
+from farm.families import UNKNOWN, checkpoint_family
 from farm.models import ModelFileError, Registry
 from farm.prompts import extract_extra_networks, lora_refs
 from farm.params import NO_MODEL
@@ -99,8 +100,6 @@ class ModelChecks(NodeReader):
     def refiners(self, node: Node, models_dir: Path | None) -> tuple[list[str], dict[str, Path]]:
         """The refiner axis: checkpoint names (or None), each an SDXL refiner file when the models
         folder is at hand (worker/refiner.py renders only those)."""
-        from farm.families import checkpoint_family
-
         names, files = [], {}
         for text, item in self.texts(node, "refiner", f"a refiner checkpoint name (file stem) or {NO_MODEL}",
                                      split=True):
@@ -111,8 +110,8 @@ class ModelChecks(NodeReader):
                 except ValueError as e:
                     raise self.error(item, f"refiner: {e}") from None
                 found = checkpoint_family(name, files, {})
-                if found not in (REFINER_FAMILY, "?"):
-                    raise self.error(item, f"refiner: '{name}' is a {found} checkpoint, not an SDXL refiner; "
+                if found not in (REFINER_FAMILY, UNKNOWN):
+                    raise self.error(item, f"refiner: '{name}' is a checkpoint of {found}, not an SDXL refiner; "
                                      "seedfarm refines SDXL renders with SDXL refiner checkpoints "
                                      "(sd_xl_refiner_1.0 and its fine-tunes)")
             names.append(name)

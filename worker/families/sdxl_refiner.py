@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from farm.families import BY_NAME
-from worker.families.base import TINY_SEED, TINY_UNET, WorkerFamily, give_layer_norms_biases, tiny_vae
+from worker.families import sdxl
+from worker.families.base import TINY_SEED, TINY_UNET, WorkerFamily, give_layer_norms_biases
 
 FACTS = BY_NAME["SDXL refiner"]
 OPEN_CLIP_PREFIX = "conditioner.embedders.0.model."  # where A1111 refiner files keep bigG
@@ -31,8 +32,8 @@ class RefinerFamily(WorkerFamily):
 
 def tiny_pipeline():
     """The in-memory tiny refiner (CPU, fp32): the tiny SDXL UNet's wiring with the refiner's
-    conditioning (one encoder of width 64, 5 size/crop/score numbers) and the tiny SDXL VAE, so
-    that it takes over the tiny SDXL model's latents."""
+    conditioning (one encoder of width 64, 5 size/crop/score numbers) and the tiny SDXL model's own
+    VAE, so that it takes over that model's latents."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -53,13 +54,13 @@ def tiny_pipeline():
             projection_class_embeddings_input_dim=8 * 5 + 32,  # size, crop, aesthetic score + pooled (32)
             cross_attention_dim=64,  # bigG's hidden states alone
         )
-        vae = tiny_vae(scaling_factor=0.13025)
         # 10 layers: diffusers' refiner probe is conditioner.embedders.0.model...resblocks.9
         text_encoder_2 = CLIPTextModelWithProjection(
             CLIPTextConfig(hidden_size=64, intermediate_size=74, num_attention_heads=4, num_hidden_layers=10,
                            projection_dim=32, hidden_act="gelu", **clip)
         )
     give_layer_norms_biases(text_encoder_2, seed=11)
+    vae = sdxl.tiny_pipeline().vae  # the real refiner ships SDXL's VAE too
     pipe = StableDiffusionXLImg2ImgPipeline(
         vae=vae,
         text_encoder=None,
