@@ -102,18 +102,17 @@ def test_refiner_infotext_as_a1111_writes_and_reads_it():
 
 # ---- A1111's switch rule ---------------------------------------------------------------------------
 
-def test_the_switch_follows_a1111s_sigma_rule(models):
-    from worker.pipelines import load_pipeline
+def test_the_switch_follows_a1111s_sigma_rule():
     from worker.refiner import fraction_done, switch_step
     from worker.samplers import make_scheduler
 
-    pipe = load_pipeline(models / "Stable-diffusion" / f"{XL}.safetensors")
-    euler = make_scheduler(pipe.scheduler.config, "Euler", "Automatic")
+    config = json.loads((REPO / "configs" / "sdxl" / "scheduler" / "scheduler_config.json").read_text())
+    euler = make_scheduler(config, "Euler", "Automatic")
     euler.set_timesteps(4)  # A1111's (k-diffusion's) Euler: timesteps 999, 666, 333, 0
     assert [round(fraction_done(euler, i), 3) for i in range(4)] == [0.0, 0.333, 0.666, 0.999]
     assert switch_step(euler, 4, 0.5) == 2 and switch_step(euler, 4, 0.8) == 3 and switch_step(euler, 4, 1.0) is None
     # Karras sigmas fall between training timesteps: the nearest training sigma decides, as in A1111
-    karras = make_scheduler(pipe.scheduler.config, "DPM++ 2M", "Karras")
+    karras = make_scheduler(config, "DPM++ 2M", "Karras")
     at = switch_step(karras, 10, 0.8)
     assert fraction_done(karras, at) >= 0.8 > fraction_done(karras, at - 1)
 
