@@ -59,7 +59,8 @@ def test_defaults_are_a1111s():
                 "distilled_cfg", "shift",  # only for the families that use them
                 "rng", "eta", "ensd", "seed_resize_from", "variation_strength", "variation_seed",
                 "denoising_strength", *HIRES_KEYS,  # hires fix: only when asked for
-                "init_images", "resize_mode")  # img2img likewise
+                "init_images", "resize_mode",  # img2img likewise
+                "refiner", "refiner_switch_at")  # likewise the SDXL refiner
     assert list(axes) == [a for a in AXIS_ORDER if a not in optional]
     assert axes["sampler"] == ["DPM++ 2M"] and axes["schedule"] == ["Automatic"]
     assert axes["steps"] == [20] and axes["cfg"] == [7.0] and axes["size"] == ["512x512"]

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+from farm.families import family
 from farm.model_files import ModelFileError
 from farm.models import Registry
 from farm.prompts import extract_extra_networks, lora_refs
@@ -81,7 +83,11 @@ class TaskModels:
         from farm.hires import output_size
 
         width, height = output_size(task)  # a hires task's second pass is the larger
-        return auto_max_batch(self.profile_of(pipe), of_pipeline(pipe).name, width, height)
+        profile = self.profile_of(pipe)
+        if getattr(pipe, "seedfarm_refiner", None) is not None and profile.vram_gb > 0:
+            # the refiner's weights sit on the card too: less room for pixels (farm/vram.py)
+            profile = replace(profile, vram_gb=max(0.01, profile.vram_gb - family(REFINER).weights_gb))
+        return auto_max_batch(profile, of_pipeline(pipe).name, width, height)
 
     def render(self, pipe, kind, slots: list) -> list:
         """The images of `slots` (worker.render.Slot), rendered by the task kind's module."""
