@@ -6,12 +6,14 @@ to latents, torch's bilinear interpolation, the img2img pipeline (from_pipe) fro
 both passes, per-image generators) on the same loaded pipeline, (3) by `farm run` (the whole task
 body: PNG + infotext, store writes, records). Both do the same UNet work: A1111's rule runs
 int(0.5 * 4) + 1 = 3 second-pass steps, diffusers' int(strength * 4), so the plain call is given
-strength 0.75. Model loading is excluded. Best of REPEATS interleaved runs.
+strength 0.75. Model loading is excluded. Best of REPEATS interleaved runs, and the median of
+each repeat's ratios.
 Usage: python benchmarks/hires.py [N] [REPEATS]"""
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -94,8 +96,8 @@ def farm_run(models: Path, spec_path: Path, out: Path) -> float:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 16
-    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 8
+    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     from worker.pipelines import load_pipeline
     from worker.tiny import make_tiny
 
@@ -121,9 +123,12 @@ def main() -> None:
         "all_runs": {k: [round(x, 2) for x in v] for k, v in runs.items()},
         "ratio_farm_kind": round(best["farm_kind"] / best["plain"], 3),
         "ratio_farm_run": round(best["farm_run"] / best["plain"], 3),
-        # each repeat's own ratios: on a busy machine the best runs of each may fall in other moments
+        # each repeat's own ratios, and their median: on a busy machine the best runs of each may
+        # fall in other moments, while a repeat's three runs follow each other within a minute
         "ratios_per_repeat": {k: [round(x / p, 3) for x, p in zip(runs[k], runs["plain"])]
                               for k in ("farm_kind", "farm_run")},
+        "median_ratio": {k: round(statistics.median(x / p for x, p in zip(runs[k], runs["plain"])), 3)
+                         for k in ("farm_kind", "farm_run")},
     })
 
 
