@@ -376,20 +376,23 @@ def models() -> None:
 @click.argument("models_dir", type=click.Path(file_okay=False))
 @click.option("--name", default=None,
               help=f"File name (stem); default: {DEMO_CHECKPOINT} for SD1.5 and SDXL, the family's own otherwise.")
-@click.option("--family", "family_name", default="SD1.5", show_default=True,
-              help='The model family, as `farm models list` names it, e.g. "SDXL", "Flux.1 [dev]".')
+@click.option("--family", "family_name", default=None,
+              help='The model family, as `farm models list` names it, e.g. "SDXL", "Flux.1 [dev]" '
+                   "(default: SD1.5, plus the other tiny models the example jobs in jobs/ use).")
 @click.option("--sdxl", is_flag=True, help="Same as --family SDXL.")
-def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: bool) -> None:
+def make_tiny_cmd(models_dir: str, name: str | None, family_name: str | None, sdxl: bool) -> None:
     """Write a tiny random-weight model of a family into MODELS_DIR, in its users' layout (SD: an
     A1111 checkpoint; Flux and other families built from parts: the denoiser in diffusion_models/
     and its text encoders and VAE beside it), the tiny upscaler models (ESRGAN/, RealESRGAN/,
     upscale_models/) and small input images in MODELS_DIR/inputs/ for the example specs (SD1.5 also:
     the tiny inpainting checkpoint and masks in MODELS_DIR/masks/). Prints the checkpoint's path."""
     need_worker_extra()
-    from worker.tiny import TINY_WRITERS, make_tiny_inpaint, make_tiny_inputs, make_tiny_masks, write_tiny_family
+    from worker.tiny import (TINY_WRITERS, make_tiny_inpaint, make_tiny_inputs, make_tiny_masks,
+                             write_example_models, write_tiny_family)
     from worker.tiny_upscalers import write_tiny_upscalers
 
-    family_name = "SDXL" if sdxl else family_name
+    examples = family_name is None and not sdxl and name is None  # the plain command
+    family_name = "SDXL" if sdxl else family_name or "SD1.5"
     if family_name not in TINY_WRITERS:
         raise click.BadParameter(f"no tiny model for '{family_name}'; one of: {', '.join(TINY_WRITERS)}",
                                  param_hint="--family")
@@ -401,6 +404,9 @@ def make_tiny_cmd(models_dir: str, name: str | None, family_name: str, sdxl: boo
     if family_name == "SD1.5":  # jobs/inpaint.yaml's inpainting checkpoint and masks
         make_tiny_inpaint(Path(models_dir))
         make_tiny_masks(Path(models_dir))
+    if examples:  # one line per file, the SD1.5 checkpoint first (as always)
+        for path in write_example_models(Path(models_dir)):
+            click.echo(path)
 
 
 @models.command("list")

@@ -79,8 +79,8 @@ def weigher(spec: JobSpec, models_dir: Path | None = None) -> Callable[[Route], 
         name = spec.family_of(route.checkpoint)
         if name == UNKNOWN:
             fp = None
-        elif not has_parts(name):
-            fp = Footprint(name, Weights(0, "?"))  # SD1.5/SDXL: the family's weights_gb
+        elif not has_parts(name):  # SD1.5/SDXL: the family's weights_gb (and its refiner's)
+            fp = Footprint(name, Weights(0, "?"), refiner="SDXL refiner" if dict(route.parts).get("refiner") else None)
         else:
             fp = typical_footprint(name, None, "t5xxl_fp8")
             path = spec.checkpoint_files.get(route.checkpoint)

@@ -142,8 +142,10 @@ FAMILIES = (
     Family("SDXL", "Stable Diffusion XL", ("conditioner.embedders.1.",), ("StableDiffusionXLPipeline",),
            lora_keys=("lora_te1_", "lora_te2_"), embedding_parts=("clip_l", "clip_g"),
            default_size="1024x1024", weights_gb=7.0, config_folder="sdxl"),
+    # renders only as a task's `refiner` (worker/refiner.py), never as its checkpoint
     Family("SDXL refiner", "Stable Diffusion XL refiner", ("conditioner.embedders.0.model.",),
-           ("StableDiffusionXLImg2ImgPipeline",), weights_gb=7.0),
+           ("StableDiffusionXLImg2ImgPipeline",), embedding_parts=("clip_g",), weights_gb=7.0,
+           config_folder="sdxl-refiner"),
     Family("SD2", "Stable Diffusion 2", ("cond_stage_model.model.",)),
     Family("SD1.5", "Stable Diffusion 1.5", ("",), ("StableDiffusionPipeline",), lora_keys=("lora_te_",),
            default_size="512x512", config_folder="sd15"),

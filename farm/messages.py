@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 
 from farm.celery_app import RENDER_TASK
+from farm.params import refines
 from farm.task import RenderTask
 
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}
@@ -38,7 +39,8 @@ class Route:
     tags: tuple[str, ...] = ()
     # A family built from parts: ((role, file name), ...) of its text encoders and VAE ("" for a part
     # the checkpoint holds), so a worker can weigh the files the render holds (farm/vram.py); () for
-    # SD1.5/SDXL, whose queue names are therefore those they always had.
+    # SD1.5/SDXL, whose queue names are therefore those they always had; (("refiner", NAME),) for an
+    # SDXL render with a refiner.
     parts: tuple[tuple[str, str], ...] = ()
     # A checkpoint the spec gives by URL (farm/spec/models.py): a worker lacking it may fetch it from
     # there (worker/steering.py); "" for one named only
@@ -77,6 +79,8 @@ def route_of(task: RenderTask, priority: str = "normal", tags: tuple[str, ...] =
     and VAE are in the batch key)."""
     parts = (*sorted(task.text_encoders.items()), ("vae", task.vae)) if task.text_encoders else ()
     url = task.model_urls.get(f"checkpoint:{task.checkpoint}", ("", ""))[1]
+    if refines(task):  # an SDXL refiner: only workers that have it, preferably those holding it
+        parts += (("refiner", task.refiner),)
     return Route(priority, task.checkpoint, task.checkpoint_hash, task.width * task.height * task.batch_size, tags,
                  parts, url)
 

@@ -444,6 +444,41 @@ def _hires_from_info(params: dict, notes: list) -> dict:
     return entries
 
 
+# ---- SDXL refiner (worker/refiner.py) ------------------------------------------------------------
+DEFAULT_SWITCH_AT = 0.8  # A1111's "Switch at" default
+
+
+def refines(task) -> bool:
+    """Whether the task's refiner takes over (at switch 1 it never does, as in A1111)."""
+    return bool(task.refiner) and task.refiner_switch_at < 1
+
+
+def _refiner_to_task(v: dict, spec) -> dict:
+    name = v.get("refiner", NO_MODEL)
+    if name == NO_MODEL:
+        return {}
+    return {"refiner": name, "refiner_hash": spec.refiner_hash(name)}
+
+
+def _refiner_info(task, seed: int) -> dict:
+    """A1111 writes both keys when the refiner took over; at switch 1 it never does."""
+    if not refines(task):
+        return {}
+    short = _short_hash(task.refiner_hash)
+    return {"Refiner": f"{task.refiner} [{short}]" if short else task.refiner,
+            "Refiner switch at": _number(task.refiner_switch_at)}
+
+
+def _refiner_from_info(params: dict, notes: list) -> dict:
+    if "Refiner" not in params:
+        return {}
+    name = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", str(params["Refiner"]))  # A1111's "name [hash]"
+    entries: dict = {"refiner": name}
+    if "Refiner switch at" in params:
+        entries["refiner_switch_at"] = params["Refiner switch at"]
+    return entries
+
+
 def _field(name: str):
     """star for a field exported as it is."""
     return lambda t, s: t.get(name)
@@ -466,6 +501,19 @@ PARAMS: tuple[Param, ...] = (
                                    "checkpoint_hash": spec.checkpoint_hash(v["checkpoint"])},
           write_info=lambda t, s: {"Model hash": _short_hash(t.checkpoint_hash), "Model": t.checkpoint},
           star=lambda t, s: t["checkpoint"]),
+    # the SDXL refiner: a second checkpoint to load, so next to the checkpoint in the order
+    Param("refiner", ("refiner_checkpoint",),
+          fields=("refiner", "refiner_hash"), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Refiner",
+          to_task=_refiner_to_task,
+          write_info=_refiner_info, read_info=_refiner_from_info, info_types=(("Refiner switch at", float),),
+          star=lambda t, s: t.get("refiner") or NO_MODEL),
+    Param("refiner_switch_at", ("switch_at",),
+          read=lambda r, n: r.numbers(n, "refiner_switch_at", float, 0.01, 1),
+          needs=("refiner", "refiner_switch_at: says when the refiner takes over, and there is none; "
+                            "add refiner: NAME"),
+          fields=("refiner_switch_at",), id_rule=UNLESS_DEFAULT, in_batch_key=True, title="Refiner switch at",
+          to_task=lambda v, spec: {"refiner_switch_at": float(v.get("refiner_switch_at", DEFAULT_SWITCH_AT))},
+          star=lambda t, s: _number(t.get("refiner_switch_at", DEFAULT_SWITCH_AT)) if t.get("refiner") else None),
     Param("vae", ("vaes",),
           fields=("vae", "vae_hash"), id_rule=UNLESS_DEFAULT, in_batch_key=True,
           to_task=_vae_to_task,

@@ -100,6 +100,12 @@ class RenderTask(BaseModel):
     mask_invert: bool = Field(default=False, description="inpaint: A1111's 'Inpaint not masked'")
     outpaint: tuple[_Side, _Side, _Side, _Side] = Field(default=(0, 0, 0, 0),
                                                 description="outpaint: pixels added (left, right, up, down)")
+    # SDXL refiner (worker/refiner.py): another checkpoint takes over the same sampling
+    refiner: str = Field(default="", description="refiner checkpoint (file stem); '' = none")
+    refiner_hash: str | None = Field(default=None, description="sha256 of the refiner file, when known")
+    refiner_switch_at: float = Field(default=0.8, gt=0, le=1,
+                                     description="A1111 'Refiner switch at': the fraction of sampling after which "
+                                                 "the refiner takes over (1 = never)")
     filename: str = Field(default="[seed]-[task_id]", description="output filename pattern")
     axes: dict[str, Any] = Field(default_factory=dict, description="swept axis -> value, for labels")
 

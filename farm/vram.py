@@ -63,6 +63,7 @@ class Footprint:
     denoiser: Weights
     encoders: tuple[Weights, ...] = ()
     vae: Weights | None = None
+    refiner: str | None = None  # an SDXL render's refiner family: its weights sit on the card too
 
     @property
     def precision(self) -> str:
@@ -99,8 +100,9 @@ def need_gb(fp: Footprint, pixels: int, mode: str = "high", dtype: str = "fp16")
     computing in `dtype` (see the module docstring)."""
     activations = pixels / PIXELS_PER_FREE_GB
     facts = family(fp.family) or DEFAULT
-    if not facts.parts:  # SD1.5, SDXL: routing's rule so far, whatever the mode
-        return facts.weights_gb + activations
+    if not facts.parts:  # SD1.5, SDXL: routing's rule so far, whatever the mode; a refiner adds its own
+        refiner = (family(fp.refiner) or DEFAULT).weights_gb if fp.refiner else 0.0
+        return facts.weights_gb + refiner + activations
     denoiser = fp.denoiser.held_gb(dtype)
     others = [w.held_gb(dtype) for w in (*fp.encoders, fp.vae) if w is not None]
     if mode == "high":

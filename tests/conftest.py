@@ -44,8 +44,9 @@ def private_hash_cache(tmp_path_factory):
 def tiny_models(tmp_path_factory, private_hash_cache) -> Path:
     """A models folder in A1111 layout holding the built-in tiny checkpoint, and the input images
     the example specs use (inputs/), as `farm models make-tiny` writes them (with the tiny
-    upscaler models, and the tiny inpainting checkpoint and masks/ of jobs/inpaint.yaml)."""
-    from worker.tiny import make_tiny, make_tiny_inpaint, make_tiny_inputs, make_tiny_masks
+    upscaler models, the tiny inpainting checkpoint and masks/ of jobs/inpaint.yaml, and the tiny
+    SDXL base and refiner of jobs/refiner.yaml)."""
+    from worker.tiny import make_tiny, make_tiny_inpaint, make_tiny_inputs, make_tiny_masks, write_example_models
     from worker.tiny_upscalers import write_tiny_upscalers
 
     models = tmp_path_factory.mktemp("models")
@@ -54,6 +55,7 @@ def tiny_models(tmp_path_factory, private_hash_cache) -> Path:
     write_tiny_upscalers(models)
     make_tiny_inpaint(models)
     make_tiny_masks(models)
+    write_example_models(models)
     return models
 
 

@@ -47,7 +47,7 @@ GRID_LABELS = {
 def test_axis_titles_are_the_grids_labels():
     assert {axis: axis_title(axis) for axis in GRID_LABELS} == GRID_LABELS
     new_axes = {"eta", "ensd", "distilled_cfg", "shift", "denoising_strength", *HIRES_KEYS, "init_images", "resize_mode",
-                *UPSCALE_KEYS, "outpaint", *INPAINT_KEYS}
+                *UPSCALE_KEYS, "outpaint", *INPAINT_KEYS, "refiner", "refiner_switch_at"}
     assert set(AXIS_ORDER) - set(GRID_LABELS) == new_axes
 
 

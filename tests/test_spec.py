@@ -63,7 +63,8 @@ def test_defaults_are_a1111s():
                 "denoising_strength", *HIRES_KEYS,  # hires fix: only when asked for
                 "init_images", "resize_mode",  # img2img likewise
                 *UPSCALE_KEYS,  # the upscale kind
-                "outpaint", *INPAINT_KEYS)  # and inpaint
+                "outpaint", *INPAINT_KEYS,  # inpaint
+                "refiner", "refiner_switch_at")  # and the SDXL refiner
     assert list(axes) == [a for a in AXIS_ORDER if a not in optional]
     assert axes["sampler"] == ["DPM++ 2M"] and axes["schedule"] == ["Automatic"]
     assert axes["steps"] == [20] and axes["cfg"] == [7.0] and axes["size"] == ["512x512"]

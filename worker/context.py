@@ -15,6 +15,7 @@ from pathlib import Path
 
 from farm.checkpoints import resolve_checkpoint
 from farm.hashes import sha256_file
+from farm.params import refines
 from farm.task import RenderTask
 from worker.writer import ImageWriter
 
@@ -33,6 +34,7 @@ class WorkerContext:
     images_done: int = 0
     current_task: RenderTask | None = None
     loaded_checkpoint: str = ""
+    loaded_refiner: str = ""  # the SDXL refiner loaded with it ("" none)
     loaded_as: str = ""  # how it sits here: stored precision, compute dtype, memory mode
     next_checkpoint: str = ""  # where this worker goes when its checkpoint's work runs out
     loads: int = 0
@@ -96,6 +98,10 @@ def model_files(task: RenderTask, models_dir: Path):
     from worker.families import ModelFiles
 
     checkpoint = checkpoint_path(task, models_dir)
+    if refines(task):  # the refiner checkpoint is held with it, in the same cache entry
+        refiner = checkpoint_path(task.model_copy(update={"checkpoint": task.refiner,
+                                                          "checkpoint_hash": task.refiner_hash}), models_dir)
+        return ModelFiles(checkpoint, (("refiner", refiner),))
     if not task.text_encoders:
         return ModelFiles(checkpoint)
     registry = Registry(models_dir)

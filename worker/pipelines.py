@@ -155,6 +155,8 @@ def load_pipeline(
         )
     except Exception as e:  # diffusers raises many types; the user needs one line naming the file
         raise ModelLoadError(_load_failure(path, config, e)) from e
+    if header_family(tensors) == "SDXL refiner":  # its class is also an SDXL base's img2img pipeline's
+        pipe.seedfarm_family = "SDXL refiner"
     return _ready(pipe, path, config, device)
 
 
@@ -290,9 +292,10 @@ def _ready(pipe, path: Path, config: Path, device: torch.device, clip_tokenizers
         )
     # transformers 5 silently builds a 3-token placeholder tokenizer when the files are missing.
     # (A family built from parts checks its own tokenizers as it loads them.)
+    # (An SDXL refiner has no first encoder: text_encoder and tokenizer are None by design.)
     for name in ("tokenizer", "tokenizer_2") if clip_tokenizers else ():
         tokenizer = getattr(pipe, name, None)
-        if name == "tokenizer" or tokenizer is not None:
+        if (name == "tokenizer" and getattr(pipe, "text_encoder", None) is not None) or tokenizer is not None:
             n = None if tokenizer is None else len(tokenizer)
             if n != CLIP_VOCAB_SIZE:
                 raise ModelLoadError(

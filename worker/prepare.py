@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+from farm.families import family
 from farm.model_files import ModelFileError
 from farm.hashes import sha256_file
 from farm.models import ModelFile, Registry
@@ -31,6 +33,8 @@ from worker.pipelines import load_pipeline
 from worker.safe_load import ModelLoadError
 from worker.vae import VaeSwap
 
+REFINER = "SDXL refiner"  # farm/families.py's row of the refiner checkpoints
+
 
 class TaskModels:
     def __init__(self, models_dir: Path | str, profile: MemoryProfile | None = None, allow_pickle: bool = False):
@@ -42,12 +46,31 @@ class TaskModels:
     def load(self, checkpoint: Path | ModelFiles):
         """The PipelineCache's loader: load on the CPU in the profile's dtype, then place it under
         the profile this model gets (profile_for: `--vram auto` offloads a model that needs it)."""
+        refiner = checkpoint.part("refiner") if isinstance(checkpoint, ModelFiles) else None
+        if refiner is not None:  # an SDXL checkpoint with its refiner (worker/refiner.py)
+            checkpoint = ModelFiles(checkpoint.checkpoint)
         pipe = load_pipeline(checkpoint, device="cpu", dtype=self.profile.dtype, allow_pickle=self.allow_pickle)
+        if of_pipeline(pipe).name == REFINER:
+            raise ModelLoadError(f"{_name(checkpoint)}: an SDXL refiner renders only as the refiner of an SDXL "
+                                 "checkpoint (refiner: NAME in the job spec)")
         footprint = _footprint(checkpoint, of_pipeline(pipe).name)
         profile = profile_for(self.profile, of_pipeline(pipe).name, footprint)
         pipe.seedfarm_profile = profile
         pipe.seedfarm_stored = footprint.precision if footprint is not None else "?"
+        if refiner is not None:
+            pipe.seedfarm_refiner = self._load_refiner(refiner, pipe, profile)
         return apply_profile(pipe, profile)
+
+    def _load_refiner(self, path: Path, pipe, profile: MemoryProfile):
+        """The refiner pipeline, placed as its base is: both sit on the card (farm/vram.py)."""
+        if of_pipeline(pipe).name != "SDXL":
+            raise ModelLoadError(f"{path.name}: a refiner takes over SDXL renders only, not {of_pipeline(pipe).name}")
+        refiner = load_pipeline(path, device="cpu", dtype=self.profile.dtype, allow_pickle=self.allow_pickle)
+        if of_pipeline(refiner).name != REFINER:
+            raise ModelLoadError(f"{path.name}: not an SDXL refiner checkpoint ({of_pipeline(refiner).name}); "
+                                 "seedfarm refines with SDXL refiner checkpoints only")
+        refiner.seedfarm_profile = profile
+        return apply_profile(refiner, profile)
 
     def describe(self, pipe) -> str:
         """How the loaded model sits on this worker, for `farm workers`: 'Q8_0 as bfloat16, vram low'."""
@@ -63,7 +86,11 @@ class TaskModels:
         from farm.hires import output_size
 
         width, height = output_size(task)  # a hires task's second pass is the larger
-        return auto_max_batch(self.profile_of(pipe), of_pipeline(pipe).name, width, height)
+        profile = self.profile_of(pipe)
+        if getattr(pipe, "seedfarm_refiner", None) is not None and profile.vram_gb > 0:
+            # the refiner's weights sit on the card too: less room for pixels (farm/vram.py)
+            profile = replace(profile, vram_gb=max(0.01, profile.vram_gb - family(REFINER).weights_gb))
+        return auto_max_batch(profile, of_pipeline(pipe).name, width, height)
 
     def render(self, pipe, kind, slots: list) -> list:
         """The images of `slots` (worker.render.Slot), rendered by the task kind's module."""
@@ -152,6 +179,10 @@ class TaskModels:
         pipe.vae = vae
         place(pipe, self.profile_of(pipe))
         return {"VAE hash": digest[:10], "VAE": model.name}
+
+
+def _name(checkpoint: Path | ModelFiles) -> str:
+    return (checkpoint.checkpoint if isinstance(checkpoint, ModelFiles) else Path(checkpoint)).name
 
 
 def _footprint(checkpoint: Path | ModelFiles, family_name: str):

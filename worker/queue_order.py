@@ -76,13 +76,16 @@ class Capabilities:
 def queue_order(routes: dict[str, Route], pending: dict[str, int], loaded: str | None,
                 others_on: dict[str, int], worker: str = "", render_seconds: float = 0.0,
                 load_seconds: float = 0.0, served: dict[str, int] | None = None,
-                fetch_seconds: dict[str, float] | None = None, holders: dict[str, int] | None = None) -> list[str]:
+                fetch_seconds: dict[str, float] | None = None, holders: dict[str, int] | None = None,
+                loaded_refiner: str = "") -> list[str]:
     """The queues a worker should read, best first (see the module docstring).
     `pending`: queue -> tasks waiting; `others_on`: checkpoint -> other workers loaded with it or
     heading to it; `served`: queue -> other workers reading that very queue with its checkpoint
     loaded (only they can take its work off this worker's hands). Empty queues go last; they cost
     nothing to listen to. Ties are broken by a hash of the worker's name, so workers that start
-    at the same moment, all seeing the same counts, still prefer different checkpoints."""
+    at the same moment, all seeing the same counts, still prefer different checkpoints.
+    `loaded_refiner`: the SDXL refiner held with the loaded checkpoint ("" none): of the queues of
+    that checkpoint, those with the same refiner (or none) come first, no reload needed."""
 
     fetch = fetch_seconds or {}  # checkpoints this worker would have to fetch first
 
@@ -91,8 +94,9 @@ def queue_order(routes: dict[str, Route], pending: dict[str, int], loaded: str |
         waiting = pending.get(queue, 0)
         share = waiting / (1 + others_on.get(route.checkpoint, 0))
         tiebreak = hashlib.sha1(f"{worker}/{route.checkpoint}".encode()).hexdigest()
-        return (PRIORITIES[route.priority], route.checkpoint in fetch, route.checkpoint != loaded, waiting == 0,
-                -share, tiebreak, queue)
+        other_refiner = dict(route.parts).get("refiner", "") != loaded_refiner
+        return (PRIORITIES[route.priority], route.checkpoint in fetch, route.checkpoint != loaded,
+                other_refiner and route.checkpoint == loaded, waiting == 0, -share, tiebreak, queue)
 
     def worth_joining(queue: str) -> bool:
         """Not worth it: loading a checkpoint that other workers are already on, to share work

@@ -115,6 +115,7 @@ def _render_run(progress: list[_Progress], store: Store, ctx: WorkerContext, fin
     if not was_loaded:
         progress[0].load_seconds = cache.load_seconds[cache.key(files)]
         ctx.loaded_checkpoint = first.checkpoint
+        ctx.loaded_refiner = files.part("refiner") and first.refiner or ""
         describe = getattr(renderer, "describe", None)  # the stand-in renderer has no weights to describe
         ctx.loaded_as = describe(pipe) if describe else ""
         ctx.loads += 1

@@ -24,7 +24,7 @@ from farm.ledger import Ledger
 from farm.messages import Route
 from farm.model_files import ModelFileError
 from farm.models import Registry
-from farm.vram import Footprint, Memory, footprint, has_parts
+from farm.vram import Footprint, Memory, Weights, footprint, has_parts
 from worker.queue_order import Capabilities, next_checkpoint, queue_order
 
 log = logging.getLogger("seedfarm.worker")
@@ -67,6 +67,10 @@ class Steering:
             elif self.vram_gb is not None and not has_parts(family_name):
                 limits[route.checkpoint] = pixel_budget(self.vram_gb, family_name)
             key = (route.checkpoint, route.parts)
+            refiner = dict(route.parts).get("refiner")
+            if refiner and not has_parts(family_name):  # an SDXL render with a refiner: both on the card
+                footprints[key] = (Footprint(family_name, Weights(0, "?"), refiner="SDXL refiner") if refiner in files
+                                   else f"no refiner checkpoint '{refiner}' here")
             if has_parts(family_name) and key not in footprints:
                 held = self.footprint(family_name, path, route.parts, registry)
                 if held is not None:
@@ -154,7 +158,7 @@ class Steering:
         render_s = ctx.render_seconds / ctx.images_done if ctx.images_done else 0.0
         load_s = ctx.load_seconds / ctx.loads if ctx.loads else 0.0
         order = queue_order(mine, pending, ctx.loaded_checkpoint or None, others, ctx.name, render_s, load_s,
-                            served, caps.fetchable, holders)
+                            served, caps.fetchable, holders, loaded_refiner=ctx.loaded_refiner)
         self.ctx.next_checkpoint = next_checkpoint(order, mine, pending, self.ctx.loaded_checkpoint) or ""
         # Tell the others now, not at the next heartbeat: they are choosing at the same moment.
         if order != self.order:

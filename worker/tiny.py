@@ -130,6 +130,19 @@ def make_tiny_sdxl(models_dir: Path, name: str = "seedfarm-tiny-xl") -> Path:
     return make_tiny(models_dir, name, sdxl=True)
 
 
+def make_tiny_refiner(models_dir: Path, name: str = "seedfarm-tiny-xl-refiner") -> Path:
+    """The tiny SDXL refiner (about 16 MB) under models_dir/Stable-diffusion/, in the layout of
+    sd_xl_refiner_1.0.safetensors (bigG under conditioner.embedders.0.model.): it takes over the
+    tiny SDXL model's renders (worker/refiner.py). Returns the checkpoint."""
+    target_dir = Path(models_dir) / "Stable-diffusion"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    pipe = tiny_pipeline("SDXL refiner")
+    checkpoint = target_dir / f"{name}.safetensors"
+    write_config_dir(pipe, target_dir / f"{name}.config")
+    write_checkpoint(pipe, checkpoint)
+    return checkpoint
+
+
 def _flux1(guidance: bool):
     def write(models_dir: Path, name: str | None = None) -> Path:
         from worker.tiny_flux1 import write_tiny
@@ -144,6 +157,7 @@ def _flux1(guidance: bool):
 TINY_WRITERS = {
     "SD1.5": lambda models_dir, name=None: make_tiny(models_dir, name or "seedfarm-tiny"),
     "SDXL": lambda models_dir, name=None: make_tiny_sdxl(models_dir, name or "seedfarm-tiny-xl"),
+    "SDXL refiner": lambda models_dir, name=None: make_tiny_refiner(models_dir, name or "seedfarm-tiny-xl-refiner"),
     "Flux.1 [dev]": _flux1(True),
     "Flux.1 [schnell]": _flux1(False),
     "SD3.5 Medium": lambda models_dir, name=None: _sd35(models_dir, "medium", name),
@@ -170,6 +184,19 @@ def _flux2(models_dir: Path, variant: str, name: str | None) -> Path:
     from worker.tiny_flux2 import write_tiny
 
     return write_tiny(models_dir, variant, name)["denoiser"]
+
+
+# What the example jobs (jobs/*.yaml) need besides the SD1.5 model: `farm models make-tiny DIR`
+# (no --family) writes these too, under the names the jobs use. (family, name) each.
+EXAMPLE_MODELS = (
+    ("SDXL", "seedfarm-tiny-xl"),  # jobs/refiner.yaml
+    ("SDXL refiner", "seedfarm-tiny-xl-refiner"),
+)
+
+
+def write_example_models(models_dir: Path) -> list[Path]:
+    """The tiny models of EXAMPLE_MODELS, written into models_dir. Returns their files."""
+    return [write_tiny_family(models_dir, family, name) for family, name in EXAMPLE_MODELS]
 
 
 def write_tiny_family(models_dir: Path, family: str = "SD1.5", name: str | None = None) -> Path:

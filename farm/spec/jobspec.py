@@ -41,6 +41,7 @@ class JobSpec(BaseModel):
     checkpoint_files: dict[str, Path] = {}  # filled only when a models folder was given
     vae_files: dict[str, Path] = {}  # likewise
     upscaler_files: dict[str, Path] = {}  # likewise: upscaler model files (hr_upscaler, upscaler)
+    refiner_files: dict[str, Path] = {}  # likewise (the refiner axis' checkpoints)
     # Routing only (farm/messages.py, worker/queue_order.py): which workers and in what order, not what is rendered,
     # so neither is part of the job id.
     priority: str = "normal"
@@ -142,6 +143,13 @@ class JobSpec(BaseModel):
             self._hashes[key] = sha256_file(self.upscaler_files[name])
         return self._hashes.get(key)
 
+    def refiner_hash(self, name: str) -> str | None:
+        """sha256 of a refiner checkpoint, kept under the key 'refiner:NAME'."""
+        key = f"refiner:{name}"
+        if key not in self._hashes and name in self.refiner_files:
+            self._hashes[key] = sha256_file(self.refiner_files[name])
+        return self._hashes.get(key)
+
     def checkpoint_hashes(self) -> dict[str, str]:
         """name -> sha256 for every checkpoint (and 'vae:NAME' for every VAE) whose hash is known,
         and 'family:NAME' -> SD1.5/SDXL: store it with the job, so a coordinator without the models
@@ -154,6 +162,7 @@ class JobSpec(BaseModel):
             hashes.update({f"upscaler:{name}": self.upscaler_hash(name) for name in self.values.get(axis, [])})
         for axis, images in self.inputs.items():  # re-expanded without the image files: same pins
             hashes[f"inputs:{axis}"] = json.dumps([i.record() for i in images.values()])
+        hashes.update({f"refiner:{name}": self.refiner_hash(name) for name in self.values.get("refiner", [])})
         for name in self.values["checkpoint"]:
             family = self._hashes.get(f"family:{name}") or checkpoint_family(name, self.checkpoint_files, {})
             hashes[f"family:{name}"] = None if family == UNKNOWN else family

@@ -11,6 +11,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from farm.checkpoints import resolve_checkpoint
 from farm.depot import SHA256, URL
+from farm.families import UNKNOWN, checkpoint_family
 from farm.hires import LATENT_UPSCALERS, is_model_upscaler
 from farm.models import SUFFIXES, ModelFileError, Registry
 from farm.prompts import extract_extra_networks, lora_refs
@@ -27,6 +28,8 @@ def link_pins(links: dict[str, tuple[str, str]]) -> dict[str, str]:
         if model in ("checkpoint", "vae"):
             pins[name if model == "checkpoint" else f"vae:{name}"] = sha256
     return pins
+
+REFINER_FAMILY = "SDXL refiner"  # the one family a refiner may be (farm/families.py)
 
 def _tag_offset(value: Any, name: str) -> int | None:
     """Where the tag naming a LoRA starts in a prompt value, for the error's column; None when
@@ -172,4 +175,25 @@ class ModelChecks(NodeReader):
                     raise self.error(item, str(e)) from None
             names.append(name)
         self.unique(names, node, kind)
+        return names, files
+
+    def refiners(self, node: Node, models_dir: Path | None) -> tuple[list[str], dict[str, Path]]:
+        """The refiner axis: checkpoint names (or None), each an SDXL refiner file when the models
+        folder is at hand (worker/refiner.py renders only those)."""
+        names, files = [], {}
+        for text, item in self.texts(node, "refiner", f"a refiner checkpoint name (file stem) or {NO_MODEL}",
+                                     split=True):
+            name = NO_MODEL if text.lower() == "none" else text.removesuffix(".safetensors").removesuffix(".ckpt")
+            if models_dir is not None and name != NO_MODEL:
+                try:
+                    files[name] = resolve_checkpoint(name, models_dir)
+                except ValueError as e:
+                    raise self.error(item, f"refiner: {e}") from None
+                found = checkpoint_family(name, files, {})
+                if found not in (REFINER_FAMILY, UNKNOWN):
+                    raise self.error(item, f"refiner: '{name}' is a checkpoint of {found}, not an SDXL refiner; "
+                                     "seedfarm refines SDXL renders with SDXL refiner checkpoints "
+                                     "(sd_xl_refiner_1.0 and its fine-tunes)")
+            names.append(name)
+        self.unique(names, node, "refiner")
         return names, files

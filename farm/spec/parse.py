@@ -12,20 +12,20 @@ from pathlib import Path
 
 from yaml.nodes import Node
 
-from farm.families import checkpoint_family, default_size, family
+from farm.families import UNKNOWN, checkpoint_family, default_size, family
 from farm.hashes import sha256_file
 from farm.model_files import ModelFileError
 from farm.models import Registry
 from farm.parts import PartError, resolve_parts
 from farm.hires import size_problem
-from farm.params import ALIASES, AXIS_ORDER, DEFAULTS, HIRES_KEYS, PARAMS
+from farm.params import ALIASES, AXIS_ORDER, DEFAULTS, HIRES_KEYS, NO_MODEL, PARAMS
 from farm.samplers import eta_problem, flow_sampler, parse_sampler
 from farm.spec.axes import AxisReader
 from farm.spec.combine import CombineReader
 from farm.spec.inpaint import InpaintReader
 from farm.spec.inputs import InputReader
 from farm.spec.jobspec import DEFAULT_FILENAME, SPEC_VERSION, JobSpec, job_id
-from farm.spec.models import ModelChecks, link_pins
+from farm.spec.models import REFINER_FAMILY, ModelChecks, link_pins
 from farm.upscale import DEFAULT_UPSCALE_BY, UPSCALE_AXES, UPSCALE_KEYS
 from farm.upscale import size_problem as upscale_size_problem
 from farm.upscale import DEFAULT_UPSCALER as UPSCALE_DEFAULT_UPSCALER
@@ -140,6 +140,9 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader, InpaintRea
                                                                              models_dir, known or {})
         if "mask" in f:
             inputs["mask"] = self.mask_images(f, inputs.get("init_images", {}), models_dir, known or {})
+        refiner_files: dict[str, Path] = {}
+        if "refiner" in f:
+            values["refiner"], refiner_files = self.refiners(f["refiner"][1], models_dir)
         for param in PARAMS:
             if param.read is None or param.key not in f:
                 continue
@@ -171,6 +174,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader, InpaintRea
         self.hires(f, values, rows)
         self.img2img(f, rows)
         self.inpaint(f)
+        self.refiner(f, values, families)
 
         if "combine" in f:
             dims = self.combine(f["combine"][1], values)
@@ -192,6 +196,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader, InpaintRea
             upscaler_files=upscaler_files,
             priority=priority, requires=requires, family_defaults=family_defaulted, parts=parts, inputs=inputs,
             links=self.links,
+            refiner_files=refiner_files,
         )
 
     def flow_samplers(self, f: dict, values: dict, flow: list) -> None:
@@ -319,6 +324,28 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader, InpaintRea
             if row is not None and row.parts:
                 raise self.error(f["init_images"][0], f"init_images: img2img is not supported on {row.name} yet "
                                  "(it renders on SD1.5 and SDXL checkpoints)")
+
+    def refiner(self, f: dict, values: dict, families: dict[str, str]) -> None:
+        """A refiner checkpoint renders only as the `refiner` of an SDXL checkpoint's txt2img
+        (worker/refiner.py): not as a checkpoint, not under another family, not with hires fix or
+        img2img."""
+        for name, found in families.items():
+            if found == REFINER_FAMILY:
+                raise self.error(f["checkpoint"][1], f"checkpoint: '{name}' is an SDXL refiner; it takes over the "
+                                 "end of an SDXL render: give an SDXL checkpoint and refiner: " + name)
+        if not any(name != NO_MODEL for name in values.get("refiner", ())):
+            return
+        for name, found in families.items():
+            if found not in ("SDXL", UNKNOWN):
+                raise self.error(f["refiner"][0], f"refiner: checkpoint '{name}' is {found}; seedfarm's refiner "
+                                 "takes over SDXL renders only (A1111 also switches SD1.5 models; not supported here)")
+        given = [key for key in HIRES_KEYS if key in f]
+        if given:
+            raise self.error(f["refiner"][0], f"refiner: not supported with hires fix ({given[0]}) yet; render "
+                             "the refined images and upscale them in another job")
+        if "init_images" in f:
+            raise self.error(f["refiner"][0], "refiner: not supported with img2img (init_images) yet; it takes "
+                             "over txt2img renders")
 
     def sampler_eta_pairs(self, f: dict, values: dict) -> None:
         """Every sampler must render every eta it is swept with (samplers without eta ignore it)."""

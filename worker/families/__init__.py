@@ -10,14 +10,14 @@ WORKER_FAMILIES.
 
 from __future__ import annotations
 
-from worker.families import flux1, flux2, sd15, sd35, sdxl, zimage
+from worker.families import flux1, flux2, sd15, sd35, sdxl, sdxl_refiner, zimage
 from worker.families.base import ModelFiles, PartsFamily, WorkerFamily
 
 __all__ = ["ModelFiles", "PartsFamily", "WorkerFamily", "UnknownFamily", "WORKER_FAMILIES", "of_pipeline", "named"]
 
 # A module of a family with several rows in farm/families.py (Flux.1 [dev] and [schnell]) declares
 # FAMILIES, one WorkerFamily per row; the others declare FAMILY.
-WORKER_FAMILIES: tuple[WorkerFamily, ...] = (sd15.FAMILY, sdxl.FAMILY, *flux1.FAMILIES, *sd35.FAMILIES,
+WORKER_FAMILIES: tuple[WorkerFamily, ...] = (sd15.FAMILY, sdxl.FAMILY, sdxl_refiner.FAMILY, *flux1.FAMILIES, *sd35.FAMILIES,
                                               *zimage.FAMILIES, *flux2.FAMILIES)
 
 

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from farm.hires import LATENT_UPSCALERS, hires_size, img2img_steps, is_model_upscaler, size_problem
+from farm.params import refines
 from worker import render as diffusion
 from worker.rng import image_noise, step_generator
 from worker.samplers import make_scheduler
@@ -31,6 +32,8 @@ from worker.upscalers import upscale as model_upscale
 
 def render(pipe, slots: list[diffusion.Slot]) -> list[Image.Image]:
     task = slots[0].task
+    if refines(task):  # the spec refuses it too; a task from elsewhere gets the same line
+        raise diffusion.RenderError("a refiner is not supported with hires fix yet")
     problem = size_problem(task.width, task.height, task.hr_scale, task.hr_resize_x, task.hr_resize_y)
     if problem:
         raise diffusion.RenderError(problem)

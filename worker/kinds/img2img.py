@@ -17,12 +17,15 @@ from functools import partial
 from PIL import Image
 
 from farm.img2img import JUST_RESIZE, resize_image
+from farm.params import refines
 from worker import render as diffusion
 from worker.kinds.hires import encode_images, img2img_call
 
 
 def render(pipe, slots: list[diffusion.Slot]) -> list[Image.Image]:
     task = slots[0].task
+    if refines(task):  # the spec refuses it too; a task from elsewhere gets the same line
+        raise diffusion.RenderError("a refiner is not supported with img2img yet")
     if task.width % 8 or task.height % 8:
         raise diffusion.RenderError(f"width and height must be multiples of 8, got {task.width}x{task.height}")
     images = [resize_image(slot.inputs["init_image"], slot.task.resize_mode or JUST_RESIZE, task.width, task.height)
