@@ -39,6 +39,8 @@ def run_job(name: str, images: int, redis: Redis, work: Path) -> dict:
     start = time.time()
     submit(spec, store, redis.url)
     wait_until(lambda: ledger.job_info(spec.job_id).get("status") == "complete", 600, f"job {name}", 0.25)
+    # a copy that lost to its backup is counted when its render ends, after the job is complete
+    wait_until(lambda: not any(w.get("busy") == "1" for w in ledger.workers()), 60, "the workers to be idle", 0.25)
     records = load_records(store, spec.job_id)
     end = max(datetime.fromisoformat(r["finished_at"]).timestamp() for r in records)
     st = ledger.status(spec.job_id)

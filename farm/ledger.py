@@ -258,9 +258,13 @@ class Ledger:
 
     def held_tasks(self) -> list[tuple[str, str, dict]]:
         """(job, task id, held payload) of every task held now, in queued and running jobs."""
+        jobs = self.jobs()
+        pipe = self.r.pipeline()
+        for job in jobs:
+            pipe.hget(job_key(job), "status")
         found = []
-        for job in self.jobs():
-            if self.r.hget(job_key(job), "status") in ("queued", "running"):
+        for job, status in zip(jobs, pipe.execute()):
+            if status in ("queued", "running"):
                 found += [(job, t, json.loads(raw)) for t, raw in self.r.hgetall(job_key(job, "held")).items()]
         return found
 
