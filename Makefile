@@ -32,3 +32,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/loads.py
 	$(BIN)/python benchmarks/enqueue.py
 	$(BIN)/python benchmarks/overlap.py
+	$(BIN)/python benchmarks/mixed.py

@@ -1,9 +1,9 @@
 """Mixed cards: 3 real `farm worker` processes whose stand-in renderer (worker/standin.py) runs at
-1x, 0.5x and 0.125x speed (a 4090, a 3060 and a 1070, roughly), jobs of 24, 64 and 200 images
-submitted one after another to the same warm workers. Makespan = submit until the job's last image
-record; ideal = total work / sum of speeds (images / (sum of 1/seconds per image)). Also: the
-share of the workers' render time spent on backup renders that were thrown away (farm status'
-"discarded").
+1x, 0.5x and 0.125x speed (a 4090, a 3060 and a 1070, roughly), jobs of 24, 64, 200 and 160
+images submitted one after another to the same warm workers (about 4 minutes at the default 0.5 s
+per image at 1x). Makespan = submit until the job's last image record; ideal = total work / sum of
+speeds (images / (sum of 1/seconds per image)). Also: the share of the workers' render time spent
+on images thrown away because the other copy was stored first (farm status' "discarded").
 
 Usage: python benchmarks/mixed.py [SECONDS_PER_IMAGE_AT_1X] [worker args, e.g. --no-backups]"""
 
@@ -57,7 +57,7 @@ def run_job(name: str, images: int, redis: Redis, work: Path) -> dict:
 
 def main() -> None:
     args = sys.argv[1:]
-    seconds = float(args.pop(0)) if args and not args[0].startswith("-") else 0.3
+    seconds = float(args.pop(0)) if args and not args[0].startswith("-") else 0.5
     work = Path(tempfile.mkdtemp(prefix="farm-bench-mixed-"))
     (work / "models" / "Stable-diffusion").mkdir(parents=True)
     # the stand-in never reads the file; the worker only needs to find the checkpoint by name
