@@ -7,6 +7,7 @@ Keys, all under `farm:`:
   jobs                      sorted set: job id -> created time
   job:{id}                  hash: name, store, tasks, images, created_at, status, sheets, ...
                             store_refused: why the store refuses writes for good (disk full ...)
+                            backups, discarded, discarded_seconds: backup renders (worker/backups.py)
   job:{id}:done             set of finished task ids (a duplicate delivery adds nothing)
   job:{id}:failed           hash: task id -> reason
   job:{id}:running          hash: task id -> worker name

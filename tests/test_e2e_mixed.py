@@ -132,3 +132,38 @@ def test_unstarted_tasks_go_back_to_a_faster_idle_worker(redis_server, standin_m
     info = ledger.job_info(job)
     assert "backups" not in info and "discarded" not in info
     assert sum(w["images"] for w in ledger.status(job).workers.values()) == 64
+
+
+@pytest.mark.parametrize("checkpoint, loads, load_seconds, copied", [
+    ("a", 0, 0.0, True),  # the checkpoint loaded here: only the render counts
+    ("b", 0, 0.0, False),  # another checkpoint, its load never measured here: no guess, no copy
+    ("b", 1, 2.0, True),  # load + render (2.5 s) well before the slow card's 10 s
+    ("b", 1, 20.0, False),  # a load longer than the wait
+])
+def test_the_backup_rule(checkpoint, loads, load_seconds, copied, redis_server, tmp_path):
+    from types import SimpleNamespace
+
+    from factories import make_task
+    from farm.celery_app import make_app
+    from worker.backups import Backups
+    from worker.context import WorkerContext
+    from worker.sharing import task_speed_key
+
+    ledger = Ledger(redis_server.client())
+    task = make_task(job="j", index=0, seed=1, prompt="p", checkpoint=checkpoint)
+    key = task_speed_key(task, tmp_path)
+    ledger.register_job("j", {"tasks": 1, "status": "running"})
+    ledger.tasks_started("j", [task], "slow", "life-s", "/store", f"q.{checkpoint}")
+    ledger.heartbeat("slow", {"name": "slow", "life": "life-s", "speeds": json.dumps({key: 10.0})})
+    ctx = WorkerContext(models_dir=tmp_path, name="fast", loaded_checkpoint="a", loads=loads,
+                        load_seconds=load_seconds)
+    ctx.speeds.add(key, 0.5)
+    steering = SimpleNamespace(order=["q.a"], serves={"q.a", "q.b"}, pause=None)
+    try:
+        Backups(make_app(redis_server.url), ledger, ctx, steering, "home").after_task()
+    finally:
+        ctx.writer.close()
+    held = json.loads(redis_server.client().hget("farm:job:j:held", task.id))
+    assert (held["worker"], redis_server.client().llen("home")) == (("fast", 1) if copied else ("slow", 0))
+    if copied:  # a copy is never copied again
+        assert held["backup"] is True
