@@ -35,3 +35,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/enqueue.py
 	$(BIN)/python benchmarks/overlap.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/hires.py
+	$(BIN)/python benchmarks/mixed.py

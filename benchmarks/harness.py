@@ -72,10 +72,11 @@ class Redis:
 
 
 class Workers:
-    """N real `farm worker` processes; waits until each is consuming."""
+    """N real `farm worker` processes; waits until each is consuming. `envs`: one more environment
+    per worker (e.g. a stand-in speed each)."""
 
     def __init__(self, n: int, broker: str, models: Path, env: dict | None = None, log_dir: Path | None = None,
-                 args: tuple[str, ...] = ()):
+                 args: tuple[str, ...] = (), envs: list[dict] | None = None):
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="farm-bench-workers-"))
         self.procs = []
         for i in range(n):
@@ -83,7 +84,8 @@ class Workers:
             proc = subprocess.Popen([str(FARM), "worker", "--broker", broker, "--models", str(models),
                                      "--name", f"w{i}", *args],
                                     stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+                                    env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {}),
+                                         **(envs[i] if envs else {})})
             self.procs.append((proc, log))
 
     def wait_ready(self, timeout: float = 300) -> None:

@@ -36,11 +36,12 @@ def _networks(prompt: str) -> tuple:
     return tuple((n.kind, n.args, n.named) for n in extract_extra_networks(prompt)[1])
 
 
-def group_size(task_count: int, workers: int, max_group: int = MAX_GROUP) -> int:
-    """Tasks per message for a job of task_count tasks on a farm of `workers` live workers: as
-    large as max_group while the job still makes MESSAGES_PER_WORKER messages per worker."""
+def group_size(task_count: int, workers: float, max_group: int = MAX_GROUP) -> int:
+    """Tasks per message for a job of task_count tasks on a farm of `workers` live workers (counted
+    by speed on a farm of mixed cards: farm/speeds.py): as large as max_group while the job still
+    makes MESSAGES_PER_WORKER messages per worker."""
     workers = workers or WORKERS_WHEN_NONE_LIVE
-    return max(1, min(max_group, task_count // (MESSAGES_PER_WORKER * workers)))
+    return max(1, min(max_group, int(task_count // (MESSAGES_PER_WORKER * workers))))
 
 
 def group_tasks(tasks: Iterable[RenderTask], size: int) -> Iterator[list[RenderTask]]:

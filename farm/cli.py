@@ -550,11 +550,13 @@ STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
 @click.option("--cache-size", default="200G", show_default=True, help="Most bytes the model cache holds (K, M, G, T).")
 @click.option("--depot", "depot_url", default=None,
               help="Store whose model depot this worker fetches from (default: --store, else the farm's store).")
+@click.option("--no-backups", is_flag=True, default=False,
+              help="Never render a backup copy of a slower worker's task when idle (docs/workers.md, Mixed cards).")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.pass_context
 def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_batch, vram, precision, attention,
            no_half_vae, allow_pickle, pause_when_busy, games, hours, user_idle, resume_after, yield_now,
-           model_cache, cache_size, depot_url, loglevel) -> None:
+           model_cache, cache_size, depot_url, no_backups, loglevel) -> None:
     """Render tasks from the farm's queue until stopped (Ctrl+C finishes the current task first).
 
     `farm worker pause NAME` / `farm worker resume NAME` step a worker aside from any PC."""
@@ -579,7 +581,8 @@ def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_
                                    resume_after=resume_after, yield_now=yield_now),
                    name, gpu, store_url, loglevel,
                    max_pixels=max_pixels, tags=frozenset(t.strip() for t in tags.split(",") if t.strip()),
-                   max_batch=max_batch, model_cache=model_cache, cache_size=cache_bytes, depot_url=depot_url)
+                   max_batch=max_batch, model_cache=model_cache, cache_size=cache_bytes, depot_url=depot_url,
+                   backup_renders=not no_backups)
     except (BrokerUnreachable, FileNotFoundError, ProfileError, PauseConfigError, CacheConfigError) as e:
         raise FarmError(str(e)) from None
     if code:  # stopped by an error (Celery logged it): a supervisor must see a failure and restart it

@@ -7,6 +7,7 @@ then write the job record to the store, then register the job's live state, then
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
 from typing import Iterable
 
@@ -18,6 +19,7 @@ from farm.jobs import finish_job, write_job_record
 from farm.ledger import Ledger, connect
 from farm.messages import Route, route_of, send, worker_queue
 from farm.spec import JobSpec
+from farm.speeds import speed_key, workers_by_speed
 from farm.store import Store, record_key
 from farm.store.layout import records_prefix
 from farm.task import RenderTask
@@ -28,18 +30,24 @@ from farm.vram import Footprint, Weights, footprint, has_parts, typical_footprin
 def publish(broker_url: str, tasks: Iterable[RenderTask], store_url: str, priority: str = "normal",
             tags: tuple[str, ...] = (), task_count: int = 0, group: int | None = None,
             weigh: Callable[[Route], Footprint | None] | None = None,
-            warn: Callable[[str], None] | None = None) -> int:
+            warn: Callable[[str], None] | None = None, family_of: Callable[[str], str] | None = None) -> int:
     """Queue render tasks in groups that can share a diffusion batch (farm/batching.py; `group`
     tasks per message at most, by default sized from task_count and the live workers), each group
     on its route's queue (farm/messages.py), with pipelined publishing (kombu's Producer.batch);
     then tell the workers to look at their queues again. Returns the number of tasks queued.
     With `weigh` (route -> what its render holds) and `warn`: one warning per checkpoint whose tasks
-    no live worker could hold (farm/vram.py); they are queued all the same."""
+    no live worker could hold (farm/vram.py); they are queued all the same. `family_of` (checkpoint
+    -> family) lets the group size count the live workers by their announced speed (farm/speeds.py)
+    for the job's first render."""
     app = make_app(broker_url)
     ledger = Ledger(connect(broker_url))
     workers = ledger.workers()
     if group is None:
-        group = group_size(task_count, len(workers))
+        tasks = iter(tasks)
+        first = next(tasks, None)  # peeked for its speed key, then put back
+        tasks = chain([first] if first else [], tasks)
+        key = speed_key(first, family_of(first.checkpoint) if family_of else UNKNOWN) if first else ""
+        group = group_size(task_count, workers_by_speed(workers, key))
     known: dict[Route, Route] = {}  # one instance per route, so its queue name is computed once
     counts: dict[Route, int] = {}
     count = 0
@@ -113,7 +121,7 @@ def submit(spec: JobSpec, store: Store, broker_url: str, models_dir: Path | None
     info = write_job_record(store, spec)
     ledger.register_job(spec.job_id, info)
     return publish(broker_url, expand(spec), store.url, spec.priority, spec.requires, spec.task_count(),
-                   weigh=weigher(spec, models_dir) if warn else None, warn=warn)
+                   weigh=weigher(spec, models_dir) if warn else None, warn=warn, family_of=spec.family_of)
 
 
 def resume(spec: JobSpec, store: Store, broker_url: str) -> tuple[int, int]:
@@ -134,4 +142,4 @@ def resume(spec: JobSpec, store: Store, broker_url: str) -> tuple[int, int]:
         return len(done), 0
     missing = (t for t in expand(spec) if not in_store(t))
     return len(done), publish(broker_url, missing, store.url, spec.priority, spec.requires,
-                              spec.task_count() - len(done))
+                              spec.task_count() - len(done), family_of=spec.family_of)

@@ -7,14 +7,17 @@ Keys, all under `farm:`:
   jobs                      sorted set: job id -> created time
   job:{id}                  hash: name, store, tasks, images, created_at, status, sheets, ...
                             store_refused: why the store refuses writes for good (disk full ...)
+                            backups, discarded, discarded_seconds: backup renders (worker/backups.py)
   job:{id}:done             set of finished task ids (a duplicate delivery adds nothing)
   job:{id}:failed           hash: task id -> reason
   job:{id}:running          hash: task id -> worker name
-  job:{id}:held             hash: task id -> JSON {task, store, queue, worker, life}: the payload of a
-                            task a worker took, kept until its images are stored (for the reaper)
+  job:{id}:held             hash: task id -> JSON {task, store, queue, worker, life, taken, place}: the
+                            payload of a task a worker took (when, and its place in the message),
+                            kept until its images are stored (for the reaper, and backup renders)
   job:{id}:workers          hash: "{worker}:images" / "{worker}:seconds" -> totals, for images/s
   job:{id}:sheets-claim     set once, by the worker that builds the contact sheets
-  worker:{name}             hash with a short TTL, refreshed by each live worker's heartbeat
+  worker:{name}             hash with a short TTL, refreshed by each live worker's heartbeat; also
+                            `busy` (in a message now) and `speeds` (farm/speeds.py), set per message
   routes                    hash: queue name -> route JSON (farm/messages.py), for workers to choose
   routes-seen               sorted set: queue name -> when a job last queued on it (for pruning)
 """
@@ -58,6 +61,18 @@ local held = redis.call('HGET', KEYS[1], ARGV[1])
 if held and cjson.decode(held)['life'] == ARGV[2] then
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# A backup render takes over a task's hold only if the worker life it chose it from still holds it,
+# so two idle workers never back up the same task (worker/backups.py).
+_TAKE_OVER_LUA = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held and cjson.decode(held)['life'] == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
   return 1
 end
 return 0
@@ -138,6 +153,7 @@ class Ledger:
         self._finish = client.register_script(_FINISH_LUA)
         self._release = client.register_script(_RELEASE_LUA)
         self._prune = client.register_script(_PRUNE_LUA)
+        self._take_over = client.register_script(_TAKE_OVER_LUA)
 
     # --- jobs -------------------------------------------------------------------------------
     def register_job(self, job: str, info: dict, done: set[str] = frozenset()) -> None:
@@ -146,7 +162,8 @@ class Ledger:
         pipe.zadd(f"{PREFIX}jobs", {job: time.time()}, nx=True)
         pipe.hset(job_key(job), mapping={k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()})
         pipe.hset(job_key(job), "status", "queued")
-        pipe.hdel(job_key(job), "sheets", "finished_at", "reason", "store_refused")
+        pipe.hdel(job_key(job), "sheets", "finished_at", "reason", "store_refused", "backups", "discarded",
+                  "discarded_seconds")
         for part in ("done", "failed", "running", "held", "sheets-claim"):
             pipe.delete(job_key(job, part))
         done = list(done)
@@ -200,8 +217,10 @@ class Ledger:
         """A worker took a message's tasks (farm/task.py RenderTasks): mark them running and hold
         their payloads until their images are stored, so that they can be re-queued if this
         worker life ends first (reap)."""
+        now = time.time()
         held = {t.id: json.dumps({"task": t.model_dump(), "store": store_url, "queue": queue,
-                                  "worker": worker, "life": life}) for t in tasks}
+                                  "worker": worker, "life": life, "taken": now, "place": i})
+                for i, t in enumerate(tasks)}
         pipe = self.r.pipeline()
         pipe.hset(job_key(job, "running"), mapping={t.id: worker for t in tasks})
         pipe.hset(job_key(job, "held"), mapping=held)
@@ -230,6 +249,41 @@ class Ledger:
     def claim_orphan(self, job: str, task_id: str) -> bool:
         """True for one caller per task (per REAP_CLAIM_TTL): that one re-queues it."""
         return bool(self.r.set(f"{job_key(job, 'reap')}:{task_id}", "1", nx=True, ex=REAP_CLAIM_TTL))
+
+    def held_by(self, job: str, task_ids: list[str], life: str) -> set[str]:
+        """Which of these tasks this worker life still holds (a backup render may have taken one over)."""
+        if not task_ids:
+            return set()
+        raws = self.r.hmget(job_key(job, "held"), task_ids)
+        return {t for t, raw in zip(task_ids, raws) if raw and json.loads(raw).get("life") == life}
+
+    def held_tasks(self) -> list[tuple[str, str, dict]]:
+        """(job, task id, held payload) of every task held now, in queued and running jobs."""
+        jobs = self.jobs()
+        pipe = self.r.pipeline()
+        for job in jobs:
+            pipe.hget(job_key(job), "status")
+        found = []
+        for job, status in zip(jobs, pipe.execute()):
+            if status in ("queued", "running"):
+                found += [(job, t, json.loads(raw)) for t, raw in self.r.hgetall(job_key(job, "held")).items()]
+        return found
+
+    def take_over(self, job: str, task_id: str, from_life: str, held: dict) -> bool:
+        """A backup render holds the task from now on (its payload `held`), if the life it was chosen
+        from still holds it; True for exactly one taker."""
+        keys = [job_key(job, "held"), job_key(job, "running")]
+        return bool(self._take_over(keys=keys, args=[task_id, from_life, json.dumps(held), held["worker"]]))
+
+    def count_backups(self, job: str, tasks: int) -> None:
+        self.r.hincrby(job_key(job), "backups", tasks)
+
+    def count_discarded(self, job: str, images: int, seconds: float) -> None:
+        """Images rendered twice (a backup and its original) whose copy was not stored: the other won."""
+        pipe = self.r.pipeline()
+        pipe.hincrby(job_key(job), "discarded", images)
+        pipe.hincrbyfloat(job_key(job), "discarded_seconds", seconds)
+        pipe.execute()
 
     def release_orphan(self, job: str, task_id: str, life: str) -> bool:
         """After re-queueing: forget the dead life's hold (unless another worker holds it now)."""
@@ -302,6 +356,15 @@ class Ledger:
         pipe = self.r.pipeline()
         pipe.hset(key, mapping={"name": name, "checkpoint": checkpoint, "next": next_checkpoint,
                                 "queues": json.dumps(queues)})
+        pipe.expire(key, HEARTBEAT_TTL)
+        pipe.execute()
+
+    def set_busy(self, name: str, busy: bool, speeds: str | None = None) -> None:
+        """A worker starts or ends a message (and, at its end, its measured speeds): fresher than
+        the heartbeat, for the others' hand-back and backup decisions (worker/sharing.py)."""
+        key = f"{PREFIX}worker:{name}"
+        pipe = self.r.pipeline()
+        pipe.hset(key, mapping={"busy": "1" if busy else "0", **({"speeds": speeds} if speeds else {})})
         pipe.expire(key, HEARTBEAT_TTL)
         pipe.execute()
 

@@ -48,6 +48,9 @@ def render_status(st: JobStatus, fetching: list[str] = ()) -> Group:
               f"running {len(st.running)}, done {st.done}, failed {len(st.failed)}  "
               f"ETA {format_duration(None if is_finished(st) else eta_seconds(st))}")
     parts: list = [counts, ProgressBar(total=max(st.tasks, 1), completed=st.done + len(st.failed), width=60)]
+    if st.info.get("backups") or st.info.get("discarded"):  # worker/backups.py
+        parts.append(f"backup renders {st.info.get('backups', 0)}, discarded {st.info.get('discarded', 0)} "
+                     f"({float(st.info.get('discarded_seconds', 0) or 0):.1f} s of rendering)")
     if st.workers:
         table = Table("worker", "images", "images/s", "loads", "loading s", "rendering now", box=None, pad_edge=False)
         rendering = {w: t for t, w in st.running.items()}

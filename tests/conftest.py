@@ -28,7 +28,7 @@ FARM_BIN = Path(sys.executable).parent / "farm"
 # gaps at the end instead of one long test running alone.
 SLOW_FILES = ("test_e2e_farm.py", "test_e2e_routing.py", "test_review.py", "test_diffusers_folders.py",
               "test_e2e_run.py", "test_info_roundtrip.py", "test_e2e_models.py", "test_spec_loras.py",
-              "test_e2e_families.py", "test_packaging.py", "test_pause.py")
+              "test_e2e_families.py", "test_packaging.py", "test_pause.py", "test_e2e_mixed.py")
 
 
 def pytest_collection_modifyitems(config, items):

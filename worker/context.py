@@ -16,6 +16,7 @@ from pathlib import Path
 from farm.checkpoints import resolve_checkpoint
 from farm.hashes import sha256_file
 from farm.params import refines
+from farm.speeds import Speeds
 from farm.task import RenderTask
 from worker.writer import ImageWriter
 
@@ -40,6 +41,7 @@ class WorkerContext:
     loads: int = 0
     load_seconds: float = 0.0
     render_seconds: float = 0.0  # total, for the average cost of an image here
+    speeds: Speeds = field(default_factory=Speeds)  # seconds per image by speed key (farm/speeds.py)
 
     allow_pickle: bool = False  # read pickled .ckpt/.pt model files (weights-only) too
     profile: object = None  # worker.memory.MemoryProfile; None: chosen from the hardware

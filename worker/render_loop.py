@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from farm.batching import batch_key
 from farm.infotext import format_infotext, png_bytes, task_parameters
 from farm.models import Registry
-from farm.store import Store, image_record, is_done, save_image
+from farm.speeds import speed_key
+from farm.store import Store, image_record, is_done, record_key, save_image
 from farm.task import RenderTask
 from worker.context import TaskError, WorkerContext, model_files
+from worker.sharing import family_at
 from worker.writer import Batch
 
 log = logging.getLogger("seedfarm.worker")
@@ -37,6 +39,7 @@ class _Progress:
     seconds: float = 0.0  # render time of its images
     load_seconds: float = 0.0
     rendered: int = 0  # images handed to the writer (counted on the render thread)
+    discarded: int = 0  # images not stored: another copy's were first (a backup render, worker/backups.py)
     failed: bool = False
     reported: bool = False
 
@@ -150,6 +153,7 @@ def _render_run(progress: list[_Progress], store: Store, ctx: WorkerContext, fin
                     free_memory()
                     continue
                 seconds = (time.perf_counter() - started) / len(chunk)
+                ctx.speeds.add(speed_key(first, family_at(str(path))), seconds)
                 _store_later(chunk, images, seconds, len(chunk), as_rendered, store, ctx, finished)
                 start += len(chunk)
     except (RenderError, ModelLoadError) as e:
@@ -192,7 +196,10 @@ def _store_later(chunk, images, seconds_per_image: float, batch_size: int, as_re
         progress.seconds += seconds_per_image
         progress.rendered += 1
 
-        def write(task=task, seed=seed, image=image, extra=as_rendered[task.id][1]) -> None:
+        def write(task=task, seed=seed, image=image, extra=as_rendered[task.id][1], progress=progress) -> None:
+            if store.exists(record_key(task.job, task.image_stem(seed))):
+                progress.discarded += 1  # first stored wins: the other copy's image stays
+                return
             text, more = texts(task, seed, image, extra)
             record = image_record(task, seed, text, seconds_per_image, ctx.name)
             record["render_batch"] = batch_size  # images in the diffusion call that made it
@@ -216,6 +223,8 @@ def _report(progress: list[_Progress], finished: Finished, failure: str | None) 
         if p.reported:
             continue
         p.reported = True
-        images = 0 if failure else p.task.batch_size
-        finished(p.task, {"task_id": p.task.id, "images": images, "seconds": p.seconds,
-                          "load_seconds": p.load_seconds}, failure)
+        images = 0 if failure else p.task.batch_size - p.discarded
+        kept = p.seconds * images / p.task.batch_size
+        finished(p.task, {"task_id": p.task.id, "images": images, "seconds": kept,
+                          "load_seconds": p.load_seconds, "discarded": p.discarded,
+                          "discarded_seconds": p.seconds - kept}, failure)

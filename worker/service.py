@@ -28,7 +28,7 @@ from farm.depot import Depot
 from farm.store.urls import open_store, store_trusted
 from farm.tunables import DEFAULT_CACHE_BYTES
 from farm.tunables import HEARTBEAT_SECONDS, REAP_SECONDS
-from worker import steering, tasks
+from worker import backups, steering, tasks
 from worker.context import WorkerContext, configure
 from worker.model_cache import CacheConfigError, ModelCache, default_cache_dir
 from worker.pause import PausePolicy, make_gate
@@ -60,6 +60,7 @@ def heartbeat_loop(ledger: Ledger, ctx: WorkerContext, static: dict, stop: threa
             "loads": ctx.loads,
             "load_seconds": f"{ctx.load_seconds:.1f}",
             "images_done": ctx.images_done,
+            "speeds": ctx.speeds.to_json(),  # seconds per image (farm/speeds.py)
             "task": f"{current.job}/{current.id}" if current else "",
             "download": ctx.download,  # a model being fetched from the depot: NAME 45% 80 MB/s
             "holds": json.dumps(ctx.holds),  # checkpoints here (folders and cache), for others' routing
@@ -103,7 +104,8 @@ def message_policy(settings: FarmSettings, store_override: str | None) -> Policy
 def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_override: str | None,
                loglevel: str = "INFO", max_pixels: int | None = None, tags: frozenset[str] = frozenset(),
                max_batch: int | None = None, model_cache: str | None = None,
-               cache_size: int = DEFAULT_CACHE_BYTES, depot_url: str | None = None) -> int:
+               cache_size: int = DEFAULT_CACHE_BYTES, depot_url: str | None = None,
+               backup_renders: bool = True) -> int:
     if gpu is not None:
         # Before torch is imported: this process sees only its own GPU, as device 0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -154,10 +156,14 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     worker_shutting_down.connect(lambda **_: setattr(ctx, "stopping", True), weak=False)
     home = worker_queue(name)
     vram = float(static["vram_gb"]) if static["gpu"] != "cpu" else None
-    steering.install(app, steering.Steering(ledger, ctx, models, vram, max_pixels, tags, home,
-                                            # --vram auto: a model that needs it is offloaded more
-                                            mode="low" if profile.auto else profile.vram,
-                                            dtype=profile.precision, pause=gate))
+    steer = steering.Steering(ledger, ctx, models, vram, max_pixels, tags, home,
+                              # --vram auto: a model that needs it is offloaded more
+                              mode="low" if profile.auto else profile.vram, dtype=profile.precision, pause=gate)
+    steering.install(app, steer)
+    if backup_renders:  # after the steering's own look at the queues (--no-backups: never)
+        from celery import signals
+
+        backups.install(signals, backups.Backups(app, ledger, ctx, steer, home))
     static["tags"] = ",".join(sorted(tags))
     stop = threading.Event()
     # The refresh itself runs in the worker's own thread, after a no-op task sent to itself.

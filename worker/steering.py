@@ -47,6 +47,7 @@ class Steering:
         self.consumer = None
         self.order: list[str] = []
         self.routes_seen: dict[str, str] = {}  # queue -> its checkpoint, from the last look
+        self.serves: set[str] = set()  # queues this worker could render, from the last full look
 
     def capabilities(self, routes: dict[str, Route]) -> Capabilities:
         files = find_checkpoints(self.models_dir)
@@ -140,6 +141,7 @@ class Steering:
         self.routes_seen = {q: r.checkpoint for q, r in routes.items()}
         caps = self.capabilities(routes)
         mine = {q: r for q, r in routes.items() if caps.why_not(r) is None}
+        self.serves = set(mine)
         pending = self.ledger.queue_lengths(list(mine))
         others: dict[str, int] = {}  # checkpoint -> other workers on it or heading to it
         served: dict[str, int] = {}  # queue -> other workers reading it with its checkpoint loaded

@@ -2,7 +2,8 @@
 worker` (via Redis) execute. A message carries a group of tasks that can share diffusion batches
 (farm/batching.py); the body renders them with the render loop (worker/render_loop.py) in the
 worker's context (worker/context.py), keeps the job's live state in the ledger and hands work back
-to the queue on a shutdown.
+to the queue on a shutdown, or to faster idle workers (worker/sharing.py). A render message on the
+worker's own queue is a backup render it chose itself (worker/backups.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from farm.celery_app import RENDER_TASK
-from farm.messages import route_of, send
+from farm.messages import route_of, send, worker_queue
 from farm.store import Store, is_done, open_store
 from farm.store.failures import refused
 from farm.task import RenderTask
@@ -22,6 +23,7 @@ from farm.tunables import RETRIES, RETRY_DELAY
 from worker.context import WorkerContext, context
 from worker.model_cache import DepotUnreachable, depot_wait
 from worker.render_loop import render_tasks
+from worker.sharing import hand_back_now, kept, task_speed_key
 
 if TYPE_CHECKING:
     from farm.ledger import Ledger
@@ -50,7 +52,15 @@ def register(app: Celery, ledger: "Ledger | None" = None, store_override: str | 
         if ledger.is_cancelled(job):
             return {"tasks": len(group), "images": 0, "cancelled": True}
         queue = (self.request.delivery_info or {}).get("routing_key") or ""
-        ledger.tasks_started(job, group, ctx.name, ctx.life, store_url, queue)
+        backup = queue == worker_queue(ctx.name)  # its hold was taken over already (worker/backups.py)
+        key = task_speed_key(group[0], ctx.models_dir)
+        keep = len(group) if backup else kept(len(group), key, ctx, ledger, queue)
+        if keep < len(group):  # a slower card than others on this queue: a smaller piece
+            send(app, group[keep:], store_url, queue)
+            log.info("kept %d of %d task(s) for this card's speed, handed the rest back", keep, len(group))
+            group = group[:keep]
+        if not backup:
+            ledger.tasks_started(job, group, ctx.name, ctx.life, store_url, queue)
 
         def finished(task: RenderTask, summary: dict, failure: str | None) -> None:
             if refused(failure):
@@ -62,11 +72,19 @@ def register(app: Celery, ledger: "Ledger | None" = None, store_override: str | 
             for task in group:
                 finished(task, {"task_id": task.id, "images": 0}, refusal)
             return {"tasks": len(group), "images": 0, "failed": refusal}
+        images, images_before = sum(t.batch_size for t in group), ctx.images_done
+
+        def stop() -> bool:  # Ctrl+C, a cancelled job, a store refusing writes, or faster idle workers
+            if ctx.stopping or ledger.is_cancelled(job) or ledger.store_refusal(job):
+                return True
+            return not backup and hand_back_now(ledger, ctx, queue, key, images - (ctx.images_done - images_before))
+
+        ledger.set_busy(ctx.name, True)
         ctx.current_task = group[0]
         try:
-            summary, left = render_tasks(
-                group, store, ctx, finished,
-                stop=lambda: ctx.stopping or ledger.is_cancelled(job) or bool(ledger.store_refusal(job)))
+            summary, left = render_tasks(group, store, ctx, finished, stop=stop)
+            if backup:
+                ledger.count_backups(job, summary["tasks"] - summary["skipped"])
             if ledger.is_cancelled(job):
                 return {**summary, "cancelled": True}
             refusal = ledger.store_refusal(job)
@@ -75,7 +93,10 @@ def register(app: Celery, ledger: "Ledger | None" = None, store_override: str | 
                 for task in left:
                     finished(task, {"task_id": task.id, "images": 0}, refusal)
                 return {**summary, "failed": refusal}
-            if left:  # shutting down (Ctrl+C): hand the group's unrendered tasks back now
+            # A backup's rest stays held by this worker: the reaper re-queues it once this worker stops.
+            held = ledger.held_by(job, [t.id for t in left], ctx.life) if left and not backup else set()
+            left = [t for t in left if t.id in held]  # not the tasks a backup render took over
+            if left:  # shutting down (Ctrl+C) or faster idle workers: hand the unrendered tasks back
                 send(app, left, store_url, queue or route_of(left[0]).queue)
                 for task in left:
                     ledger.release_orphan(job, task.id, ctx.life)
@@ -114,6 +135,10 @@ def register(app: Celery, ledger: "Ledger | None" = None, store_override: str | 
             return {"tasks": len(group), "images": 0, "failed": reason}
         finally:
             ctx.current_task = None
+            try:
+                ledger.set_busy(ctx.name, False, ctx.speeds.to_json())
+            except Exception as e:  # Redis away for a moment: the heartbeat announces the speeds
+                log.debug("could not announce speeds: %s", e)
 
     return render
 
@@ -123,6 +148,8 @@ def report_finished(ledger: "Ledger", store: Store, task: RenderTask, ctx: Worke
     """Record the task in the live state; the caller that lands the job's last task builds sheets."""
     if failed:
         log.error("task %s of job %s failed: %s", task.id, task.job, failed)
+    if summary.get("discarded"):
+        ledger.count_discarded(task.job, summary["discarded"], summary.get("discarded_seconds", 0.0))
     last = ledger.task_finished(task.job, task.id, ctx.name, images=summary.get("images", 0),
                                 seconds=summary.get("seconds", 0.0), failed=failed,
                                 load_seconds=summary.get("load_seconds", 0.0))
