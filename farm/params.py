@@ -827,4 +827,8 @@ def at_default(param: Param, task: dict) -> bool:
     from farm.task import RenderTask
 
     fields = RenderTask.model_fields
-    return all(task.get(f, fields[f].default) == fields[f].default for f in param.fields)
+
+    def plain(value):  # a record's JSON has lists where the model's defaults are tuples (outpaint)
+        return tuple(value) if isinstance(value, list) else value
+
+    return all(plain(task.get(f, fields[f].default)) == plain(fields[f].default) for f in param.fields)
