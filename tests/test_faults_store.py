@@ -23,6 +23,7 @@ from conftest import farm
 from farm.ledger import Ledger
 from farm.store import open_store
 from tcp_proxy import TcpProxy
+from test_e2e_farm import wait_for
 
 WORKER_ENV = {"FARM_STANDIN": "0,0.3"}  # 0.3 s per image
 
@@ -41,16 +42,6 @@ def submit(tmp_path: Path, name: str, images: int, broker: str, store: str, mode
     result = farm("submit", str(spec), "--broker", broker, "--store", store, "--models", str(models))
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def stored_once(store_url: str, job: str, images: int) -> None:

@@ -152,6 +152,7 @@ def load_pipeline(
             **_no_safety_checker(pipeline_class),
             # an inpainting checkpoint: the family's pipeline with its 9-channel UNet (worker/inpainting.py)
             **(_inpaint_unet(path, config, dtype) if is_inpainting(tensors) else {}),
+            **(_refiner_tokenizer() if header_family(tensors) == "SDXL refiner" else {}),
         )
     except Exception as e:  # diffusers raises many types; the user needs one line naming the file
         raise ModelLoadError(_load_failure(path, config, e)) from e
@@ -319,6 +320,14 @@ def _inpaint_unet(path: Path, config: Path, dtype: torch.dtype) -> dict:
                                                  in_channels=INPAINT_CHANNELS, local_files_only=True,
                                                  torch_dtype=dtype)
     return {"unet": unet}
+
+
+def _refiner_tokenizer() -> dict:
+    """An SDXL refiner's one tokenizer is the SDXL base's second (CLIP-G): configs/sdxl's, not a copy."""
+    from transformers import CLIPTokenizer
+
+    return {"tokenizer_2": CLIPTokenizer.from_pretrained(str(configs_dir() / "sdxl" / "tokenizer_2"),
+                                                         local_files_only=True)}
 
 
 def _no_safety_checker(pipeline_class) -> dict:

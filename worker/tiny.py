@@ -72,7 +72,8 @@ def write_config_dir(pipe, config_dir: Path) -> None:
     config_dir.mkdir(parents=True)
     shutil.copy2(base / "model_index.json", config_dir / "model_index.json")
     for name in ("scheduler", *(tokenizer for tokenizer, _ in family.encoders)):
-        shutil.copytree(base / name, config_dir / name)
+        if (base / name).is_dir():  # the refiner has none: the worker passes SDXL's (worker/pipelines.py)
+            shutil.copytree(base / name, config_dir / name)
     for name in ("unet", "vae"):
         (config_dir / name).mkdir()
         getattr(pipe, name).save_config(str(config_dir / name))

@@ -15,7 +15,7 @@ from pathlib import Path
 from yaml.nodes import Node, SequenceNode
 
 from farm.inpaint import INPAINT_AREAS, MASK_MODES, fill_name, flag, outpaint_sides, outpaint_text
-from farm.inputs import InputError, InputImage, folder_images, label, pin, read_file
+from farm.inputs import InputError, InputImage, label, pin, read_file
 
 INPAINT_KEYS = ("mask_blur", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding", "mask_invert")
 
@@ -35,18 +35,7 @@ class InpaintReader:
         if more:
             raise self.error(node, "mask: give one mask image (for every init image) or one folder of masks "
                                    "named as the init images")
-        path = Path(text).expanduser()
-        if not path.is_absolute():
-            bases = ([Path(self.file).parent] if self.file and not self.file.startswith("<") else [Path.cwd()])
-            bases += [models_dir] if models_dir is not None else []
-            path = next((base / path for base in bases if (base / path).exists()), bases[0] / path)
-        if not path.exists():
-            raise self.error(item, f"mask: no file or folder {text} (relative paths are looked up beside the "
-                                   "spec, then in the models folder)")
-        try:
-            files = folder_images(path) if path.is_dir() else [path]
-        except InputError as e:
-            raise self.error(item, f"mask: {text}: {e}") from None
+        _, files = self.local_files(text, item, "mask", models_dir)
         by_stem = {file.stem: file for file in files}
         out: dict[str, InputImage] = {}
         for value in init:

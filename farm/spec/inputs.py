@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node
 
 from farm.img2img import resize_mode_name
 from farm.inputs import InputError, InputImage, folder_images, job_images, pin, read_file
@@ -56,6 +56,19 @@ class InputReader:
                 return [pin(text, self.store.read_bytes(text), f"store:{text}")]
             except InputError as e:
                 raise self.error(node, f"{axis}: {text}: {e}") from None
+        path, files = self.local_files(text, node, axis, models_dir)
+        out = []
+        for file in files:
+            value = text if file == path else f"{text.rstrip('/')}/{file.name}"
+            try:
+                out.append(pin(value, read_file(file), str(file)))
+            except InputError as e:
+                raise self.error(node, f"{axis}: {value}: {e}") from None
+        return out
+
+    def local_files(self, text: str, node: Node, axis: str, models_dir: Path | None) -> tuple[Path, list[Path]]:
+        """(the path `text` names, its image files: itself, or a folder's in name order). A relative
+        path is looked up beside the spec, then in the models folder; a missing one is a located error."""
         path = Path(text).expanduser()
         if not path.is_absolute():
             bases = ([Path(self.file).parent] if self.file and not self.file.startswith("<") else [Path.cwd()])
@@ -65,17 +78,9 @@ class InputReader:
             raise self.error(node, f"{axis}: no file or folder {text} (relative paths are looked up beside the "
                                    "spec, then in the models folder)")
         try:
-            files = folder_images(path) if path.is_dir() else [path]
+            return path, folder_images(path) if path.is_dir() else [path]
         except InputError as e:
             raise self.error(node, f"{axis}: {text}: {e}") from None
-        out = []
-        for file in files:
-            value = text if file == path else f"{text.rstrip('/')}/{file.name}"
-            try:
-                out.append(pin(value, read_file(file), str(file)))
-            except InputError as e:
-                raise self.error(node, f"{axis}: {value}: {e}") from None
-        return out
 
     def _job_inputs(self, node: MappingNode, axis: str) -> list[InputImage]:
         f = self.keys(node, ("job", "filter"), axis)

@@ -66,7 +66,7 @@ def tiny_pipeline():
         text_encoder=None,
         text_encoder_2=text_encoder_2,
         tokenizer=None,
-        tokenizer_2=CLIPTokenizer.from_pretrained(str(folder / "tokenizer_2"), local_files_only=True),
+        tokenizer_2=CLIPTokenizer.from_pretrained(str(configs_dir() / "sdxl" / "tokenizer_2"), local_files_only=True),
         unet=unet,
         scheduler=EulerDiscreteScheduler.from_pretrained(str(folder), subfolder="scheduler", local_files_only=True),
         requires_aesthetics_score=True,
