@@ -43,6 +43,10 @@ Write-Host "Installing seedfarm and the CUDA build of torch (a few GB, once) ...
 $Constraints = Join-Path $Source "constraints\worker.txt"
 uv tool install --force --python 3.11 --torch-backend auto -c $Constraints "$Source[worker]"
 if ($LASTEXITCODE -ne 0) { throw "uv tool install failed (see above)" }
+# spandrel (upscaler models) without the torchvision it declares: that would replace the CUDA torch
+$ToolPython = Join-Path (uv tool dir) "seedfarm\Scripts\python.exe"
+uv pip install --python $ToolPython --no-deps -r (Join-Path $Source "constraints\no-deps.txt")
+if ($LASTEXITCODE -ne 0) { throw "installing spandrel failed (see above)" }
 uv tool update-shell | Out-Null
 $Farm = Join-Path (uv tool dir --bin) "farm.exe"
 

@@ -51,3 +51,4 @@ def test_the_install_script_passes_farm_setup_only_options_it_has():
     known = {opt for p in setup.params for opt in p.opts}
     assert used - {"--python", "--torch-backend", "--force"} <= known
     assert "constraints\\worker.txt" in script and "Register-ScheduledTask" in script
+    assert "--no-deps" in script and "constraints\\no-deps.txt" in script  # spandrel without torchvision
