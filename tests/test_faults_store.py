@@ -104,14 +104,16 @@ def test_s3_down_for_10_s_mid_job_is_ridden_out(redis_server, s3_endpoint, start
         job = submit(tmp_path, "outage", 8, redis_server.url, store_url, models)
         wait_for(lambda: ledger.status(job).done >= 2, 60, "the first images")
         proxy.down()
+        assert ledger.status(job).done < 8  # the store goes away mid-job
         time.sleep(10)
         assert ledger.job_info(job)["status"] == "running"  # nothing gave up while the store was away
         proxy.up()
         wait_for(lambda: ledger.job_info(job).get("status") in ("complete",) or
                  ledger.job_info(job).get("status", "").startswith("finished"), 120, "the job to end")
         assert ledger.job_info(job)["status"] == "complete", farm("status", job, "--broker", redis_server.url).stdout
+        # botocore's own retries may ride out the outage (no "failed" line then): under load the
+        # writes can fall anywhere in the 10 s, so the log is not asserted; the images are
         stored_once(store_url, job, 8)
-        assert "failed" in worker.text()  # the outage was seen (and retried), not missed
     finally:
         proxy.close()
 
