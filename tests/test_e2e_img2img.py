@@ -15,7 +15,6 @@ import pytest
 from conftest import farm
 from farm.ledger import Ledger
 from farm.sheets import read_grid_info
-from farm.store import open_store
 from test_e2e_farm import wait_complete, wait_for
 from test_review import ReviewServer
 from worker.tiny import make_tiny_inputs
