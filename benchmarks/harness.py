@@ -84,7 +84,10 @@ class Workers:
             proc = subprocess.Popen([str(FARM), "worker", "--broker", broker, "--models", str(models),
                                      "--name", f"w{i}", *args],
                                     stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {}),
+                                    # the benchmarks' stores sit beside `models` in one work folder:
+                                    # trusted, as a worker trusts only the stores its owner names
+                                    env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                         "FARM_TRUSTED_STORES": str(Path(models).parent), **(env or {}),
                                          **(envs[i] if envs else {})})
             self.procs.append((proc, log))
 
