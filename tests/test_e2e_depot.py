@@ -201,4 +201,5 @@ size: 64x64
     here = [json.loads(line) for line in (tmp_path / "local" / job / "manifest.jsonl").read_text().splitlines()]
     assert [(r["task_id"], r["image"]) for r in here] == [(r["task_id"], r["image"]) for r in records]
     for record in records:  # what the worker stored, byte for byte
-        assert (tmp_path / "local" / job / record["image"]).read_bytes() == (Path(store) / job / record["image"]).read_bytes()
+        image = record["image"]
+        assert (tmp_path / "local" / job / image).read_bytes() == (Path(store) / job / image).read_bytes()

@@ -1,4 +1,5 @@
-"""End to end: the real `farm` CLI renders the example specs with the tiny model, no servers."""
+"""End to end: the real `farm` CLI renders the example specs with the tiny model, no servers, and
+fetches the models a spec gives by URL (a local HTTP server is the internet) or a depot holds."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO, farm
-from test_depot import web  # noqa: F401 (the local HTTP server: the internet of these tests)
+from conftest import REPO, farm, free_port
+from farm.hashes import sha256_file
 from farm.hires import output_size
 from farm.infotext import parse_infotext, read_parameters
+from farm.models import lora_hash
 from farm.spec import load_spec
 from farm.task import RenderTask
+from test_depot import web  # noqa: F401 (the local HTTP server: the internet of these tests)
 
 EXAMPLES = sorted((REPO / "jobs").glob("*.yaml"))
 
@@ -218,9 +221,6 @@ def served(web, tmp_path_factory, tmp_path, monkeypatch):
 
 
 def test_farm_run_fetches_a_checkpoint_and_lora_given_by_url_verifies_and_caches_them(served, tmp_path):
-    from farm.hashes import sha256_file
-    from farm.models import lora_hash
-
     base, _, ckpt, lora = served
     empty, cache = tmp_path / "empty-models", tmp_path / "cache"
     empty.mkdir()
@@ -237,8 +237,8 @@ def test_farm_run_fetches_a_checkpoint_and_lora_given_by_url_verifies_and_caches
     assert params["Model"] == "tiny15" and params["Model hash"] == sha256_file(ckpt)[:10]
     assert params["Lora hashes"] == f"style15: {lora_hash(lora)[:12]}"
     assert not list(empty.iterdir())  # nothing written into the user's own folder
-    assert sorted(f.read_bytes() == g.read_bytes() for f, g in [
-        (next(cache.rglob("tiny15.safetensors")), ckpt), (next(cache.rglob("style15.safetensors")), lora)]) == [True] * 2
+    assert next(cache.rglob("tiny15.safetensors")).read_bytes() == ckpt.read_bytes()
+    assert next(cache.rglob("style15.safetensors")).read_bytes() == lora.read_bytes()
 
     # the next run starts from the cache: nothing fetched again, the same images
     again = farm(*run, "--out", str(tmp_path / "again"))
@@ -250,9 +250,6 @@ def test_farm_run_fetches_a_checkpoint_and_lora_given_by_url_verifies_and_caches
 
 
 def test_farm_run_with_a_wrong_sha256_or_offline_says_so_in_one_line_and_writes_nothing(served, tmp_path):
-    from conftest import free_port
-    from farm.hashes import sha256_file
-
     base, _, ckpt, lora = served
     empty, cache = tmp_path / "empty-models", tmp_path / "cache"
     empty.mkdir()
@@ -262,7 +259,8 @@ def test_farm_run_with_a_wrong_sha256_or_offline_says_so_in_one_line_and_writes_
     result = farm("run", str(spec), "--out", str(tmp_path / "out"), "--models", str(empty), "--model-cache", str(cache))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: the file at hf://org/loras/style15.safetensors of lora") and f"pinned {wrong[:10]}" in line
+    assert line.startswith("error: the file at hf://org/loras/style15.safetensors of lora")
+    assert f"pinned {wrong[:10]}" in line
     assert not list(cache.rglob("style15*")) and not [f for f in cache.rglob("*") if ".tmp" in f.name]
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
 
@@ -285,13 +283,13 @@ def test_farm_run_with_a_depot_fetches_the_models_the_folder_lacks(served, tmp_p
     spec = tmp_path / "job.yaml"
     spec.write_text("prompt: a red robot <lora:style15:0.8>\ncheckpoint: tiny15\nseed: 1\nsteps: 2\nsampler: Euler\n"
                     "size: 64x64\n")
-    run = ("run", str(spec), "--out", str(tmp_path / "out"), "--models", str(empty), "--model-cache", str(tmp_path / "cache"))
+    run = ("run", str(spec), "--out", str(tmp_path / "out"), "--models", str(empty),
+           "--model-cache", str(tmp_path / "cache"))
     lacking = farm(*run)
     assert lacking.returncode == 2 and "tiny15" in lacking.stderr  # without --depot: the usual spec error
     result = farm(*run, "--depot", depot)
     assert result.returncode == 0, result.stderr
     assert "fetched Stable-diffusion/tiny15.safetensors" in result.stderr and "fetched Lora/style15" in result.stderr
-    (record,) = [json.loads(line) for line in (job_folder(tmp_path / "out") / "manifest.jsonl").read_text().splitlines()]
-    from farm.hashes import sha256_file
-
+    manifest = job_folder(tmp_path / "out") / "manifest.jsonl"
+    (record,) = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert record["model_hash"] == sha256_file(ckpt)[:10] and not list(empty.iterdir())

@@ -74,7 +74,8 @@ class InputReader:
         if not path.is_absolute():
             bases = ([Path(self.file).parent] if self.file and not self.file.startswith("<") else [Path.cwd()])
             # models_dir may join several roots with os.pathsep (FARM_MODELS; `farm run`'s model cache)
-            bases += [Path(root) for root in str(models_dir).split(os.pathsep) if root] if models_dir is not None else []
+            if models_dir is not None:
+                bases += [Path(root) for root in str(models_dir).split(os.pathsep) if root]
             path = next((base / path for base in bases if (base / path).exists()), bases[0] / path)
         if not path.exists():
             raise self.error(node, f"{axis}: no file or folder {text} (relative paths are looked up beside the "
