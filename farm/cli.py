@@ -209,7 +209,7 @@ def cache_size_or_exit(text: str) -> int:
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Most images in one diffusion call (default: from memory and image size, at most 8).")
 @model_cache_options("Store whose model depot the models your folder lacks come from (default: none; "
-                     "models a spec gives by URL are fetched from there).")
+                     "models a spec gives by URL come from their URLs either way).")
 def run(spec: str | None, out_dir: str, models_dir: str, max_batch: int | None, model_cache: str | None,
         cache_size: str, depot_url: str | None) -> None:
     """Render a job here, in this process, with no servers.
