@@ -7,6 +7,7 @@ coordinator's commands start in a blink on a box without torch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from importlib import resources
@@ -174,6 +175,31 @@ def expand(spec: str, as_json: bool, models_dir: str, limit: int | None) -> None
             click.echo(f"{task.index}\t{task.id}\tseed {task.seed}\t{axes}")
 
 
+def model_cache_options(depot_help: str):
+    """--model-cache, --cache-size and --depot (worker/model_cache.py), as `farm worker` and `farm run`
+    take them; --depot's default is the command's own (depot_help says it)."""
+
+    def options(command):
+        command = click.option("--depot", "depot_url", default=None, help=depot_help)(command)
+        command = click.option("--cache-size", default="200G", show_default=True,
+                               help="Most bytes the model cache holds (K, M, G, T).")(command)
+        return click.option("--model-cache", default=None, type=click.Path(file_okay=False),
+                            help="Folder for models fetched from the depot (default: the user's cache folder, "
+                                 "~/.cache/seedfarm/models); never your models folder.")(command)
+
+    return options
+
+
+def cache_size_or_exit(text: str) -> int:
+    """--cache-size in bytes (worker/model_cache.py parse_size)."""
+    from worker.model_cache import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--cache-size") from None
+
+
 @main.command()
 @click.argument("spec", required=False, type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="outputs", show_default=True,
@@ -182,30 +208,45 @@ def expand(spec: str, as_json: bool, models_dir: str, limit: int | None) -> None
               show_default=True, help="A1111/ComfyUI models folder (or env FARM_MODELS).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Most images in one diffusion call (default: from memory and image size, at most 8).")
-def run(spec: str | None, out_dir: str, models_dir: str, max_batch: int | None) -> None:
+@model_cache_options("Store whose model depot the models your folder lacks come from (default: none; "
+                     "models a spec gives by URL come from their URLs either way).")
+def run(spec: str | None, out_dir: str, models_dir: str, max_batch: int | None, model_cache: str | None,
+        cache_size: str, depot_url: str | None) -> None:
     """Render a job here, in this process, with no servers.
 
     Without SPEC, renders the built-in demo sweep with the built-in tiny model (written to the
-    models folder on first use)."""
+    models folder on first use). Models the job lacks are fetched into the model cache first, as
+    `farm worker` fetches them: from the URLs the spec gives, and with --depot from that depot."""
     need_worker_extra()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from farm.inputs import InputError
     from farm.store import open_store
     from worker.local import run_local
+    from worker.model_cache import CacheConfigError
+    from worker.service import open_model_cache
 
-    models = Path(models_dir)
     if spec is None:
-        spec = ensure_demo(models)
+        spec = ensure_demo(Path(models_dir))
+    try:
+        cache = open_model_cache(model_cache, cache_size_or_exit(cache_size), depot_url)
+    except CacheConfigError as e:
+        raise FarmError(str(e)) from None
+    models = Path(f"{models_dir}{os.pathsep}{cache.root}")  # the cache is searched after yours, as a worker's
     store = open_store(out_dir)
+    if cache.depot is not None:  # names your folder lacks come from the depot: then the spec pins them
+        fetch_or_exit(load_spec_or_exit(spec, None, store), cache, models)
     job = load_spec_or_exit(spec, models, store)  # the store: where init_images: {job: ...} looks
+    if job.links:  # models given by URL: fetched and verified before anything renders
+        fetch_or_exit(job, cache, models)
     console.print(f"job [bold]{job.job_id}[/bold]: {job.task_count()} tasks, {job.image_count()} images "
                   f"-> {store.describe(job.job_id)}")
     columns = [TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("images", total=job.image_count())
         try:
-            summary = run_local(job, store, models, on_images=lambda n: progress.advance(bar, n), max_batch=max_batch)
+            summary = run_local(job, store, models, on_images=lambda n: progress.advance(bar, n), max_batch=max_batch,
+                                model_cache=cache)
         except InputError as e:  # an input file changed between reading the spec and storing it
             raise FarmError(str(e)) from None
     for line in summary.failed:  # worker or store text: printed as it is, never read as markup
@@ -220,6 +261,28 @@ def run(spec: str | None, out_dir: str, models_dir: str, max_batch: int | None) 
         console.print(f"contact sheet: {store.describe(key)}")
     if summary.failed:
         raise FarmError(f"{len(summary.failed)} task(s) failed; rerun the same command to retry only those")
+
+
+def fetch_or_exit(job, cache, models: Path) -> None:
+    """`farm run`: the job's models that neither the models folder nor the cache hold, fetched
+    (worker/local.py fetch_models); one that cannot be (offline, a wrong sha256) is one line."""
+    from worker.context import TaskError
+    from worker.local import fetch_models
+    from worker.model_cache import DepotUnreachable
+
+    log = logging.getLogger("seedfarm.worker")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its warnings (a retry, a URL not answering) would repeat the one line
+    with console.status("fetching models") as shown:
+        cache.report = lambda text: shown.update(f"fetching {text}" if text else "fetching models")
+        try:
+            fetched = fetch_models(job, cache, models)
+        except (DepotUnreachable, TaskError) as e:
+            raise FarmError(str(e)) from None
+        finally:
+            log.setLevel(level)
+    for line in fetched:
+        console.print(f"fetched {escape(line)}", markup=True)
 
 
 def ensure_demo(models: Path) -> str:
@@ -544,12 +607,7 @@ STORE_HELP = "Output store: a folder or s3://bucket/prefix (or env FARM_STORE)."
               help="After a game, the GPU or the user stops, wait this long before taking tasks (default 60).")
 @click.option("--yield-now", is_flag=True, default=None,
               help="On a pause, hand the running task back after its diffusion batch instead of finishing it.")
-@click.option("--model-cache", default=None, type=click.Path(file_okay=False),
-              help="Folder for models fetched from the depot (default: the user's cache folder, "
-                   "~/.cache/seedfarm/models); never your models folder.")
-@click.option("--cache-size", default="200G", show_default=True, help="Most bytes the model cache holds (K, M, G, T).")
-@click.option("--depot", "depot_url", default=None,
-              help="Store whose model depot this worker fetches from (default: --store, else the farm's store).")
+@model_cache_options("Store whose model depot this worker fetches from (default: --store, else the farm's store).")
 @click.option("--no-backups", is_flag=True, default=False,
               help="Never render a backup copy of a slower worker's task when idle (docs/workers.md, Mixed cards).")
 @click.option("--loglevel", default="INFO", show_default=True)
@@ -567,13 +625,10 @@ def worker(ctx, broker, models_dir, name, gpu, store_url, max_pixels, tags, max_
     from farm.ledger import BrokerUnreachable
     from worker.memory import ProfileError
     from worker.pause import PauseConfigError
-    from worker.model_cache import CacheConfigError, parse_size
+    from worker.model_cache import CacheConfigError
     from worker.service import run_worker
 
-    try:
-        cache_bytes = parse_size(cache_size)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--cache-size") from None
+    cache_bytes = cache_size_or_exit(cache_size)
     try:
         code = run_worker(settings(broker_url=broker, models=models_dir, vram=vram, precision=precision,
                                    attention=attention, no_half_vae=no_half_vae, allow_pickle=allow_pickle,

@@ -149,10 +149,11 @@ def test_a_task_whose_model_cannot_be_fetched_is_handed_back_until_a_holder_rend
 
 
 def test_a_spec_giving_the_checkpoint_and_lora_by_url_and_sha256_renders_on_a_worker_without_them(
-        redis_server, start_worker, tmp_path_factory, tmp_path, web):
+        redis_server, start_worker, tmp_path_factory, tmp_path, web, monkeypatch):
     """No push, no link: the spec gives tiny15 and style15 by URL (a local HTTP server is the
     internet) with their sha256; the coordinator pins them without the files, and a worker with an
-    empty models folder fetches, verifies and renders."""
+    empty models folder fetches, verifies and renders. `farm run` on a PC without them fetches
+    them the same way and renders the same images."""
     root, base = web
     tree = a1111_tree(tmp_path_factory)
     ckpt, lora = tree / "models/Stable-diffusion/tiny15.safetensors", tree / "models/Lora/style15.safetensors"
@@ -190,3 +191,15 @@ size: 64x64
     assert params["Lora hashes"] == f"style15: {lora_hash(lora)[:12]}"
     assert worker.text().count("seedfarm.worker: fetched ") == 2
     assert not list(empty.iterdir()) and "Traceback" not in worker.text()
+
+    monkeypatch.setenv("FARM_CONFIGS_DIR", str(tmp_path / "configs"))
+    monkeypatch.setenv("HF_ENDPOINT", base)
+    local = farm("run", str(spec), "--out", str(tmp_path / "local"), "--models", str(empty), "--model-cache",
+                 str(tmp_path / "local-cache"))
+    assert local.returncode == 0, local.stderr
+    assert local.stderr.count("fetched ") == 2
+    here = [json.loads(line) for line in (tmp_path / "local" / job / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["task_id"], r["image"]) for r in here] == [(r["task_id"], r["image"]) for r in records]
+    for record in records:  # what the worker stored, byte for byte
+        image = record["image"]
+        assert (tmp_path / "local" / job / image).read_bytes() == (Path(store) / job / image).read_bytes()

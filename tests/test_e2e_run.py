@@ -1,4 +1,5 @@
-"""End to end: the real `farm` CLI renders the example specs with the tiny model, no servers."""
+"""End to end: the real `farm` CLI renders the example specs with the tiny model, no servers, and
+fetches the models a spec gives by URL (a local HTTP server is the internet) or a depot holds."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO, farm
+from conftest import REPO, farm, free_port
+from farm.hashes import sha256_file
 from farm.hires import output_size
 from farm.infotext import parse_infotext, read_parameters
+from farm.models import lora_hash
 from farm.spec import load_spec
 from farm.task import RenderTask
+from test_depot import web  # noqa: F401 (the local HTTP server: the internet of these tests)
 
 EXAMPLES = sorted((REPO / "jobs").glob("*.yaml"))
 
@@ -179,3 +183,111 @@ def test_corrupt_checkpoint_is_one_clear_line_and_keeps_nothing_half_done(tmp_pa
     assert "Traceback" not in result.stderr
     assert "broken.safetensors" in result.stderr
     assert not list((tmp_path / "out").rglob("*.png"))
+
+
+# --- `farm run` fetches what the models folder lacks (worker/model_cache.py, as `farm worker`) --------
+
+
+def url_spec(base: str, ckpt_sha: str, lora_sha: str, seeds: str = "[1, 2]") -> str:
+    return f"""\
+name: by-url
+prompt: a red robot
+checkpoint: {{url: "{base}/tiny15.safetensors", sha256: {ckpt_sha}}}
+lora: {{url: "hf://org/loras/style15.safetensors", sha256: {lora_sha}}}
+lora_weight: 0.8
+seed: {seeds}
+steps: 2
+sampler: Euler
+size: 64x64
+"""
+
+
+@pytest.fixture
+def served(web, tmp_path_factory, tmp_path, monkeypatch):
+    """tiny15 and style15 on the local HTTP server (the internet of these tests); the tiny
+    checkpoint's config as SD1.5's, since its `.config` folder does not travel with it."""
+    from model_tree import a1111_tree
+    from test_e2e_depot import tiny_configs
+
+    root, base = web
+    tree = a1111_tree(tmp_path_factory)
+    ckpt, lora = tree / "models/Stable-diffusion/tiny15.safetensors", tree / "models/Lora/style15.safetensors"
+    shutil.copy(ckpt, root / "tiny15.safetensors")
+    (root / "org/loras/resolve/main").mkdir(parents=True)
+    shutil.copy(lora, root / "org/loras/resolve/main/style15.safetensors")
+    monkeypatch.setenv("HF_ENDPOINT", base)
+    monkeypatch.setenv("FARM_CONFIGS_DIR", str(tiny_configs(tree, tmp_path / "configs")))
+    return base, tree, ckpt, lora
+
+
+def test_farm_run_fetches_a_checkpoint_and_lora_given_by_url_verifies_and_caches_them(served, tmp_path):
+    base, _, ckpt, lora = served
+    empty, cache = tmp_path / "empty-models", tmp_path / "cache"
+    empty.mkdir()
+    spec = tmp_path / "job.yaml"
+    spec.write_text(url_spec(base, sha256_file(ckpt), sha256_file(lora)))
+    run = ("run", str(spec), "--models", str(empty), "--model-cache", str(cache))
+    result = farm(*run, "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "fetched Stable-diffusion/tiny15.safetensors" in result.stderr
+    assert "fetched Lora/style15.safetensors" in result.stderr
+    records = [json.loads(line) for line in (job_folder(tmp_path / "out") / "manifest.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    _, _, params = parse_infotext(read_parameters(job_folder(tmp_path / "out") / records[0]["image"]))
+    assert params["Model"] == "tiny15" and params["Model hash"] == sha256_file(ckpt)[:10]
+    assert params["Lora hashes"] == f"style15: {lora_hash(lora)[:12]}"
+    assert not list(empty.iterdir())  # nothing written into the user's own folder
+    assert next(cache.rglob("tiny15.safetensors")).read_bytes() == ckpt.read_bytes()
+    assert next(cache.rglob("style15.safetensors")).read_bytes() == lora.read_bytes()
+
+    # the next run starts from the cache: nothing fetched again, the same images
+    again = farm(*run, "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    assert "fetched" not in again.stderr
+    for record in records:
+        assert (job_folder(tmp_path / "again") / record["image"]).read_bytes() == \
+            (job_folder(tmp_path / "out") / record["image"]).read_bytes()
+
+
+def test_farm_run_with_a_wrong_sha256_or_offline_says_so_in_one_line_and_writes_nothing(served, tmp_path):
+    base, _, ckpt, lora = served
+    empty, cache = tmp_path / "empty-models", tmp_path / "cache"
+    empty.mkdir()
+    spec = tmp_path / "job.yaml"
+    wrong = sha256_file(lora.with_name("detail15.safetensors"))  # the LoRA pinned to another file
+    spec.write_text(url_spec(base, sha256_file(ckpt), wrong))
+    result = farm("run", str(spec), "--out", str(tmp_path / "out"), "--models", str(empty), "--model-cache", str(cache))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: the file at hf://org/loras/style15.safetensors of lora")
+    assert f"pinned {wrong[:10]}" in line
+    assert not list(cache.rglob("style15*")) and not [f for f in cache.rglob("*") if ".tmp" in f.name]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
+
+    spec.write_text(url_spec(f"http://127.0.0.1:{free_port()}", sha256_file(ckpt), sha256_file(lora)))
+    offline = farm("run", str(spec), "--out", str(tmp_path / "out"), "--models", str(empty), "--model-cache",
+                   str(tmp_path / "empty-cache"))  # an empty cache: the checkpoint is fetched above
+    assert offline.returncode == 1 and "Traceback" not in offline.stderr
+    (line,) = offline.stderr.strip().splitlines()
+    assert line.startswith("error: cannot reach http://127.0.0.1:") and line.endswith("is this PC online?")
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
+def test_farm_run_with_a_depot_fetches_the_models_the_folder_lacks(served, tmp_path):
+    _, tree, ckpt, _ = served
+    depot = str(tmp_path / "depot")
+    pushed = farm("models", "push", "tiny15", "style15", "--store", depot, "--models", str(tree))
+    assert pushed.returncode == 0, pushed.stderr
+    empty = tmp_path / "empty-models"
+    empty.mkdir()
+    spec = tmp_path / "job.yaml"
+    spec.write_text("prompt: a red robot <lora:style15:0.8>\ncheckpoint: tiny15\nseed: 1\nsteps: 2\nsampler: Euler\n"
+                    "size: 64x64\n")
+    run = ("run", str(spec), "--out", str(tmp_path / "out"), "--models", str(empty),
+           "--model-cache", str(tmp_path / "cache"))
+    result = farm(*run, "--depot", depot)  # without it: the spec's 'unknown checkpoint' error
+    assert result.returncode == 0, result.stderr
+    assert "fetched Stable-diffusion/tiny15.safetensors" in result.stderr and "fetched Lora/style15" in result.stderr
+    manifest = job_folder(tmp_path / "out") / "manifest.jsonl"
+    (record,) = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert record["model_hash"] == sha256_file(ckpt)[:10] and not list(empty.iterdir())

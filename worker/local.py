@@ -15,12 +15,15 @@ from farm.batching import group_tasks
 from farm.celery_app import make_app
 from farm.expand import expand
 from farm.jobs import write_job_outputs, write_job_record
+from farm.models import Registry, human_size
 from farm.spec import JobSpec
 from farm.store import Store
 from farm.store.failures import refused
 from farm.tunables import MAX_GROUP
 from worker import tasks
 from worker.context import configure
+from worker.kinds import kind_of
+from worker.model_cache import ModelCache
 
 
 @dataclass
@@ -44,11 +47,13 @@ def run_local(
     models_dir: Path,
     on_images: Callable[[int], None] = lambda n: None,
     max_batch: int | None = None,
+    model_cache: ModelCache | None = None,
 ) -> RunSummary:
     """Render every task of the spec that is not yet in the store; then the manifest and sheets.
     Tasks are grouped and batched as on the farm (farm/batching.py), and images are stored while
-    the next batch renders. A failing task is reported and the others still render."""
-    ctx = configure(models_dir, name="local", max_batch=max_batch)
+    the next batch renders. A failing task is reported and the others still render. With a model
+    cache, models_dir includes its root and tasks find what it fetched as a worker's do."""
+    ctx = configure(models_dir, name="local", max_batch=max_batch, model_cache=model_cache)
     app = make_app()
     render = tasks.register(app)
     write_job_record(store, spec)
@@ -89,3 +94,20 @@ def run_local(
     outputs = write_job_outputs(store, spec.job_id)  # as a farm worker finishes a job, without the ledger
     summary.manifest_lines, summary.sheets = outputs.manifest_lines, outputs.sheets
     return summary
+
+
+def fetch_models(spec: JobSpec, cache: ModelCache, models_dir: Path) -> list[str]:
+    """Fetch into the cache, before anything renders, what the spec's tasks need and models_dir
+    (the user's folders and the cache) lacks: from the URLs the spec gives, and from the cache's
+    depot by name. The render loop asks the cache the same per group (ModelCache.ensure); asked
+    here first, a model that cannot be fetched stops the run in one line (DepotUnreachable,
+    TaskError) instead of failing, and downloading again, for each group. Returns a line per model
+    fetched."""
+    registry = Registry(models_dir)
+    before = set(cache.holds())
+    for group in group_tasks(expand(spec), MAX_GROUP):
+        if getattr(kind_of(group[0]), "PIPELINE", True):  # upscale tasks load no checkpoint
+            cache.ensure(group[0], registry)
+    fetched = [cache.cached(sha) for sha in set(cache.holds()) - before]
+    return sorted(f"{path.parent.parent.name}/{path.name} ({human_size(path.stat().st_size)}) into the model "
+                  f"cache {cache.root}" for path in fetched if path is not None)

@@ -321,9 +321,12 @@ class ModelCache:
                 f.flush()
                 os.fsync(f.fileno())
             if done != record.size or digest.hexdigest() != record.sha256:
-                raise HashMismatch(f"depot copy of {record.kind} '{record.name}' is corrupted (sha256 "
+                # a URL's file is no copy to push again: the pin a spec or `farm models link` gives may be wrong
+                source, fix = ((f"the file at {record.url}", "check the sha256 given for it") if record.url else
+                               ("depot copy", "push it again from a good copy"))
+                raise HashMismatch(f"{source} of {record.kind} '{record.name}' is corrupted (sha256 "
                                    f"{digest.hexdigest()[:10]}, {done} bytes; pinned {record.sha256[:10]}, "
-                                   f"{record.size} bytes): discarded; push it again from a good copy")
+                                   f"{record.size} bytes): discarded; {fix}")
             os.replace(temp, target)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):

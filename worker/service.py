@@ -101,6 +101,17 @@ def message_policy(settings: FarmSettings, store_override: str | None) -> Policy
     return Policy(settings.max_message_bytes, lambda url: store_trusted(url, trusted))
 
 
+def open_model_cache(folder: str | None, size: int, depot_url: str | None) -> ModelCache:
+    """The model cache of --model-cache (default: the user's cache folder) and --cache-size,
+    fetching from the depot in the store `depot_url` (None: from models' URLs only); `farm worker`
+    and `farm run` open theirs here."""
+    try:
+        return ModelCache(Path(folder) if folder else default_cache_dir(), size,
+                          Depot(open_store(depot_url)) if depot_url else None)
+    except (ValueError, OSError) as e:
+        raise CacheConfigError(f"model cache or depot: {e} (--model-cache, --depot)") from None
+
+
 def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_override: str | None,
                loglevel: str = "INFO", max_pixels: int | None = None, tags: frozenset[str] = frozenset(),
                max_batch: int | None = None, model_cache: str | None = None,
@@ -124,11 +135,7 @@ def run_worker(settings: FarmSettings, name: str | None, gpu: int | None, store_
     profile = choose_profile(settings.vram, settings.precision, settings.attention, settings.no_half_vae)
     # Models this PC lacks come from the depot (the farm's store unless --depot) into the model
     # cache, a models folder of its own searched after the user's (worker/model_cache.py).
-    try:
-        cache = ModelCache(Path(model_cache) if model_cache else default_cache_dir(), cache_size,
-                           Depot(open_store(depot_url or store_override or settings.store)))
-    except (ValueError, OSError) as e:
-        raise CacheConfigError(f"model cache or depot: {e} (--model-cache, --depot)") from None
+    cache = open_model_cache(model_cache, cache_size, depot_url or store_override or settings.store)
     models = Path(f"{settings.models}{os.pathsep}{cache.root}")
     ledger = Ledger(wait_for_redis(settings.broker_url))
     ctx = configure(models, name=name, profile=profile, allow_pickle=settings.allow_pickle,

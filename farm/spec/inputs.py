@@ -11,6 +11,7 @@ a job record (`farm resume`) takes the pinned images from the record instead of 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -72,7 +73,9 @@ class InputReader:
         path = Path(text).expanduser()
         if not path.is_absolute():
             bases = ([Path(self.file).parent] if self.file and not self.file.startswith("<") else [Path.cwd()])
-            bases += [models_dir] if models_dir is not None else []
+            # models_dir may join several roots with os.pathsep (FARM_MODELS; `farm run`'s model cache)
+            if models_dir is not None:
+                bases += [Path(root) for root in str(models_dir).split(os.pathsep) if root]
             path = next((base / path for base in bases if (base / path).exists()), bases[0] / path)
         if not path.exists():
             raise self.error(node, f"{axis}: no file or folder {text} (relative paths are looked up beside the "
