@@ -22,26 +22,35 @@ def _pipe(family_models, key, which=None):
     return load(FAMILIES[key].files(paths, which))
 
 
+_images: dict = {}
+
+
+def _image(family_models, key, **overrides) -> np.ndarray:
+    """The full-precision image of the family's task with these overrides, rendered once a session:
+    renders are what these tests cost, and several tests compare against the same task's image."""
+    task = FAMILIES[key].make_task(**overrides)
+    if (key, task.id) not in _images:
+        (_images[key, task.id],) = render(_pipe(family_models, key), Slot(task))
+    return _images[key, task.id]
+
+
 @pytest.mark.parametrize("key", ALL)
 def test_an_image_in_a_batch_equals_it_rendered_alone(family_models, key):
     family, pipe = FAMILIES[key], _pipe(family_models, key)
-    task = family.make_task(batch_size=2, seed=11)
+    task = family.make_task(batch_size=2)
     both = render(pipe, Slot(task, 0), Slot(task, 1))
-    (first,) = render(pipe, Slot(task, 0))
-    (second,) = render(pipe, Slot(family.make_task(seed=12)))  # image 1 of a batch is seed + 1
-    np.testing.assert_allclose(both[0], first, atol=1.5)
-    np.testing.assert_allclose(both[1], second, atol=1.5)
+    np.testing.assert_allclose(both[0], _image(family_models, key), atol=1.5)
+    # image 1 of a batch is seed + 1
+    np.testing.assert_allclose(both[1], _image(family_models, key, seed=task.seed + 1), atol=1.5)
     assert np.abs(both[0] - both[1]).max() > 20  # two seeds, two images (measured: 198 to 255 of 255)
 
 
 @pytest.mark.parametrize("key", ALL)
 def test_cfg_1_ignores_the_negative_prompt_and_above_1_uses_it(family_models, key):
-    family, pipe = FAMILIES[key], _pipe(family_models, key)
-    (plain,) = render(pipe, Slot(family.make_task(cfg=1.0, negative_prompt="")))
-    (ignored,) = render(pipe, Slot(family.make_task(cfg=1.0, negative_prompt="blurry")))
-    np.testing.assert_array_equal(ignored, plain)
-    (guided,) = render(pipe, Slot(family.make_task(cfg=4.0, negative_prompt="blurry")))
-    (empty,) = render(pipe, Slot(family.make_task(cfg=4.0, negative_prompt="")))
+    plain = _image(family_models, key, cfg=1.0, negative_prompt="")
+    np.testing.assert_array_equal(_image(family_models, key, cfg=1.0, negative_prompt="blurry"), plain)
+    guided = _image(family_models, key, cfg=4.0, negative_prompt="blurry")
+    empty = _image(family_models, key, cfg=4.0, negative_prompt="")
     # measured (of 255): guided - plain 14 (Flux.2) to 120 (Z-Image); guided - empty 6 to 74
     assert np.abs(guided - plain).max() > 12
     assert np.abs(guided - empty).max() > 3  # the negative prompt itself is used
@@ -49,13 +58,11 @@ def test_cfg_1_ignores_the_negative_prompt_and_above_1_uses_it(family_models, ke
 
 @pytest.mark.parametrize("key", ALL)
 def test_distilled_cfg_changes_the_image_or_is_ignored(family_models, key):
-    family, pipe = FAMILIES[key], _pipe(family_models, key)
-    (low,) = render(pipe, Slot(family.make_task(distilled_cfg=2.0)))
-    (high,) = render(pipe, Slot(family.make_task(distilled_cfg=6.0)))
-    if family.uses_distilled_cfg:
-        assert np.abs(high - low).max() > 3  # measured: 10 of 255
+    usual, high = _image(family_models, key), _image(family_models, key, distilled_cfg=6.0)
+    if FAMILIES[key].uses_distilled_cfg:  # from 3.5
+        assert np.abs(high - usual).max() > 3  # measured: 10 of 255
     else:
-        np.testing.assert_array_equal(high, low)
+        np.testing.assert_array_equal(high, usual)
 
 
 @pytest.mark.parametrize("key", ALL)
@@ -94,10 +101,8 @@ def test_other_files_render_close_to_full_precision(family_models, key, which):
         assert family.probe(other).dtype == torch.float8_e4m3fn
     if kind == "gguf":
         assert isinstance(family.probe(other), GGUFParameter)
-    task = family.make_task(seed=5)
-    (full,) = render(_pipe(family_models, key), Slot(task))
-    (image,) = render(other, Slot(task))
-    diff = np.abs(image - full)
+    (image,) = render(other, Slot(family.make_task()))
+    diff = np.abs(image - _image(family_models, key))
     assert diff.max() <= most and diff.mean() <= mean, (diff.max(), diff.mean())
     if kind:
         assert diff.max() > 0  # it did compute from the quantized weights
@@ -112,8 +117,8 @@ def test_lora_changes_the_image_and_comes_off_exactly(family_models, key, lora):
     family, pipe = FAMILIES[key], _pipe(family_models, key)
     root, _ = family_models(key)
     before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
-    task = family.make_task(seed=3)
-    (bare,) = render(pipe, Slot(task))
+    task = family.make_task()
+    bare = _image(family_models, key)
     try:
         hashes = apply_loras(pipe, [LoraRef(lora, 1.0, 1.0)], Registry(root))
         assert list(hashes) == [lora]
