@@ -39,9 +39,9 @@ def test_an_image_in_a_batch_equals_it_rendered_alone(family_models, key):
     family, pipe = FAMILIES[key], _pipe(family_models, key)
     task = family.make_task(batch_size=2)
     both = render(pipe, Slot(task, 0), Slot(task, 1))
-    np.testing.assert_allclose(both[0], _image(family_models, key), atol=1.5)
+    np.testing.assert_allclose(both[0], _image(family_models, key), atol=1)
     # image 1 of a batch is seed + 1
-    np.testing.assert_allclose(both[1], _image(family_models, key, seed=task.seed + 1), atol=1.5)
+    np.testing.assert_allclose(both[1], _image(family_models, key, seed=task.seed + 1), atol=1)
     assert np.abs(both[0] - both[1]).max() > 20  # two seeds, two images (measured: 198 to 255 of 255)
 
 
@@ -52,7 +52,7 @@ def test_cfg_1_ignores_the_negative_prompt_and_above_1_uses_it(family_models, ke
     guided = _image(family_models, key, cfg=4.0, negative_prompt="blurry")
     empty = _image(family_models, key, cfg=4.0, negative_prompt="")
     # measured (of 255): guided - plain 14 (Flux.2) to 120 (Z-Image); guided - empty 6 to 74
-    assert np.abs(guided - plain).max() > 12
+    assert np.abs(guided - plain).max() > 13
     assert np.abs(guided - empty).max() > 3  # the negative prompt itself is used
 
 
@@ -103,7 +103,7 @@ def test_other_files_render_close_to_full_precision(family_models, key, which):
         assert isinstance(family.probe(other), GGUFParameter)
     (image,) = render(other, Slot(family.make_task()))
     diff = np.abs(image - _image(family_models, key))
-    assert diff.max() <= most and diff.mean() <= mean, (diff.max(), diff.mean())
+    assert diff.max() <= most and diff.mean() < mean, (diff.max(), diff.mean())
     if kind:
         assert diff.max() > 0  # it did compute from the quantized weights
 
