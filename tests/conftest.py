@@ -59,6 +59,15 @@ def tiny_models(tmp_path_factory, private_hash_cache) -> Path:
     return models
 
 
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory, private_hash_cache):
+    """family key -> (models folder, paths) of its tiny models (tests/family_models.py), written
+    once a session for tests/test_families_shared.py and the test_family_*.py files alike."""
+    from family_models import FamilyModels
+
+    return FamilyModels(tmp_path_factory)
+
+
 def farm(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real `farm` console command (the one pip installed) in a subprocess."""
     return subprocess.run(

@@ -1,7 +1,7 @@
 """Flux.1 [dev] and [schnell] (worker/families/flux1.py): tiny models written in ComfyUI's layout
 (worker/tiny_flux1.py) are recognised, find their parts, load through the worker's own path and
-render what diffusers' FluxPipeline renders itself; fp8 and GGUF Q8_0 files render close to the
-full-precision file; LoRAs (kohya and diffusers layouts) apply and come off again."""
+render what diffusers' FluxPipeline renders itself; emphasis weights T5 tokens. What every family
+does alike (batches, CFG, other precisions, LoRAs ...) is in test_families_shared.py."""
 
 from __future__ import annotations
 
@@ -13,22 +13,16 @@ from farm.families import BY_NAME, NOT_A_CHECKPOINT, file_family, header_family
 from farm.model_files import read_tensor_shapes
 from farm.models import Registry
 from farm.parts import resolve_parts
-from factories import make_task
+from family_models import FAMILIES, load
 
 DEV, SCHNELL = "Flux.1 [dev]", "Flux.1 [schnell]"
 PROMPT = "a red robot in a field"
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    from worker.tiny_flux1 import write_tiny, write_tiny_lora
-
-    root = tmp_path_factory.mktemp("comfyui") / "models"
-    dev = write_tiny(root, guidance=True)
-    schnell = write_tiny(root, guidance=False, precisions=("fp32",), all_in_one=False)
-    write_tiny_lora(root, "flux-kohya", "kohya")
-    write_tiny_lora(root, "flux-ait", "diffusers", seed=2)
-    return root, dev, schnell
+def models(family_models):
+    root, dev = family_models("flux1")
+    return root, dev, dev["schnell"]
 
 
 def _files(paths, checkpoint=None):
@@ -38,21 +32,7 @@ def _files(paths, checkpoint=None):
                       (("clip_l", paths["clip_l"]), ("t5xxl", paths["t5xxl"]), ("vae", paths["vae"])))
 
 
-_pipes = {}
-
-
-def _load(files):
-    from worker.pipelines import load_pipeline
-
-    if files not in _pipes:
-        _pipes[files] = load_pipeline(files, device="cpu", dtype=torch.float32)
-    return _pipes[files]
-
-
-def _task(**overrides):
-    defaults = dict(checkpoint="flux1-dev-tiny", prompt=PROMPT, negative_prompt="", sampler="Euler",
-                    schedule="Simple", steps=2, cfg=1.0, distilled_cfg=3.5)
-    return make_task(**{**defaults, **overrides})
+_task = FAMILIES["flux1"].make_task  # the family's task defaults (tests/family_models.py)
 
 
 def _render(pipe, task, n=None):
@@ -103,7 +83,7 @@ def test_encode_matches_diffusers_and_emphasis_weights_t5_tokens(models):
     from worker.families import named
 
     _, dev, _ = models
-    pipe = _load(_files(dev))
+    pipe = load(_files(dev))
     family = named(DEV)
     with torch.inference_mode():  # as the worker's Encoder and the pipeline's call run (grad mode differs by ~1e-5)
         plain = family.encode(pipe, PROMPT, 1)
@@ -129,7 +109,7 @@ def test_encode_matches_diffusers_and_emphasis_weights_t5_tokens(models):
 def test_dev_render_equals_the_diffusers_pipeline(models):
     _, dev, _ = models
     task = _task(distilled_cfg=5.0)
-    (image,) = _render(_load(_files(dev)), task)
+    (image,) = _render(load(_files(dev)), task)
     assert image.std() > 5  # not a flat image: the comparison means something
     np.testing.assert_allclose(image, _reference(True, task, guidance_scale=5.0), atol=1)
 
@@ -137,79 +117,12 @@ def test_dev_render_equals_the_diffusers_pipeline(models):
 def test_schnell_true_cfg_with_a_negative_prompt_equals_the_diffusers_pipeline(models):
     _, _, schnell = models
     task = _task(checkpoint="flux1-schnell-tiny", cfg=3.0, negative_prompt="blurry, dark")
-    pipe = _load(_files(schnell))
+    pipe = load(_files(schnell))
     (image,) = _render(pipe, task)
     np.testing.assert_allclose(image, _reference(False, task, true_cfg_scale=3.0, negative_prompt="blurry, dark"),
                                atol=1)
     (without,) = _render(pipe, _task(checkpoint="flux1-schnell-tiny", cfg=1.0, negative_prompt="blurry, dark"))
     assert np.abs(image - without).max() > 3  # cfg 1: no negative pass (measured: 6 of 255)
-
-
-def test_all_in_one_file_renders_as_the_separate_files(models):
-    _, dev, _ = models
-    task = _task()
-    (separate,) = _render(_load(_files(dev)), task)
-    from worker.families import ModelFiles
-
-    (aio,) = _render(_load(ModelFiles(dev["all_in_one"], (("clip_l", None), ("t5xxl", None), ("vae", None)))), task)
-    np.testing.assert_allclose(aio, separate, atol=1)
-
-
-# measured on the tiny model: fp8 max 6, mean 0.9; Q8_0 max 1, mean 0.14 (of 255)
-@pytest.mark.parametrize("key, atol", [("fp8_e4m3fn", 12), ("Q8_0", 3)])
-def test_fp8_and_gguf_render_close_to_full_precision(models, key, atol):
-    _, dev, _ = models
-    task = _task()
-    (full,) = _render(_load(_files(dev)), task)
-    pipe = _load(_files(dev, dev[key]))
-    if key == "Q8_0":
-        assert type(pipe.transformer.x_embedder.weight).__name__ == "GGUFParameter"
-    else:  # stored in fp8, computed in fp32
-        assert pipe.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
-    (image,) = _render(pipe, task)
-    diff = np.abs(image - full)
-    assert diff.max() <= atol and diff.mean() < atol / 4, (diff.max(), diff.mean())
-    assert diff.max() > 0  # really another precision
-
-
-def test_an_image_in_a_batch_equals_it_rendered_alone(models):
-    _, dev, _ = models
-    pipe = _load(_files(dev))
-    first, second = _render(pipe, _task(batch_size=2))
-    (alone,) = _render(pipe, _task(seed=8))
-    np.testing.assert_allclose(second, alone, atol=1)
-    assert np.abs(first - second).max() > 10
-
-
-@pytest.mark.parametrize("lora", ["flux-kohya", "flux-ait"])
-def test_loras_change_the_image_and_come_off_again(models, lora):
-    from farm.prompts import LoraRef
-    from worker.lora import apply_loras, remove_loras
-
-    root, dev, _ = models
-    pipe = _load(_files(dev))
-    task = _task()
-    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
-    (bare,) = _render(pipe, task)
-    hashes = apply_loras(pipe, [LoraRef(lora, 1.0, 1.0)], Registry(root))
-    assert list(hashes) == [lora]
-    try:
-        (styled,) = _render(pipe, task)
-    finally:
-        remove_loras(pipe)
-    assert np.abs(styled - bare).max() > 10
-    after = pipe.transformer.state_dict()
-    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
-    (again,) = _render(pipe, task)
-    np.testing.assert_array_equal(again, bare)
-
-
-def test_sizes_not_multiple_of_16_are_refused(models):
-    from worker.render import RenderError
-
-    _, dev, _ = models
-    with pytest.raises(RenderError, match="multiples of 16"):
-        _render(_load(_files(dev)), _task(width=72))
 
 
 def test_truncated_or_wrong_variant_files_fail_in_one_line(models, tmp_path):
@@ -224,14 +137,14 @@ def test_truncated_or_wrong_variant_files_fail_in_one_line(models, tmp_path):
     broken.write_bytes(dev["denoiser"].read_bytes()[:-1000])
     shutil.copytree(dev["denoiser"].with_name("flux1-dev-tiny.config"), broken.with_name("flux1-dev-tiny.config"))
     with pytest.raises(ModelLoadError, match=r"^flux1-dev-tiny\.safetensors: ") as error:
-        _load(_files(dev, broken))
+        load(_files(dev, broken))
     assert "\n" not in str(error.value)
     # a [schnell] file beside a [dev] config folder
     other = tmp_path / "diffusion_models" / "flux1-other.safetensors"
     shutil.copy(schnell["denoiser"], other)
     shutil.copytree(dev["denoiser"].with_name("flux1-dev-tiny.config"), other.with_name("flux1-other.config"))
     with pytest.raises(ModelLoadError, match=r"^flux1-other\.safetensors: .*other variant"):
-        _load(ModelFiles(other, _files(dev).parts))
+        load(ModelFiles(other, _files(dev).parts))
 
 
 def test_make_tiny_cli_writes_a_family(tmp_path):

@@ -2,7 +2,8 @@
 ComfyUI's layout (denoiser in BFL's keys as safetensors, fp8 and GGUF Q8_0; qwen_3_4b / qwen_3_8b;
 flux2-vae; all-in-one files), recognised and resolved by the farm, loaded through load_pipeline
 and rendered through render_batch like diffusers' own Flux2KleinPipeline call; conversions both
-ways, conditioning, guidance, batches, LoRAs."""
+ways, conditioning, the 9B variant. What every family does alike (batches, CFG, other
+precisions, emphasis, LoRAs ...) is in test_families_shared.py."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from farm.families import NOT_A_CHECKPOINT, header_family
 from farm.model_files import read_tensor_shapes, weights_precision
 from farm.models import Registry
 from farm.parts import resolve_parts
-from farm.prompts import LoraRef
-from factories import make_task
+from family_models import FAMILIES, load
 from worker import tiny_flux2, tiny_parts
 from worker.families import flux2, named, of_pipeline
 from worker.families.base import ModelFiles
@@ -28,12 +28,8 @@ FAMILY = "Flux.2 [klein] 4B"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    models = tmp_path_factory.mktemp("flux2-models")
-    paths = tiny_flux2.write_tiny(models, "4b", precisions=("fp32", "bf16", "fp8_e4m3fn", "Q8_0"))
-    paths["kohya_lora"] = tiny_flux2.write_tiny_lora(models, "klein-kohya", "kohya")
-    paths["diffusers_lora"] = tiny_flux2.write_tiny_lora(models, "klein-aitk", "diffusers", seed=2)
-    return models, paths
+def tiny(family_models):
+    return family_models("flux2")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +46,7 @@ def _files(paths, which="denoiser", role="qwen3_4b"):
 
 @pytest.fixture(scope="module")
 def pipe(tiny):
-    return load_pipeline(_files(tiny[1]), "cpu", torch.float32)
+    return load(_files(tiny[1]))
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +54,7 @@ def reference():
     return tiny_flux2.tiny_pipeline("4b")
 
 
-def _task(**overrides):
-    base = dict(checkpoint="flux2-klein-4b-tiny", sampler="Euler", schedule="Simple", steps=2, cfg=1.0,
-                prompt="a red robot", negative_prompt="blurry")
-    return make_task(**{**base, **overrides})
+_task = FAMILIES["flux2"].make_task  # the family's task defaults (tests/family_models.py)
 
 
 def _render(pipe, *slots) -> np.ndarray:
@@ -176,13 +169,6 @@ def test_encode_is_the_pipelines_own_stacked_layers(pipe, reference):
     np.testing.assert_allclose(cond.embeds.numpy(), torch.cat([hidden[i] for i in (1, 2, 3)], -1).numpy(), atol=1e-5)
 
 
-def test_emphasis_syntax_is_dropped_and_its_weights_ignored(pipe):
-    family = of_pipeline(pipe)
-    plain = family.encode(pipe, "a red robot", 1).embeds
-    for text in ("a (red:1.5) robot", "a ((red)) [robot]"):
-        torch.testing.assert_close(family.encode(pipe, text, 1).embeds, plain, rtol=0, atol=0)
-
-
 # ---- rendering ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
@@ -197,45 +183,6 @@ def test_render_equals_the_pipelines_own_call(pipe, reference, cfg):
                         **kwargs).images
     np.testing.assert_allclose(ours, np.round(own * 255) / 255, atol=1.5 / 255)
     assert ours.std() > 0.02  # an image, not a flat field
-
-
-def test_cfg_uses_the_negative_prompt(pipe):
-    plain = _render(pipe, Slot(_task(cfg=1.0, negative_prompt="")))
-    assert np.array_equal(plain, _render(pipe, Slot(_task(cfg=1.0, negative_prompt="blurry"))))
-    guided = _render(pipe, Slot(_task(cfg=4.0, negative_prompt="blurry")))
-    assert np.abs(guided - plain).max() > 0.05
-
-
-def test_batch_invariance(pipe):
-    task = _task(batch_size=2, seed=11)
-    both = _render(pipe, Slot(task, 0), Slot(task, 1))
-    alone = _render(pipe, Slot(_task(seed=12)))
-    np.testing.assert_allclose(both[1], alone[0], atol=1.5 / 255)
-    assert np.abs(both[0] - both[1]).max() > 0.05
-
-
-def test_sizes_must_be_multiples_of_16(pipe):
-    from worker.render import RenderError
-
-    with pytest.raises(RenderError):
-        _render(pipe, Slot(_task(width=72)))
-
-
-@pytest.mark.parametrize("which,atol,mean", [("all_in_one", 1.5 / 255, 1e-3), ("bf16", 0.03, 0.003),
-                                              ("Q8_0", 0.03, 0.005), ("fp8_e4m3fn", 0.15, 0.02)])
-def test_other_files_render_close_to_full_precision(tiny, pipe, which, atol, mean):
-    """Measured on the tiny random model (uint8 image / 255): bf16 max 0.008 / mean 0.0004, GGUF Q8_0
-    max 0.008 / mean 0.0008, fp8 e4m3fn max 0.055 / mean 0.005."""
-    other = load_pipeline(_files(tiny[1], which), "cpu", torch.float32)
-    block = other.transformer.transformer_blocks[0].attn.to_q
-    if which == "fp8_e4m3fn":
-        assert block.weight.dtype == torch.float8_e4m3fn
-    if which == "Q8_0":
-        assert type(block.weight).__name__ == "GGUFParameter"
-    task = _task()
-    full, theirs = _render(pipe, Slot(task)), _render(other, Slot(task))
-    np.testing.assert_allclose(theirs, full, atol=atol)
-    assert np.abs(theirs - full).mean() <= mean
 
 
 def test_9b_loads_and_renders_like_its_own_pipeline(tiny_9b):
@@ -259,26 +206,3 @@ def test_a_4b_encoder_with_a_9b_denoiser_is_refused(tiny, tiny_9b):
         load_pipeline(ModelFiles(paths9["denoiser"], (("qwen3_8b", paths["qwen3_4b"]), ("vae", paths["vae"]))),
                       "cpu", torch.float32)
     assert "qwen_3_4b.safetensors" in str(e.value) and "\n" not in str(e.value)
-
-
-# ---- LoRAs --------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("lora", ["klein-kohya", "klein-aitk"])
-def test_lora_changes_the_image_and_is_removed_again(tiny, pipe, lora):
-    from worker.lora import apply_loras, remove_loras
-
-    models, _ = tiny
-    bare_weights = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
-    task = _task()
-    bare = _render(pipe, Slot(task))
-    try:
-        hashes = apply_loras(pipe, [LoraRef(lora, 1.0, 1.0)], Registry(models))
-        assert set(hashes) == {lora}
-        styled = _render(pipe, Slot(task))
-    finally:
-        remove_loras(pipe)
-    assert np.abs(styled - bare).max() > 0.05
-    after = pipe.transformer.state_dict()
-    assert after.keys() == bare_weights.keys()
-    assert all(torch.equal(after[k], v) for k, v in bare_weights.items())
-    assert np.array_equal(_render(pipe, Slot(task)), bare)

@@ -1,6 +1,7 @@
 """SD3.5 Large and Medium (worker/families/sd35.py): the tiny models written in ComfyUI's layout are
 recognised, resolve their parts, load through the worker and render as diffusers' own pipeline
-does; GGUF Q8_0, fp8 and all-in-one files; emphasis, clip skip, batches and LoRAs."""
+does; emphasis on CLIP and T5, clip skip, LoRA name layouts, Stability's and scaled-fp8 files. What
+every family does alike (batches, CFG, other precisions, LoRAs ...) is in test_families_shared.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from factories import make_task
+from family_models import FAMILIES, load
 from farm.families import BY_NAME, NOT_A_CHECKPOINT, header_family
 from farm.model_files import read_tensor_shapes
 
@@ -19,39 +20,21 @@ VARIANTS = {"medium": "SD3.5 Medium", "large": "SD3.5 Large"}
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> tuple[Path, dict]:
+def models(family_models) -> tuple[Path, dict]:
     """One ComfyUI models folder with both tiny variants (they share encoders and VAE)."""
-    from worker.families.sd35 import write_tiny, write_tiny_lora
-
-    root = tmp_path_factory.mktemp("sd35") / "models"
-    paths = {variant: write_tiny(root, variant) for variant in VARIANTS}
-    for layout in ("kohya", "comfyui", "diffusers"):
-        write_tiny_lora(root, f"sd35_{layout}", "medium", layout)
-    return root, paths
+    root, medium = family_models("sd35")
+    return root, {"medium": medium, "large": medium["large"]}
 
 
-def _files(paths: dict, key: str = "diffusion_model"):
-    from worker.families.base import ModelFiles
-
-    if key == "checkpoint":  # all-in-one: every part inside
-        return ModelFiles(paths[key], tuple((role, None) for role in ("clip_l", "clip_g", "t5xxl", "vae")))
-    return ModelFiles(paths[key], tuple((role, paths[role]) for role in ("clip_l", "clip_g", "t5xxl", "vae")))
+def _files(paths: dict):
+    return FAMILIES["sd35"].files(paths)
 
 
-_loaded: dict = {}
+def _load(paths: dict):
+    return load(_files(paths))
 
 
-def _load(paths: dict, key: str = "diffusion_model"):
-    from worker.pipelines import load_pipeline
-
-    if (paths[key], key) not in _loaded:
-        _loaded[(paths[key], key)] = load_pipeline(_files(paths, key), "cpu", torch.float32)
-    return _loaded[(paths[key], key)]
-
-
-def _task(**overrides):
-    return make_task(**{"checkpoint": "tiny-sd35", "sampler": "Euler", "schedule": "Simple", "cfg": 4.5,
-                        **overrides})
+_task = FAMILIES["sd35"].make_task  # the family's task defaults (tests/family_models.py)
 
 
 def _render(pipe, *tasks_and_images):
@@ -192,77 +175,6 @@ def test_emphasis_on_clip_and_t5_keeps_each_mean(models):
         assert not torch.allclose(a, b), name
         torch.testing.assert_close(a.mean(), b.mean(), atol=1e-5, rtol=1e-4)
     assert torch.equal(weighted[0, :77, 96:], torch.zeros(77, 32))  # CLIP padded to T5's width
-
-
-def test_all_in_one_renders_as_the_separate_files(models):
-    _, paths = models
-    task = _task(seed=11)
-    (separate,) = _render(_load(paths["medium"]), (task, 0))
-    (inside,) = _render(_load(paths["medium"], "checkpoint"), (task, 0))
-    np.testing.assert_allclose(inside, separate, atol=1.0)
-
-
-def test_gguf_and_fp8_render_close_to_full_precision(models):
-    from diffusers.quantizers.gguf.utils import GGUFParameter
-
-    _, paths = models
-    task = _task(seed=5)
-    (full,) = _render(_load(paths["medium"]), (task, 0))
-    gguf_pipe = _load(paths["medium"], "gguf")
-    assert isinstance(gguf_pipe.transformer.transformer_blocks[0].attn.to_q.weight, GGUFParameter)
-    (gguf,) = _render(gguf_pipe, (task, 0))
-    fp8_pipe = _load(paths["medium"], "fp8")
-    assert fp8_pipe.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
-    (fp8,) = _render(fp8_pipe, (task, 0))
-    # measured on the tiny Medium (0..255): Q8_0 max 2-3, mean ~0.2; fp8 e4m3fn max 13-17, mean ~1.5-2
-    assert np.abs(gguf - full).max() <= 6 and np.abs(gguf - full).mean() < 0.6
-    assert np.abs(fp8 - full).max() <= 40 and np.abs(fp8 - full).mean() < 4
-    assert np.abs(fp8 - full).max() > 0  # it did compute from fp8 weights
-
-
-def test_batch_of_two_equals_each_alone(models):
-    _, paths = models
-    pipe = _load(paths["medium"])
-    task = _task(seed=21, batch_size=2)
-    both = _render(pipe, (task, 0), (task, 1))
-    alone = [_render(pipe, (task, i))[0] for i in (0, 1)]
-    for b, a in zip(both, alone):
-        np.testing.assert_allclose(b, a, atol=1.0)
-    assert np.abs(both[0] - both[1]).max() > 10
-
-
-def test_cfg_1_renders_without_the_negative(models):
-    _, paths = models
-    pipe = _load(paths["medium"])
-    one = _render(pipe, (_task(cfg=1.0, negative_prompt="blurry"), 0))[0]
-    other = _render(pipe, (_task(cfg=1.0, negative_prompt="sharp"), 0))[0]
-    np.testing.assert_array_equal(one, other)
-
-
-# ---- LoRAs -------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("layout", ["kohya", "comfyui", "diffusers"])
-def test_lora_changes_the_image_and_comes_off_exactly(models, layout):
-    from farm.models import Registry
-    from farm.prompts import LoraRef
-    from worker.lora import apply_loras, remove_loras
-
-    root, paths = models
-    pipe = _load(paths["medium"])
-    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
-    task = _task(seed=3)
-    (bare,) = _render(pipe, (task, 0))
-    hashes = apply_loras(pipe, [LoraRef(f"sd35_{layout}", 1.0, 1.0)], Registry(root))
-    assert list(hashes) == [f"sd35_{layout}"]
-    try:
-        (styled,) = _render(pipe, (task, 0))
-    finally:
-        remove_loras(pipe)
-    assert np.abs(styled - bare).max() > 5
-    after = pipe.transformer.state_dict()
-    assert after.keys() == before.keys()
-    assert all(torch.equal(after[k], v) for k, v in before.items())
-    np.testing.assert_array_equal(_render(pipe, (task, 0))[0], bare)
 
 
 def test_kohya_and_comfyui_names_convert_to_the_same_lora(models):

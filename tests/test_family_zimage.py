@@ -1,7 +1,9 @@
 """Z-Image Turbo (worker/families/zimage.py): the tiny model written in ComfyUI's layout
 (denoiser in the original keys as safetensors, fp8 and GGUF Q8_0; qwen_3_4b; ae; an all-in-one
 file), recognised and resolved by the farm, loaded through load_pipeline and rendered through
-render_batch like diffusers' own ZImagePipeline call; conditioning, guidance, batches, LoRAs."""
+render_batch like diffusers' own ZImagePipeline call; conditioning, prompts of different lengths
+in one call. What every family does alike (batches, CFG, other precisions, emphasis, LoRAs ...) is
+in test_families_shared.py."""
 
 from __future__ import annotations
 
@@ -13,8 +15,7 @@ from farm.families import NOT_A_CHECKPOINT, header_family
 from farm.model_files import read_tensor_shapes, weights_precision
 from farm.models import Registry
 from farm.parts import resolve_parts
-from farm.prompts import LoraRef
-from factories import make_task
+from family_models import FAMILIES, load
 from worker.families import of_pipeline, zimage
 from worker.families.base import ModelFiles
 from worker.pipelines import load_pipeline
@@ -25,23 +26,13 @@ FAMILY = "Z-Image Turbo"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    models = tmp_path_factory.mktemp("zimage-models")
-    paths = zimage.write_tiny(models)
-    paths["kohya_lora"] = zimage.write_tiny_lora(models, "zlora-kohya", "kohya")
-    paths["diffusers_lora"] = zimage.write_tiny_lora(models, "zlora-aitk", "diffusers", seed=2)
-    return models, paths
-
-
-def _files(paths, which="checkpoint"):
-    if which == "all_in_one":
-        return ModelFiles(paths[which], (("qwen3_4b", None), ("vae", None)))
-    return ModelFiles(paths[which], (("qwen3_4b", paths["qwen3_4b"]), ("vae", paths["vae"])))
+def tiny(family_models):
+    return family_models("zimage")
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny):
-    return load_pipeline(_files(tiny[1]), "cpu", torch.float32)
+    return load(FAMILIES["zimage"].files(tiny[1]))
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +40,7 @@ def reference():
     return zimage.tiny_pipeline()
 
 
-def _task(**overrides):
-    base = dict(checkpoint="zimage-tiny", sampler="Euler", schedule="Simple", steps=2, cfg=1.0,
-                prompt="a red robot", negative_prompt="blurry")
-    return make_task(**{**base, **overrides})
+_task = FAMILIES["zimage"].make_task  # the family's task defaults (tests/family_models.py)
 
 
 def _render(pipe, *slots) -> np.ndarray:
@@ -115,15 +103,12 @@ def test_encode_is_the_pipelines_own_qwen3_layer_minus_2_without_padding(pipe):
     torch.testing.assert_close(cond.embeds[0], plain[0], rtol=0, atol=0)
 
 
-def test_emphasis_syntax_is_dropped_and_its_weights_ignored(pipe):
+def test_break_is_dropped_and_escapes_become_plain_text(pipe):
+    """(Emphasis dropped: test_families_shared.py.)"""
     family = of_pipeline(pipe)
     plain = family.encode(pipe, "a red robot", 1).embeds
-    for text in ("a (red:1.5) robot", "a ((red)) [robot]", "a red BREAK robot"):
-        emphasised = family.encode(pipe, text, 1).embeds
-        if "BREAK" in text:  # "a red  robot": the words stay, the keyword goes
-            assert emphasised.shape[1] == plain.shape[1]
-        else:
-            torch.testing.assert_close(emphasised, plain, rtol=0, atol=0)
+    # "a red  robot": the words stay, the keyword goes
+    assert family.encode(pipe, "a red BREAK robot", 1).embeds.shape[1] == plain.shape[1]
     assert zimage.plain_text(r"a \(red\) robot") == "a (red) robot"
 
 
@@ -139,21 +124,6 @@ def test_render_equals_the_pipelines_own_call(pipe, reference, cfg):
                         output_type="np").images
     np.testing.assert_allclose(ours, np.round(own * 255) / 255, atol=1.5 / 255)
     assert ours.std() > 0.02  # an image, not a flat field
-
-
-def test_cfg_uses_the_negative_prompt(pipe):
-    plain = _render(pipe, Slot(_task(cfg=1.0, negative_prompt="")))
-    assert np.array_equal(plain, _render(pipe, Slot(_task(cfg=1.0, negative_prompt="blurry"))))
-    guided = _render(pipe, Slot(_task(cfg=4.0, negative_prompt="blurry")))
-    assert np.abs(guided - plain).max() > 0.05
-
-
-def test_batch_invariance(pipe):
-    task = _task(batch_size=2, seed=11)
-    both = _render(pipe, Slot(task, 0), Slot(task, 1))
-    alone = _render(pipe, Slot(_task(seed=12)))
-    np.testing.assert_allclose(both[1], alone[0], atol=1.5 / 255)
-    assert np.abs(both[0] - both[1]).max() > 0.05
 
 
 def test_prompts_of_different_lengths_in_one_call(pipe):
@@ -176,42 +146,3 @@ def test_prompts_of_different_lengths_in_one_call(pipe):
     together = call([0, 1])
     np.testing.assert_allclose(together[0], call([0])[0], atol=2e-4)
     np.testing.assert_allclose(together[1], call([1])[0], atol=2e-4)
-
-
-@pytest.mark.parametrize("which,atol,mean", [("all_in_one", 1.5 / 255, 1e-3), ("gguf", 0.06, 0.01),
-                                              ("fp8", 0.25, 0.04)])
-def test_other_files_render_close_to_full_precision(tiny, pipe, which, atol, mean):
-    """Measured on the tiny model (random weights, so quantization errors are large): GGUF Q8_0
-    max 0.035 / mean 0.005, fp8 e4m3fn max 0.16 / mean 0.025 (uint8 image / 255)."""
-    other = load_pipeline(_files(tiny[1], which), "cpu", torch.float32)
-    if which == "fp8":
-        assert other.transformer.layers[0].attention.to_q.weight.dtype == torch.float8_e4m3fn
-    if which == "gguf":
-        assert type(other.transformer.layers[0].attention.to_q.weight).__name__ == "GGUFParameter"
-    task = _task()
-    full, theirs = _render(pipe, Slot(task)), _render(other, Slot(task))
-    np.testing.assert_allclose(theirs, full, atol=atol)
-    assert np.abs(theirs - full).mean() <= mean
-
-
-# ---- LoRAs --------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("lora", ["zlora-kohya", "zlora-aitk"])
-def test_lora_changes_the_image_and_is_removed_again(tiny, pipe, lora):
-    from worker.lora import apply_loras, remove_loras
-
-    models, _ = tiny
-    bare_weights = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
-    task = _task()
-    bare = _render(pipe, Slot(task))
-    try:
-        hashes = apply_loras(pipe, [LoraRef(lora, 1.0, 1.0)], Registry(models))
-        assert set(hashes) == {lora}
-        styled = _render(pipe, Slot(task))
-    finally:
-        remove_loras(pipe)
-    assert np.abs(styled - bare).max() > 0.05
-    after = pipe.transformer.state_dict()
-    assert after.keys() == bare_weights.keys()
-    assert all(torch.equal(after[k], v) for k, v in bare_weights.items())
-    assert np.array_equal(_render(pipe, Slot(task)), bare)
