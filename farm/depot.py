@@ -15,14 +15,14 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from farm.model_files import ModelFileError
 from farm.models import KIND_DIRS, KINDS, SUFFIXES, ModelFile, Registry
 from farm.store import Store
-from farm.store.base import CHUNK
 from farm.store import layout
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -112,12 +112,12 @@ class Depot:
                     found.append(record)
         return sorted(found, key=lambda r: (KINDS.index(r.kind), r.name.lower(), r.sha256))
 
-    def chunks(self, record: DepotRecord) -> Iterator[bytes]:
-        """The model file's bytes as they arrive, from the store or the record's URL (verified by
-        the reader: worker/model_cache.py)."""
+    def open(self, record: DepotRecord) -> BinaryIO:
+        """The model file as a stream to read, from the store or the record's URL (verified by the
+        reader: worker/model_cache.py); FileNotFoundError when it is not there."""
         if record.url:
-            return url_chunks(record.url)
-        return self.store.read_chunks(layout.model_object_key(record.sha256))
+            return url_open(record.url)
+        return self.store.open_read(layout.model_object_key(record.sha256))
 
     def where(self, record: DepotRecord) -> str:
         """Where a model's bytes come from, for messages."""
@@ -202,18 +202,16 @@ def _open_url(url: str, method: str = "GET"):
     return urllib.request.urlopen(request, timeout=URL_TIMEOUT)  # noqa: S310 (http(s) only: URL)
 
 
-def url_chunks(url: str) -> Iterator[bytes]:
-    """A URL's bytes in chunks; a 404 is FileNotFoundError, as for a store."""
+def url_open(url: str) -> BinaryIO:
+    """A URL's body as a stream to read; a 404 is FileNotFoundError, as for a store."""
     import urllib.error
 
     try:
-        response = _open_url(url)
+        return _open_url(url)
     except urllib.error.HTTPError as e:
         if e.code == 404:
             raise FileNotFoundError(url) from None
         raise
-    with response:
-        yield from iter(lambda: response.read(CHUNK), b"")
 
 
 def words_in(names: Iterable[str], texts: Iterable[str]) -> list[str]:
