@@ -15,15 +15,16 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from farm.model_files import ModelFileError
 from farm.models import KIND_DIRS, KINDS, SUFFIXES, ModelFile, Registry
 from farm.store import Store
-from farm.store.base import CHUNK
 from farm.store import layout
+from farm.vram import Weights, file_weights, own_weights
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 URL = re.compile(r"(hf://[^/\s]+/[^/\s]+/\S+|https?://\S+)$")
@@ -46,12 +47,22 @@ class DepotRecord:
     a1111_hash: str  # what A1111 shows: 10 hex for checkpoints and VAEs, 12 for LoRAs and embeddings
     suffix: str  # .safetensors, .gguf ...: how a worker's loader reads the file
     url: str = ""  # a model kept elsewhere (hf://, https://): workers fetch it from there, pinned by sha256
+    # What its weights take, read from its header at push: (role, bytes, precision) per farm/vram.py's
+    # own_weights for a checkpoint ("denoiser", and parts inside an all-in-one file), ("file", ...)
+    # for a text encoder or VAE; () when unknown (a URL, a pickle, a record older than the field):
+    # a worker then cannot weigh a checkpoint it would fetch for VRAM, and does not.
+    weights: tuple[tuple[str, int, str], ...] = ()
 
     def to_json(self) -> str:
         data = asdict(self)
-        if not self.url:
-            del data["url"]
+        for optional in ("url", "weights"):
+            if not data[optional]:
+                del data[optional]
         return json.dumps(data, sort_keys=True)
+
+    def held(self) -> dict[str, Weights]:
+        """The weights by role (farm.vram.Weights); {} when the record does not say."""
+        return {role: Weights(size, precision) for role, size, precision in self.weights}
 
     @classmethod
     def from_json(cls, data: bytes) -> DepotRecord | None:
@@ -60,7 +71,8 @@ class DepotRecord:
             return None
         try:
             raw = json.loads(data)
-            record = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k != "url"}, url=raw.get("url", ""))
+            record = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k not in ("url", "weights")},
+                         url=raw.get("url", ""), weights=_weights(raw.get("weights")))
         except (ValueError, TypeError, KeyError):
             return None
         ok = (isinstance(record.sha256, str) and SHA256.fullmatch(record.sha256) and record.kind in KINDS
@@ -69,6 +81,30 @@ class DepotRecord:
               and all(isinstance(v, str) for v in (record.family, record.a1111_hash, record.url))
               and (not record.url or URL.match(record.url)))
         return record if ok else None
+
+
+def _weights(raw) -> tuple[tuple[str, int, str], ...]:
+    """A record's weights field, or () for anything else (optional: the record stays usable)."""
+    if not isinstance(raw, list) or len(raw) > 16:
+        return ()
+    ok = all(isinstance(w, list) and len(w) == 3 and isinstance(w[0], str) and len(w[0]) <= 40
+             and isinstance(w[1], int) and w[1] >= 0 and isinstance(w[2], str) and len(w[2]) <= 40 for w in raw)
+    return tuple(tuple(w) for w in raw) if ok else ()
+
+
+def stored_weights(model: ModelFile, family_name: str) -> tuple[tuple[str, int, str], ...]:
+    """What a checkpoint, text encoder or VAE file's weights take (DepotRecord.weights), from its
+    header; () for other kinds and for a file whose header cannot be read."""
+    try:
+        if model.kind == "checkpoint":
+            held = own_weights(family_name, model.path)
+        elif model.kind in ("text_encoder", "vae"):
+            held = {"file": file_weights(model.path)}
+        else:
+            return ()
+    except (ModelFileError, OSError):
+        return ()
+    return tuple((role, w.bytes, w.precision) for role, w in held.items())
 
 
 class Depot:
@@ -112,12 +148,12 @@ class Depot:
                     found.append(record)
         return sorted(found, key=lambda r: (KINDS.index(r.kind), r.name.lower(), r.sha256))
 
-    def chunks(self, record: DepotRecord) -> Iterator[bytes]:
-        """The model file's bytes as they arrive, from the store or the record's URL (verified by
-        the reader: worker/model_cache.py)."""
+    def open(self, record: DepotRecord) -> BinaryIO:
+        """The model file as a stream to read, from the store or the record's URL (verified by the
+        reader: worker/model_cache.py); FileNotFoundError when it is not there."""
         if record.url:
-            return url_chunks(record.url)
-        return self.store.read_chunks(layout.model_object_key(record.sha256))
+            return url_open(record.url)
+        return self.store.open_read(layout.model_object_key(record.sha256))
 
     def where(self, record: DepotRecord) -> str:
         """Where a model's bytes come from, for messages."""
@@ -150,7 +186,8 @@ class Depot:
                 family, a1111 = model.family(), model.a1111_hash()
             except ModelFileError:  # a header this version cannot read: the file still travels
                 family, a1111 = "?", sha[:10]
-            record = DepotRecord(sha, stem, model.kind, family, model.size, a1111, model.path.suffix.lower())
+            record = DepotRecord(sha, stem, model.kind, family, model.size, a1111, model.path.suffix.lower(),
+                                 weights=stored_weights(model, family))
             self.store.write_file(layout.model_object_key(sha), model.path, progress)
             self.store.write_text(layout.model_record_key(sha), record.to_json())  # last: the file is whole
         else:
@@ -202,18 +239,16 @@ def _open_url(url: str, method: str = "GET"):
     return urllib.request.urlopen(request, timeout=URL_TIMEOUT)  # noqa: S310 (http(s) only: URL)
 
 
-def url_chunks(url: str) -> Iterator[bytes]:
-    """A URL's bytes in chunks; a 404 is FileNotFoundError, as for a store."""
+def url_open(url: str) -> BinaryIO:
+    """A URL's body as a stream to read; a 404 is FileNotFoundError, as for a store."""
     import urllib.error
 
     try:
-        response = _open_url(url)
+        return _open_url(url)
     except urllib.error.HTTPError as e:
         if e.code == 404:
             raise FileNotFoundError(url) from None
         raise
-    with response:
-        yield from iter(lambda: response.read(CHUNK), b"")
 
 
 def words_in(names: Iterable[str], texts: Iterable[str]) -> list[str]:

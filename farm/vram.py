@@ -145,21 +145,20 @@ def footprint(family_name: str, checkpoint: Path, parts: dict[str, Path | None] 
     it holds it, else left out. A diffusers folder holds its own parts. Raises ModelFileError (or
     OSError) for a file that cannot be read."""
     checkpoint = Path(checkpoint)
-    parts = parts or {}
     if is_diffusers_folder(checkpoint):
         return _folder_footprint(family_name, checkpoint)
-    facts = family(family_name) or DEFAULT
-    encoders: list[Weights] = []
-    vae = None
-    for part in facts.parts:
-        if parts.get(part.role) is not None:
-            w = file_weights(parts[part.role])
-            if part.kind == "vae":
-                vae = w
-            else:
-                encoders.append(w)
+    given = {role: file_weights(path) for role, path in (parts or {}).items() if path is not None}
+    return assemble(family_name, own_weights(family_name, checkpoint), given)
+
+
+def own_weights(family_name: str, checkpoint: Path) -> dict[str, Weights]:
+    """What a checkpoint file holds itself, by role: "denoiser", and each part of its family stored
+    inside it (an all-in-one file). The depot records it at push (farm/depot.py), so that a worker
+    that would fetch the file weighs it first. Raises ModelFileError (or OSError)."""
+    checkpoint = Path(checkpoint)
     if checkpoint.suffix.lower() != ".safetensors":  # GGUF (a denoiser alone), a pickle: its size
-        return Footprint(family_name, file_weights(checkpoint), tuple(encoders), vae)
+        return {"denoiser": file_weights(checkpoint)}
+    facts = family(family_name) or DEFAULT
     header = read_safetensors_header(checkpoint)
     tensors = {k: (v["dtype"], tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"}
     inside: dict[str, dict] = {}  # role -> its tensors in this file
@@ -167,19 +166,30 @@ def footprint(family_name: str, checkpoint: Path, parts: dict[str, Path | None] 
         prefixes = part.in_checkpoint + (("first_stage_model.",) if part.kind == "vae" else ())
         inside[part.role] = {k: v for k, v in tensors.items() if k.startswith(prefixes)}
     taken = {k for found in inside.values() for k in found}
-    for part in facts.parts:
-        if parts.get(part.role) is None and inside[part.role]:  # the checkpoint's own part is used
-            w = Weights(sum(_tensor_bytes(*v) for v in inside[part.role].values()),
-                        weights_precision(inside[part.role]))
-            if part.kind == "vae":
-                vae = w
-            else:
-                encoders.append(w)
     rest = {k: v for k, v in tensors.items() if k not in taken}
     # an all-in-one SD file keeps its text encoders under other prefixes; they count as the denoiser's
-    denoiser = Weights(sum(_tensor_bytes(*v) for v in rest.values()),
-                       weights_precision({k: v for k, v in rest.items() if k.startswith(DENOISER_PREFIX)} or rest))
-    return Footprint(family_name, denoiser, tuple(encoders), vae)
+    held = {"denoiser": Weights(sum(_tensor_bytes(*v) for v in rest.values()),
+                                weights_precision({k: v for k, v in rest.items() if k.startswith(DENOISER_PREFIX)} or rest))}
+    for role, found in inside.items():
+        if found:
+            held[role] = Weights(sum(_tensor_bytes(*v) for v in found.values()), weights_precision(found))
+    return held
+
+
+def assemble(family_name: str, own: dict[str, Weights], given: dict[str, Weights]) -> Footprint:
+    """A render's footprint from the checkpoint's own weights (own_weights) and the parts given as
+    files, role -> their weights; a part given neither way is left out."""
+    encoders: list[Weights] = []
+    vae = None
+    for part in (family(family_name) or DEFAULT).parts:
+        w = given.get(part.role) or own.get(part.role)
+        if w is None:
+            continue
+        if part.kind == "vae":
+            vae = w
+        else:
+            encoders.append(w)
+    return Footprint(family_name, own["denoiser"], tuple(encoders), vae)
 
 
 def _folder_footprint(family_name: str, folder: Path) -> Footprint:

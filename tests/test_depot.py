@@ -57,7 +57,8 @@ def test_push_stores_the_file_under_its_sha256_with_a_record_and_skips_it_the_se
     assert store.read_bytes(layout.model_object_key(sha)) == model.path.read_bytes()
     assert depot.record(sha) == record and depot.by_name("checkpoint", "Deliberate_v2") == record
     assert depot.records() == [record]
-    assert b"".join(depot.chunks(depot.record(sha))) == model.path.read_bytes()
+    with depot.open(depot.record(sha)) as f:
+        assert f.read() == model.path.read_bytes()
     assert depot.push(model) == (record, False)  # already there: nothing sent
 
 
@@ -77,7 +78,8 @@ def test_s3_push_is_multipart_and_resumes_an_unfinished_upload(bucket_url, tmp_p
     monkeypatch.setattr(store.client, "upload_part", lambda **kw: sent_parts.append(kw["PartNumber"]) or real(**kw))
     Depot(store).push(model)
     assert sorted(sent_parts) == [2, 3, 4]  # part 1 was not sent again
-    assert b"".join(Depot(store).chunks(Depot(store).record(sha256_file(model.path)))) == model.path.read_bytes()
+    with Depot(store).open(Depot(store).record(sha256_file(model.path))) as f:
+        assert f.read() == model.path.read_bytes()
 
 
 def test_cli_push_and_list(tmp_path):
@@ -187,10 +189,119 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     assert not [f for f in cache.root.rglob("*") if f.is_file() and f.suffix != ".lock"]
 
 
+class Trickle:
+    """A depot object read as a socket gives it: at most `step` bytes per read, counted; `fail_after`
+    bytes in, the connection drops."""
+
+    def __init__(self, f, step: int = 7_000, fail_after: int | None = None):
+        self.f, self.step, self.fail_after, self.read = f, step, fail_after, 0
+
+    def readinto(self, b):
+        if self.fail_after is not None and self.read >= self.fail_after:
+            raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
+        n = self.f.readinto(memoryview(b)[: self.step])
+        self.read += n
+        return n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+class TrickleStore(LocalStore):
+    def __init__(self, root, **kw):
+        super().__init__(root)
+        self.kw, self.streams = kw, []
+
+    def open_read(self, key):
+        self.streams.append(Trickle(super().open_read(key), **self.kw))
+        return self.streams[-1]
+
+
+def test_a_fetch_in_short_reads_over_many_blocks_is_whole_and_verified(tmp_path, monkeypatch):
+    monkeypatch.setattr("worker.model_cache.BLOCK", 64 << 10)  # 52 blocks through 16 reused buffers
+    model = model_file(tmp_path / "models", "ckpt", (3 << 20) + 17)
+    cache = cache_with(tmp_path, model, store=TrickleStore(tmp_path / "depot"))
+    path = cache.fetch(cache.depot.record(sha256_file(model.path)))
+    assert path.read_bytes() == model.path.read_bytes()
+
+
+def test_an_object_larger_than_its_record_is_refused_after_reading_one_block_past_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("worker.model_cache.BLOCK", 64 << 10)
+    model = model_file(tmp_path / "models", "ckpt", 100_000)
+    store = TrickleStore(tmp_path / "depot")
+    cache = cache_with(tmp_path, model, store=store)
+    sha = sha256_file(model.path)
+    store.write_bytes(layout.model_object_key(sha), model.path.read_bytes() * 50)  # 5 MB behind a 100 KB record
+    with pytest.raises(TaskError, match="corrupted"):
+        cache.fetch(cache.depot.record(sha))
+    assert all(s.read <= 100_000 + 2 * (64 << 10) for s in store.streams)  # bounded by the record, not the object
+    assert not [f for f in cache.root.rglob("*") if f.is_file() and f.suffix != ".lock"]
+
+
+def test_a_connection_dropped_mid_download_is_the_depots_fault_retried_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr("worker.model_cache.DEPOT_RETRY_DELAYS", (0.0,))
+    model = model_file(tmp_path / "models", "ckpt", 3 << 20)
+    store = TrickleStore(tmp_path / "depot", step=1 << 20, fail_after=2 << 20)
+    cache = cache_with(tmp_path, model, store=store)
+    with pytest.raises(DepotUnreachable, match="connection reset"):  # an OSError, but not the cache's disk
+        cache.fetch(cache.depot.record(sha256_file(model.path)))
+    assert len(store.streams) == 2  # tried again from the start
+    assert not [f for f in cache.root.rglob("*") if f.is_file() and f.suffix != ".lock"]
+
+
+def test_a_disk_that_fills_mid_download_is_one_line_and_the_copy_stops(tmp_path, monkeypatch):
+    import builtins
+
+    model = model_file(tmp_path / "models", "ckpt", 5 << 20)
+    store = TrickleStore(tmp_path / "depot", step=1 << 20)
+    cache = cache_with(tmp_path, model, store=store)
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, b):
+            if self.written >= 2 << 20:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(b)
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr("worker.model_cache.open", lambda *a: Full(builtins.open(*a)), raising=False)
+    with pytest.raises(TaskError, match="disk full in the model cache"):
+        cache.fetch(cache.depot.record(sha256_file(model.path)))
+    assert store.streams[0].read <= 3 << 20  # the reader stopped at the failed write
+    assert not [f for f in cache.root.rglob("*") if f.is_file() and f.suffix != ".lock"]
+
+
+def test_the_copy_reads_no_more_than_its_buffers_ahead_of_the_hash():
+    import io
+    import time
+
+    from worker.model_cache import BLOCK, _copied
+
+    source = Trickle(io.BytesIO(bytes(40 * BLOCK)), step=BLOCK)
+    blocks = _copied(source, io.BytesIO(), 40 * BLOCK, blocks=4)
+    next(blocks)
+    time.sleep(0.3)  # a slow hash: the reader waits for a buffer rather than reading on
+    assert source.read <= 4 * BLOCK
+    assert sum(len(b) for b in blocks) == 39 * BLOCK
+
+
 class Unreachable(LocalStore):
-    def read_chunks(self, key):
+    def open_read(self, key):
         raise ConnectionError("connection refused")
-        yield b""
 
 
 def test_an_unreachable_depot_is_retried_then_reported_and_fetching_stops_for_a_while(tmp_path, monkeypatch):
@@ -227,11 +338,23 @@ SHARED = textwrap.dedent("""
     from farm.store import LocalStore
     from worker.model_cache import ModelCache
 
+    class SlowFile:
+        def __init__(self, f):
+            self.f = f
+
+        def readinto(self, b):
+            time.sleep(0.05)
+            return self.f.readinto(b)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
     class Slow(LocalStore):  # a depot slow enough that the two processes overlap
-        def read_chunks(self, key):
-            for chunk in super().read_chunks(key):
-                time.sleep(0.05)
-                yield chunk
+        def open_read(self, key):
+            return SlowFile(super().open_read(key))
 
     cache = ModelCache(Path(sys.argv[1]), 10**9, Depot(Slow(sys.argv[2])))
     real = cache.download

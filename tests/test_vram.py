@@ -240,3 +240,53 @@ def test_auto_mode_offloads_only_the_models_that_need_it():
     chosen = MemoryProfile("high", "fp16", "sdpa", False, "cuda:0", 24.0)
     assert profile_for(chosen, FLUX, flux("bf16")).vram == "high"
     assert profile_for(auto, "SDXL", typical_footprint("SDXL")).vram == "high"
+
+
+# --- a checkpoint only the depot has (farm/depot.py records its weights at push) ------------------
+
+def test_the_depot_records_a_checkpoints_weights_and_a_worker_weighs_it_before_fetching(tmp_path):
+    from types import SimpleNamespace
+
+    from farm.depot import Depot, DepotRecord
+    from farm.hashes import sha256_file
+    from farm.models import ModelFile
+    from farm.store import LocalStore, layout
+    from worker.model_cache import ModelCache
+    from worker.steering import Steering
+
+    there, models = tmp_path / "there", tmp_path / "models"  # the pushing PC; the worker's folder has the parts only
+    flux_parts(there, scale=0.002)
+    flux_parts(models, scale=0.002)
+    den = flux_denoiser(there / "diffusion_models" / "flux1-dev.safetensors", "BF16", 20_000_000)  # 40 MB
+    depot = Depot(LocalStore(tmp_path / "depot"))
+    record, _ = depot.push(ModelFile("checkpoint", "flux1-dev", den))
+    vae, _ = depot.push(ModelFile("vae", "ae", there / "vae" / "ae.safetensors"))
+    assert record.family == FLUX and record.held()["denoiser"] == Weights(40_000_000 + 2 * (128 + 3072 * 256), "bf16")
+    assert vae.held() == {"file": Weights(vae.size, "fp32")}
+    assert DepotRecord.from_json(record.to_json().encode()) == record
+    files = {"clip_l": there / "text_encoders" / "clip_l.safetensors",
+             "t5xxl": there / "text_encoders" / "t5xxl.safetensors", "vae": there / "vae" / "ae.safetensors"}
+    high, med = (need_gb(footprint(FLUX, den, files), 4096, mode, "bf16") for mode in ("high", "med"))
+
+    parts = (("clip_l", "clip_l"), ("t5xxl", "t5xxl"), ("vae", "ae"))
+    route = Route("normal", "flux1-dev", sha256_file(den), 4096, (), parts)
+
+    def why_not(vram: float, mode: str) -> str | None:
+        ctx = SimpleNamespace(model_cache=ModelCache(tmp_path / "cache", 10**12, depot), holds=[])
+        caps = Steering(None, ctx, models, vram, None, frozenset(), "home", mode=mode,
+                        dtype="bf16").capabilities({route.queue: route})
+        assert "flux1-dev" in caps.fetchable  # it would fetch it...
+        return caps.why_not(route)  # ...if its card can hold the render
+
+    # weighed as the files themselves weigh, before a byte is fetched
+    assert "needs ~" in why_not(high * 0.99, "high") and why_not(high * 1.01, "high") is None
+    assert "needs ~" in why_not(med * 0.99, "med") and why_not(med * 1.01, "med") is None
+    (models / "vae" / "ae.safetensors").unlink()  # a part only the depot has: weighed from its record
+    assert "needs ~" in why_not(high * 0.99, "high") and why_not(high * 1.01, "high") is None
+
+    # a record pushed before the field existed: not weighed, as before (the fetch is offered)
+    old = json.loads(record.to_json())
+    del old["weights"]
+    depot.store.write_text(layout.model_record_key(record.sha256), json.dumps(old))
+    assert DepotRecord.from_json(json.dumps(old).encode()).weights == ()
+    assert why_not(high * 0.5, "high") is None

@@ -24,7 +24,7 @@ from farm.ledger import Ledger
 from farm.messages import Route
 from farm.model_files import ModelFileError
 from farm.models import Registry
-from farm.vram import Footprint, Memory, Weights, footprint, has_parts
+from farm.vram import Footprint, Memory, Weights, assemble, file_weights, footprint, has_parts
 from worker.queue_order import Capabilities, next_checkpoint, queue_order
 
 log = logging.getLogger("seedfarm.worker")
@@ -90,6 +90,10 @@ class Steering:
             if record is None or record.kind != "checkpoint":
                 continue
             fetchable[route.checkpoint] = cache.fetch_seconds(record.size)
+            if has_parts(record.family) and "denoiser" in record.held():  # weighed from the record before fetching
+                held = self.depot_footprint(record, route.parts, registry, cache)
+                if held is not None:
+                    footprints[(route.checkpoint, route.parts)] = held
             if self.max_pixels is not None:
                 limits[route.checkpoint] = self.max_pixels
             elif self.vram_gb is not None and not has_parts(record.family):
@@ -120,6 +124,28 @@ class Steering:
         except (ModelFileError, OSError) as e:
             log.debug("cannot weigh %s: %s", path, e)
             return None
+
+    def depot_footprint(self, record, parts: tuple[tuple[str, str], ...], registry: Registry,
+                        cache) -> Footprint | None:
+        """What a render of a checkpoint only the depot has would hold here (farm/vram.py), from
+        its record's weights and each named part's file here, else the part's depot record (at
+        its size when that does not say); None when a part is in neither (not weighed: the fetch
+        says what is missing)."""
+        given: dict[str, Weights] = {}
+        for role, name in parts:
+            if not name:
+                continue  # the checkpoint's own: in its record
+            kind = "vae" if role == "vae" else "text_encoder"
+            try:
+                given[role] = file_weights(registry.resolve(kind, name).path)
+                continue
+            except (ModelFileError, OSError):
+                pass
+            part = cache.lookup(kind, name, None)
+            if part is None:
+                return None
+            given[role] = part.held().get("file", Weights(part.size, "?"))
+        return assemble(record.family, record.held(), given)
 
     def refresh(self, force: bool = True) -> None:
         """Recompute the queue order. Unless forced, skipped while the first queue in the order

@@ -6,9 +6,11 @@ S3 bucket (`s3://bucket/prefix`). Which key holds what is spelled in farm/store/
 
 from __future__ import annotations
 
+import io
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 # Temp files of atomic writes start with this; listings skip them and keys may not use it.
 TEMP_PREFIX = ".seedfarm-tmp-"
@@ -67,9 +69,10 @@ class Store(ABC):
         self.write_bytes(key, data)
         progress(len(data))
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
-        """The object's bytes in chunks; FileNotFoundError when there is none."""
-        yield self.read_bytes(key)
+    def open_read(self, key: str) -> BinaryIO:
+        """The object as a binary stream to read (into a buffer: readinto) and close, without
+        holding it whole in memory; FileNotFoundError when there is none."""
+        return io.BytesIO(self.read_bytes(key))
 
     def write_text(self, key: str, text: str) -> None:
         self.write_bytes(key, text.encode("utf-8"))

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from farm.store.base import CHUNK, TEMP_PREFIX, Store, check_key
 
@@ -37,9 +38,8 @@ class LocalStore(Store):
 
         self._write(key, copy)
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
-        with open(self.path(key), "rb") as f:
-            yield from iter(lambda: f.read(CHUNK), b"")
+    def open_read(self, key: str) -> BinaryIO:
+        return open(self.path(key), "rb")
 
     def _write(self, key: str, fill: Callable) -> None:
         """The object's bytes by fill(file) into a temp file beside it, then renamed."""

@@ -6,9 +6,10 @@ import hashlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import parse_qs, urlparse
 
-from farm.store.base import CHUNK, Store, check_key
+from farm.store.base import Store, check_key
 
 # A multipart upload's parts: 64 MiB keeps a 7 GB checkpoint at ~110 parts (S3 allows 10,000) and
 # a resumed push loses at most one part per thread; 4 threads fill a gigabit link without holding
@@ -106,15 +107,11 @@ class S3Store(Store):
                 done[part["PartNumber"]] = (part["Size"], part["ETag"])
         return upload, done
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
+    def open_read(self, key: str) -> BinaryIO:
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]  # botocore's StreamingBody
         except self.client.exceptions.NoSuchKey:
             raise FileNotFoundError(self.describe(key)) from None
-        try:
-            yield from body.iter_chunks(CHUNK)
-        finally:
-            body.close()
 
     def read_bytes(self, key: str) -> bytes:
         try:
