@@ -101,6 +101,16 @@ def test_a_same_named_lora_with_other_weights_is_replaced_by_the_pinned_file(ctx
     assert params["Lora hashes"] == f"style15: {lora_hash(pinned)[:12]}"
     plain, _ = render(ctx, tiny_task(prompt="a red robot <lora:style15:0.8>"), tmp_path / "plain")  # same task id
     assert np.abs(plain - got).max() > 2  # the name alone gives other pixels
+    # `farm info --as-spec` of that image notes that this folder's style15 is not the one it used
+    from farm.infotext import read_parameters
+    from farm.recreate import spec_from_infotext
+
+    (image,) = (tmp_path / task.job / "images").glob(f"*{task.id}*.png")
+    spec = spec_from_infotext(read_parameters(image), tree)
+    assert f"note: LoRA 'style15' at {tree / 'models/Lora/style15.safetensors'} has hash " in spec
+    assert f"the image used {lora_hash(pinned)[:12]}: a re-render with it differs" in spec
+    (plain_image,) = (tmp_path / "plain" / task.job / "images").glob("*.png")
+    assert "note: LoRA" not in spec_from_infotext(read_parameters(plain_image), tree)
     # the pins' files are hashed once per path, size and mtime, not per task
     reads = []
     monkeypatch.setattr(farm.hashes, "_sha256_from", lambda *a: reads.append(a) or "")
