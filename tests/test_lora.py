@@ -126,6 +126,14 @@ def test_a_same_named_lora_with_other_weights_is_replaced_by_the_pinned_file(ctx
                            "but the job pins 0000000000") and "push it to the depot" in line and "\n" not in line
     # a LoRA the task does not use is not checked; the worker goes on rendering
     render(ctx, tiny_task(lora_hashes={"style15": "0" * 64}), tmp_path)
+    # a pin names cache paths and depot keys: anything but 64 hex digits is no task
+    from pydantic import ValidationError
+
+    for bad in ("../../etc/passwd", "0" * 63, "G" * 64):
+        with pytest.raises(ValidationError):
+            tiny_task(lora_hashes={"style15": bad})
+        with pytest.raises(ValidationError):
+            tiny_task(embedding_hashes={"emb15": bad})
 
 
 def test_a_same_named_embedding_with_other_weights_is_replaced_by_the_pinned_file(tree, tmp_path):
