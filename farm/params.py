@@ -744,6 +744,11 @@ PARAMS: tuple[Param, ...] = (
     # (worker/model_cache.py); every task of the job carries them all (a few per job)
     Param("model_urls", in_spec=False, fields=("model_urls",), id_rule=UNLESS_DEFAULT,
           to_task=lambda v, spec: {"model_urls": dict(spec.links)}),
+    # not an axis: the job's LoRAs and embeddings by sha256, so a worker never uses a same-named file
+    # with other weights (worker/prepare.py); out of the task id (farm/task.py _NOT_IN_ID)
+    Param("lora_hashes", in_spec=False, fields=("lora_hashes", "embedding_hashes"), in_batch_key=True,
+          to_task=lambda v, spec: {"lora_hashes": spec.model_pins("lora"),
+                                   "embedding_hashes": spec.model_pins("embedding")}),
     # not an axis: one value per job (the spec key batch_size)
     Param("batch_size", in_spec=False, fields=("batch_size",), in_batch_key=True,
           to_task=lambda v, spec: {"batch_size": spec.batch_size}),

@@ -41,6 +41,27 @@ def _checkpoint(params: dict, models_dir: Path | None) -> tuple[str, str | None]
     return str(name), f"checkpoint '{name}' (hash {short or '-'}) {where}"
 
 
+def _lora_notes(params: dict, models_dir: Path | None) -> list[str]:
+    """A note for each LoRA of `Lora hashes` whose file by that name in the models folder has
+    another A1111 hash: the tag would apply other weights (a job pins the folder's file)."""
+    from farm.model_files import ModelFileError
+    from farm.models import Registry, lora_hash
+
+    if models_dir is None or not models_dir.is_dir() or not isinstance(params.get("Lora hashes"), str):
+        return []
+    notes = []
+    for item in params["Lora hashes"].split(","):
+        name, _, short = (part.strip() for part in item.rpartition(":"))
+        try:
+            path = Registry(models_dir).resolve("lora", name).path
+        except (ModelFileError, ValueError):
+            continue  # not here: the spec check says so
+        if short and not lora_hash(path).startswith(short):
+            notes.append(f"LoRA '{name}' at {path} has hash {lora_hash(path)[:12]}, the image used {short}: "
+                         "a re-render with it differs")
+    return notes
+
+
 def spec_from_infotext(text: str, models_dir: Path | None = None) -> str:
     """A job spec YAML that renders the image described by `text` again."""
     prompt, negative, params = parse_infotext(text)
@@ -53,5 +74,5 @@ def spec_from_infotext(text: str, models_dir: Path | None = None) -> str:
     except ValueError as e:
         raise RecreateError(str(e)) from None
     checkpoint, note = _checkpoint(params, models_dir)
-    notes = ([note] if note else []) + notes
+    notes = ([note] if note else []) + _lora_notes(params, models_dir) + notes
     return write_spec({"version": 1, "checkpoint": checkpoint, **entries}, [f"note: {n}" for n in notes])

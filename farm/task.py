@@ -20,8 +20,12 @@ TASK_SCHEMA_VERSION = 1
 
 # Fields that do not change the pixels and so stay out of the id. Which of the others are in the
 # id only when not at their default (fields added after v1): farm/params.py.
-_NOT_IN_ID = {"id", "job", "index", "axes"}
+_NOT_IN_ID = {"id", "job", "index", "axes",
+              # LoRA/embedding pins came after stores were written: ids are the resume contract, so
+              # they stay out (a worker refuses a file that differs from the pin instead)
+              "lora_hashes", "embedding_hashes"}
 _Side = Annotated[int, Field(ge=0, le=2048)]  # an outpaint side (farm/inpaint.py MAX_OUTPAINT)
+_Sha256 = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]  # a pin (it names cache paths and depot keys)
 
 
 class RenderTask(BaseModel):
@@ -63,6 +67,10 @@ class RenderTask(BaseModel):
     # models the spec gives by URL and sha256 (farm/spec/models.py): a worker lacking one fetches it
     model_urls: dict[str, tuple[str, str]] = Field(default_factory=dict,
                                                    description="'kind:name' -> (sha256, URL) of a model given by URL")
+    # the job's LoRAs and embeddings pinned by sha256 (a worker checks those its prompts use)
+    lora_hashes: dict[str, _Sha256] = Field(default_factory=dict, description="LoRA name -> sha256 of its file")
+    embedding_hashes: dict[str, _Sha256] = Field(default_factory=dict,
+                                                 description="embedding name -> sha256 of its file")
     kind: str = Field(default="txt2img", description="the task kind the worker dispatches on")
     # hires fix (kind "hires", farm/hires.py): the second pass; "" or None = as the first pass
     denoising_strength: float | None = Field(default=None, gt=0, le=1,

@@ -399,6 +399,36 @@ def test_ensure_fetches_the_pinned_checkpoint_vae_and_lora_tags_the_worker_lacks
     assert not list(empty.iterdir())  # never into the user's own folder
 
 
+def test_ensure_fetches_pinned_loras_and_embeddings_by_hash_when_the_same_named_files_here_differ(tmp_path):
+    """The task pins style and emb15 by sha256 (lora_hashes, embedding_hashes): this PC's files by
+    those names hold other bytes, so the pinned ones come from the depot by hash; a file here with
+    the pin's bytes is used as it is (nothing fetched)."""
+    import os
+
+    from factories import make_task
+
+    lora = model_file(tmp_path / "coord", "style", 7_000, kind="lora", seed=9)
+    emb = tmp_path / "coord/embeddings/emb15.safetensors"
+    emb.parent.mkdir(parents=True)
+    emb.write_bytes(b"e" * 3000)
+    detail = model_file(tmp_path / "coord", "detail", 5_000, kind="lora", seed=3)
+    cache = cache_with(tmp_path, lora, ModelFile("embedding", "emb15", emb), detail)
+    own = tmp_path / "own"
+    model_file(own, "style", 7_000, kind="lora", seed=1)  # same name, other bytes
+    (own / "embeddings").mkdir()
+    (own / "embeddings/emb15.safetensors").write_bytes(b"x" * 3000)
+    shutil.copy(detail.path, own / "Lora")  # detail: the pinned bytes
+    pins = {name: sha256_file(m) for name, m in (("style", lora.path), ("detail", detail.path), ("emb15", emb))}
+    task = make_task(checkpoint="m", prompt="a fox emb15 <lora:style:0.5> <lora:detail:1>",
+                     lora_hashes={"style": pins["style"], "detail": pins["detail"]},
+                     embedding_hashes={"emb15": pins["emb15"]})
+    cache.ensure(task, Registry(f"{own}{os.pathsep}{cache.root}"))
+    assert cache.cached(pins["style"]).read_bytes() == lora.path.read_bytes()
+    assert cache.cached(pins["emb15"]).read_bytes() == emb.read_bytes()
+    assert cache.cached(pins["detail"]) is None  # here already with the pinned bytes
+    assert cache.in_use == {pins["style"], pins["emb15"]}
+
+
 def test_push_models_of_a_job_names_the_checkpoint_vae_and_loras(tmp_path):
     from farm.depot import job_models
     from factories import make_task

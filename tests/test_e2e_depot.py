@@ -203,3 +203,58 @@ size: 64x64
     for record in records:  # what the worker stored, byte for byte
         image = record["image"]
         assert (tmp_path / "local" / job / image).read_bytes() == (Path(store) / job / image).read_bytes()
+
+
+def test_a_worker_whose_same_named_lora_has_other_weights_renders_with_the_pinned_one_from_the_depot(
+        redis_server, start_worker, tmp_path_factory, tmp_path):
+    """The coordinator's style15 is pinned by sha256 in the tasks; a worker whose own style15 has
+    other weights fails the task in one line while the depot lacks the pinned file, and once it is
+    pushed, fetches it and renders exactly what the pinned file renders."""
+    import numpy as np
+    from PIL import Image
+
+    from worker.tiny import make_tiny_lora
+
+    tree = a1111_tree(tmp_path_factory)
+    pc = tmp_path / "pc"  # the worker's PC: the same checkpoint, another style15
+    (pc / "models").mkdir(parents=True)
+    (pc / "models/Stable-diffusion").symlink_to(tree / "models/Stable-diffusion")
+    own = make_tiny_lora(pc / "models", "style15", seed=7)
+    store = str(tmp_path / "store")
+    import os
+
+    hooks = str(Path(__file__).parent / "hooks")  # the depot's absence is remembered 0.5 s, not 30
+    worker = start_worker(redis_server.url, pc, "other-style",
+                          args=("--model-cache", str(tmp_path / "cache"), "--cache-size", "1G", "--depot", store),
+                          env={"PYTHONPATH": os.pathsep.join([hooks, os.environ.get("PYTHONPATH", "")]),
+                               "FARM_TEST_TUNABLES": json.dumps({"DEPOT_LOOKUP_TTL": 0.5})})
+    worker.wait_ready()
+    ledger = Ledger(redis_server.client())
+    text = 'name: {}\nprompt: "a red robot <lora:style15:0.8>"\ncheckpoint: tiny15\nseed: 1\nsteps: 2\n' \
+           "sampler: Euler\nsize: 64x64\n"
+    spec = tmp_path / "job.yaml"
+
+    spec.write_text(text.format("unpushed"))
+    result = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(tree))
+    assert result.returncode == 0, result.stderr
+    failed = wait_for(lambda: ledger.status(result.stdout.strip()).failed, 60, "the task to fail")
+    (reason,) = failed.values()
+    pinned = tree / "models/Lora/style15.safetensors"
+    assert reason.startswith(f"LoRA 'style15' at {own} has hash {sha256_file(own)[:10]}, but the job pins "
+                             f"{sha256_file(pinned)[:10]}") and "\n" not in reason
+
+    spec.write_text(text.format("pushed"))
+    result = farm("submit", str(spec), "--broker", redis_server.url, "--store", store, "--models", str(tree),
+                  "--push-models")
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip()
+    wait_for(lambda: ledger.job_info(job).get("status") == "complete", 60, "the job")
+    assert ledger.status(job).failed == {}, worker.text()[-2000:]
+    (record,) = [json.loads(line) for line in open_store(store).read_text(f"{job}/manifest.jsonl").splitlines()]
+    image = Path(store) / job / record["image"]
+    assert parse_infotext(read_parameters(image))[2]["Lora hashes"] == f"style15: {lora_hash(pinned)[:12]}"
+    assert worker.text().count("seedfarm.worker: fetched ") == 1 and "Traceback" not in worker.text()
+    ran = farm("run", str(spec), "--out", str(tmp_path / "run"), "--models", str(tree))  # the pinned file here
+    assert ran.returncode == 0, ran.stderr
+    (want,) = (tmp_path / "run").glob("*/images/*.png")
+    assert np.array_equal(np.asarray(Image.open(image)), np.asarray(Image.open(want)))

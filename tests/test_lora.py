@@ -84,6 +84,81 @@ def test_lora_and_lora_weight_axes(tree):
         parse_spec("prompt: a cat\ncheckpoint: tiny15\nseed: 1\nlora_weight: [1, 2]\n", "job.yaml", tree)
 
 
+# --- LoRAs and embeddings pinned by sha256 (task.lora_hashes / embedding_hashes; worker/prepare.py) ----
+
+def test_a_same_named_lora_with_other_weights_is_replaced_by_the_pinned_file(ctx, tree, tmp_path, monkeypatch):
+    """The task pins style15 to detail15's bytes (as if the coordinator's style15 were those): the
+    worker's own style15 is not used; the file with the pin's hash (here under another name) is,
+    and the infotext's `Lora hashes` is that file's. Without a copy anywhere: one line."""
+    import farm.hashes
+    from farm.hashes import sha256_file
+
+    pinned = tree / "models/Lora/detail15.safetensors"
+    want, _ = render(ctx, tiny_task(prompt="a red robot <lora:detail15:0.8>"), tmp_path)
+    task = tiny_task(prompt="a red robot <lora:style15:0.8>", lora_hashes={"style15": sha256_file(pinned)})
+    got, params = render(ctx, task, tmp_path)
+    assert np.array_equal(got, want)
+    assert params["Lora hashes"] == f"style15: {lora_hash(pinned)[:12]}"
+    plain, _ = render(ctx, tiny_task(prompt="a red robot <lora:style15:0.8>"), tmp_path / "plain")  # same task id
+    assert np.abs(plain - got).max() > 2  # the name alone gives other pixels
+    # `farm info --as-spec` of that image notes that this folder's style15 is not the one it used
+    from farm.infotext import read_parameters
+    from farm.recreate import spec_from_infotext
+
+    (image,) = (tmp_path / task.job / "images").glob(f"*{task.id}*.png")
+    spec = spec_from_infotext(read_parameters(image), tree)
+    assert f"note: LoRA 'style15' at {tree / 'models/Lora/style15.safetensors'} has hash " in spec
+    assert f"the image used {lora_hash(pinned)[:12]}: a re-render with it differs" in spec
+    (plain_image,) = (tmp_path / "plain" / task.job / "images").glob("*.png")
+    assert "note: LoRA" not in spec_from_infotext(read_parameters(plain_image), tree)
+    # the pins' files are hashed once per path, size and mtime, not per task
+    reads = []
+    monkeypatch.setattr(farm.hashes, "_sha256_from", lambda *a: reads.append(a) or "")
+    render(ctx, tiny_task(seed=9, prompt=task.prompt, lora_hashes=task.lora_hashes), tmp_path)
+    assert reads == []
+    monkeypatch.undo()
+    wrong = tiny_task(prompt="a red robot <lora:style15:0.8>", lora_hashes={"style15": "0" * 64})
+    with pytest.raises(TaskError) as e:
+        render(ctx, wrong, tmp_path / "wrong")
+    line = str(e.value)
+    own = sha256_file(tree / "models/Lora/style15.safetensors")[:10]
+    assert line.startswith(f"LoRA 'style15' at {tree / 'models/Lora/style15.safetensors'} has hash {own}, "
+                           "but the job pins 0000000000") and "push it to the depot" in line and "\n" not in line
+    # a LoRA the task does not use is not checked; the worker goes on rendering
+    render(ctx, tiny_task(lora_hashes={"style15": "0" * 64}), tmp_path)
+    # a pin names cache paths and depot keys: anything but 64 hex digits is no task
+    from pydantic import ValidationError
+
+    for bad in ("../../etc/passwd", "0" * 63, "G" * 64):
+        with pytest.raises(ValidationError):
+            tiny_task(lora_hashes={"style15": bad})
+        with pytest.raises(ValidationError):
+            tiny_task(embedding_hashes={"emb15": bad})
+
+
+def test_a_same_named_embedding_with_other_weights_is_replaced_by_the_pinned_file(tree, tmp_path):
+    import os
+    import shutil
+
+    from farm.hashes import sha256_file
+    from worker.tiny import make_tiny_embedding
+
+    good = tree / "embeddings/emb15.safetensors"
+    other = tmp_path / "other"  # a PC whose emb15 has other weights, and the good one as 'good15'
+    make_tiny_embedding(other, "emb15", seed=11)
+    shutil.copy(good, other / "embeddings/good15.safetensors")
+    mixed = WorkerContext(models_dir=f"{other}{os.pathsep}{tree}")
+    want, _ = render(WorkerContext(models_dir=tree), tiny_task(prompt="a red robot emb15"), tmp_path / "want")
+    plain, _ = render(mixed, tiny_task(prompt="a red robot emb15"), tmp_path / "plain")  # one task id, 3 folders
+    assert np.abs(plain - want).max() > 2  # by name: the other weights
+    pinned = tiny_task(prompt="a red robot emb15", embedding_hashes={"emb15": sha256_file(good)})
+    got, params = render(mixed, pinned, tmp_path / "pinned")
+    assert np.array_equal(got, want) and params["TI hashes"] == f"emb15: {sha256_file(good)[:12]}"
+    missing = tiny_task(prompt="a red robot nothere", embedding_hashes={"nothere": "1" * 64})
+    with pytest.raises(TaskError, match=r"^embedding 'nothere' \(pinned 1111111111\) is not on this worker"):
+        render(mixed, missing, tmp_path)
+
+
 # --- LyCORIS LoHa / LoKr (worker/lora.py applies them by hand) -----------------------------------
 
 @pytest.fixture(scope="module")

@@ -84,3 +84,42 @@ def test_farm_run_renders_with_a_known_lora(tree, tmp_path):
     result = farm("run", str(spec), "--out", str(tmp_path / "out"), "--models", str(tree))
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "out").glob("*/images/*.png"))) == 1
+
+
+def test_tasks_pin_their_loras_and_embeddings_by_sha256_and_a_resume_keeps_the_pins(tree):
+    """The pins come from the models folder at submit and from the job record at resume (no
+    folder), and stay out of the task id (the resume contract with stores already written)."""
+    from farm.expand import expand
+    from farm.hashes import sha256_file
+
+    text = ("prompt: [a cat emb15 <lora:style15:1>, a dog]\nlora: [None, detail15]\n"
+            "negative_prompt: old15\n" + BASE)
+    submitted = parse_spec(text, "job.yaml", tree)
+    pins = {"style15": sha256_file(tree / "models/Lora/style15.safetensors"),
+            "detail15": sha256_file(tree / "models/Lora/detail15.safetensors")}
+    embeddings = {"emb15": sha256_file(tree / "embeddings/emb15.safetensors"),
+                  "old15": sha256_file(tree / "embeddings/old15.pt")}
+    tasks = list(expand(submitted))
+    assert all(t.lora_hashes == pins and t.embedding_hashes == embeddings for t in tasks)
+    assert all(t.id == t.model_copy(update={"lora_hashes": {}, "embedding_hashes": {}}).content_id() for t in tasks)
+    resumed = list(expand(parse_spec(text, "job.yaml", None, submitted.checkpoint_hashes())))
+    assert resumed == tasks
+    # without a models folder nor a record nothing is known: the worker goes by name, as before
+    assert all(not t.lora_hashes and not t.embedding_hashes for t in expand(parse_spec(text, "job.yaml")))
+
+
+def test_a_prompt_tag_may_name_a_lora_the_spec_gives_by_url(tree):
+    """`<lora:NAME:W>` names a LoRA the lora key gives by URL and sha256: accepted with a models
+    folder that lacks it, and pinned by that sha256."""
+    from farm.expand import expand
+
+    sha = "ab" * 32
+    url = "hf://org/loras/pixel.safetensors"
+    text = f'prompt: "a cat <lora:pixel:0.5>"\nlora: [None, {{url: "{url}", sha256: {sha}}}]\n' + BASE
+    spec = parse_spec(text, "job.yaml", tree)  # whose folder has no 'pixel'
+
+    tasks = list(expand(spec))
+    assert [t.prompt for t in tasks] == ["a cat <lora:pixel:0.5>", "a cat <lora:pixel:0.5> <lora:pixel:1>"]
+    assert all(t.lora_hashes == {"pixel": sha} and t.model_urls == {"lora:pixel": (sha, url)} for t in tasks)
+    e = error_of('prompt: "a cat <lora:pixle:0.5>"\n' + f'lora: {{url: "{url}", sha256: {sha}}}\n' + BASE, tree)
+    assert "unknown LoRA 'pixle'" in e.message

@@ -201,8 +201,9 @@ class ModelCache:
 
     def ensure(self, task: RenderTask, registry: Registry) -> None:
         """Fetch into the cache every model the task names that is not here with its pin: the
-        checkpoint, its text encoders and VAE (pinned by sha256) and its LoRAs (by name: tags carry
-        no hash). What the depot lacks is left to the usual 'unknown model' message."""
+        checkpoint, its text encoders, VAE, LoRAs and embeddings (pinned by sha256 when the job's
+        coordinator had the file; else by name). What the depot lacks is left to the render's
+        message ('unknown model', or a same-named file whose hash is not the pin)."""
         needs: list[tuple[str, str, str | None]] = [("checkpoint", task.checkpoint, task.checkpoint_hash)]
         if task.vae:
             needs.append(("vae", task.vae, task.vae_hash))
@@ -211,11 +212,13 @@ class ModelCache:
                 needs.append(("text_encoder", name, task.part_hashes.get(role)))
         for text in {task.prompt, task.hr_prompt}:
             try:
-                needs += [("lora", ref.name, None) for ref in lora_refs(extract_extra_networks(text)[1])]
+                needs += [("lora", ref.name, task.lora_hashes.get(ref.name))
+                          for ref in lora_refs(extract_extra_networks(text)[1])]
             except ValueError:
                 pass  # the render reports the bad tag
         texts = (task.prompt, task.negative_prompt, task.hr_prompt, task.hr_negative_prompt)
-        needs += [("embedding", name, None) for name in words_in(self.depot_names("embedding"), texts)]
+        names = dict.fromkeys([*words_in(task.embedding_hashes, texts), *words_in(self.depot_names("embedding"), texts)])
+        needs += [("embedding", name, task.embedding_hashes.get(name)) for name in names]
         self.in_use = set()
         for kind, name, sha in needs:
             link = task.model_urls.get(f"{kind}:{name}")  # given by URL in the spec: fetched from there

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from farm.depot import words_in
 from farm.families import family
 from farm.model_files import ModelFileError
 from farm.hashes import sha256_file
@@ -115,13 +116,14 @@ class TaskModels:
             if task.vae and not isinstance(of_pipeline(pipe), PartsFamily):
                 extra.update(self._use_vae(pipe, task.vae, task.vae_hash))
             set_vae_tiling(pipe, self.profile_of(pipe), task.width, task.height)
-            lora_hashes = apply_loras(pipe, refs, self.registry, self.allow_pickle, self._pinned_loras(task))
+            lora_hashes = apply_loras(pipe, refs, self.registry, self.allow_pickle, self._pinned_loras(task, refs))
             if lora_hashes:
                 extra["Lora hashes"] = _hash_list(lora_hashes)
             if not isinstance(of_pipeline(pipe), PartsFamily) and is_inpainting(of_pipeline(pipe).denoiser_of(pipe)):
                 extra["Conditional mask weight"] = "1.0"  # A1111 writes it for every render of an inpainting model
             # each task's infotext names the embeddings its own prompts use; the batch loads them all
-            used = [used_embeddings(self.registry, [p, n]) for p, n in zip(prompts, negatives)]
+            used = [self._pinned_embeddings(t, used_embeddings(self.registry, [p, n]), [p, n])
+                    for t, p, n in zip(tasks, prompts, negatives)]
             load_embeddings(pipe, {name: path for u in used for name, path in u.items()}, self.allow_pickle)
             params = [{**extra, **_ti_hashes(u)} for u in used]
             stripped = [t.model_copy(update={"prompt": p, "negative_prompt": n})
@@ -140,21 +142,52 @@ class TaskModels:
 
         return pinned_file(kind, sha256, Path(os.pathsep.join(map(str, self.registry.roots))))
 
-    def _pinned_loras(self, task: RenderTask) -> dict[str, Path]:
-        """name -> file of the LoRAs the spec gave by URL and sha256 whose file by that name here is
-        not the pin (a same-named LoRA with other weights in the user's folder): the pinned copy."""
+    def _pinned_loras(self, task: RenderTask, refs) -> dict[str, Path]:
+        """name -> file of the task's LoRAs whose file by that name here is not the pin (the task's
+        lora_hashes, or the spec's URL and sha256): the pinned copy. No file by that name and no
+        copy: the registry's 'unknown LoRA' line (apply_loras)."""
+        pins = {key.split(":", 1)[1]: sha for key, (sha, _) in task.model_urls.items() if key.startswith("lora:")}
+        pins.update(task.lora_hashes)
         out = {}
-        for key, (sha, _) in task.model_urls.items():
-            if key.startswith("lora:"):
-                name = key.split(":", 1)[1]
-                try:
-                    own = self.registry.resolve("lora", name).path
-                except ModelFileError:
-                    own = None
-                found = self._pinned("lora", sha) if own is None or sha256_file(own) != sha else None
-                if found is not None:
-                    out[name] = found
+        for name in {ref.name for ref in refs if ref.name in pins}:
+            try:
+                own = self.registry.resolve("lora", name).path
+            except ModelFileError:
+                own = None
+            found = self._pin("LoRA", "lora", name, own, pins[name])
+            if found is not None and found != own:
+                out[name] = found
         return out
+
+    def _pinned_embeddings(self, task: RenderTask, used: dict[str, Path], texts: list[str]) -> dict[str, Path]:
+        """`used` (name -> file of the embeddings the texts name) with the task's pinned ones (its
+        embedding_hashes) as the pin's file: a same-named file with other weights is replaced by the
+        pinned copy, and a pinned embedding this worker lacks is an error (its word would silently
+        stay a word)."""
+        used = dict(used)
+        for name in words_in(task.embedding_hashes, texts):
+            found = self._pin("embedding", "embedding", name, used.get(name), task.embedding_hashes[name])
+            if found is None:
+                raise ModelLoadError(f"embedding '{name}' (pinned {task.embedding_hashes[name][:10]}) is not on this "
+                                     "worker, nor in its model cache or depot: copy the job's file to this worker "
+                                     "or push it to the depot (farm models push)")
+            used[name] = found
+        return used
+
+    def _pin(self, label: str, kind: str, name: str, own: Path | None, sha256: str) -> Path | None:
+        """The file to use for a pinned model: `own` (the file by that name here) when it has the
+        pin's hash (hashed once per path, size and mtime: farm/hashes.py), else the file with that
+        hash (model cache, or another name here), else None when there is no own file; a same-named
+        file with other weights and no pinned copy fails the task in one line."""
+        digest = sha256_file(own) if own is not None else None
+        if digest == sha256:
+            return own
+        found = self._pinned(kind, sha256)
+        if found is None and own is not None:
+            raise ModelLoadError(f"{label} '{name}' at {own} has hash {digest[:10]}, but the job pins "
+                                 f"{sha256[:10]} and neither the model cache nor the depot has it: copy the job's "
+                                 "file to this worker or push it to the depot (farm models push)")
+        return found
 
     def _use_vae(self, pipe, name: str, expected_hash: str | None) -> dict[str, str]:
         try:

@@ -42,6 +42,8 @@ class JobSpec(BaseModel):
     vae_files: dict[str, Path] = {}  # likewise
     upscaler_files: dict[str, Path] = {}  # likewise: upscaler model files (hr_upscaler, upscaler)
     refiner_files: dict[str, Path] = {}  # likewise (the refiner axis' checkpoints)
+    lora_files: dict[str, Path] = {}  # likewise: the LoRAs of the prompts' tags and the lora axis
+    embedding_files: dict[str, Path] = {}  # likewise: the embeddings whose names the spec's text holds
     # Routing only (farm/messages.py, worker/queue_order.py): which workers and in what order, not what is rendered,
     # so neither is part of the job id.
     priority: str = "normal"
@@ -150,6 +152,30 @@ class JobSpec(BaseModel):
             self._hashes[key] = sha256_file(self.refiner_files[name])
         return self._hashes.get(key)
 
+    def lora_hash(self, name: str) -> str | None:
+        """sha256 of a LoRA file, kept under the key 'lora:NAME' (a LoRA given by URL: its pin)."""
+        key = f"lora:{name}"
+        if key not in self._hashes and name in self.lora_files:
+            self._hashes[key] = sha256_file(self.lora_files[name])
+        return self._hashes.get(key)
+
+    def embedding_hash(self, name: str) -> str | None:
+        """sha256 of an embedding file, kept under the key 'embedding:NAME'."""
+        key = f"embedding:{name}"
+        if key not in self._hashes and name in self.embedding_files:
+            self._hashes[key] = sha256_file(self.embedding_files[name])
+        return self._hashes.get(key)
+
+    def model_pins(self, kind: str) -> dict[str, str]:
+        """name -> sha256 of the job's LoRAs or embeddings (kind 'lora', 'embedding') whose hash is
+        known: from the models folder, a job record or a URL pin. Every task carries them all (a few
+        per job; a worker checks those its prompt uses), so a same-named file with other weights on
+        a worker is never used unnoticed."""
+        files, hash_of = (self.lora_files, self.lora_hash) if kind == "lora" else \
+            (self.embedding_files, self.embedding_hash)
+        names = [*files, *(k.split(":", 1)[1] for k in list(self._hashes) if k.startswith(f"{kind}:"))]
+        return {name: h for name in dict.fromkeys(names) if (h := hash_of(name))}
+
     def checkpoint_hashes(self) -> dict[str, str]:
         """name -> sha256 for every checkpoint (and 'vae:NAME' for every VAE) whose hash is known,
         and 'family:NAME' -> SD1.5/SDXL: store it with the job, so a coordinator without the models
@@ -163,6 +189,8 @@ class JobSpec(BaseModel):
         for axis, images in self.inputs.items():  # re-expanded without the image files: same pins
             hashes[f"inputs:{axis}"] = json.dumps([i.record() for i in images.values()])
         hashes.update({f"refiner:{name}": self.refiner_hash(name) for name in self.values.get("refiner", [])})
+        for kind in ("lora", "embedding"):  # resumed without the models folder: the same pins
+            hashes.update({f"{kind}:{name}": sha for name, sha in self.model_pins(kind).items()})
         for name in self.values["checkpoint"]:
             family = self._hashes.get(f"family:{name}") or checkpoint_family(name, self.checkpoint_files, {})
             hashes[f"family:{name}"] = None if family == UNKNOWN else family

@@ -10,7 +10,7 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from farm.checkpoints import resolve_checkpoint
-from farm.depot import SHA256, URL
+from farm.depot import SHA256, URL, words_in
 from farm.families import UNKNOWN, checkpoint_family
 from farm.hires import LATENT_UPSCALERS, is_model_upscaler
 from farm.models import SUFFIXES, ModelFileError, Registry
@@ -20,13 +20,13 @@ from farm.spec.nodes import NodeReader, kind as kind_of
 
 
 def link_pins(links: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """The JobSpec hashes (name, 'vae:NAME') of the checkpoints and VAEs a spec gives by URL: their
+    """The JobSpec hashes (name, 'vae:NAME', 'lora:NAME') of the models a spec gives by URL: their
     pins, as a models folder's files give theirs."""
     pins = {}
     for key, (sha256, _) in links.items():
         model, name = key.split(":", 1)
-        if model in ("checkpoint", "vae"):
-            pins[name if model == "checkpoint" else f"vae:{name}"] = sha256
+        if model in ("checkpoint", "vae", "lora"):
+            pins[name if model == "checkpoint" else f"{model}:{name}"] = sha256
     return pins
 
 REFINER_FAMILY = "SDXL refiner"  # the one family a refiner may be (farm/families.py)
@@ -104,15 +104,17 @@ class ModelChecks(NodeReader):
         self.unique(names, node, "checkpoint")
         return names, files
 
-    def lora_tags(self, f: dict, models_dir: Path) -> None:
+    def lora_tags(self, f: dict, models_dir: Path) -> dict[str, Path]:
         """Every `<lora:NAME...>` (and `<lyco:...>`) a render will apply must resolve in the models
-        folder, or the job fails here instead of task by task at render time. The tags come from
-        the prompt values (a matrix prompt's parts included) and from the prompts as prompt_sr
-        rewrites them (a replacement may be, or change, a LoRA name). Negative prompts' tags are
-        not applied (A1111), so not checked. Names are resolved as the worker does."""
+        folder, or name a LoRA the spec gives by URL (the lora key), or the job fails here instead
+        of task by task at render time. The tags come from the prompt values (a matrix prompt's
+        parts included) and from the prompts as prompt_sr rewrites them (a replacement may be, or
+        change, a LoRA name). Negative prompts' tags are not applied (A1111), so not checked. Names
+        are resolved as the worker does. Returns name -> file of the tags' LoRAs (their pins)."""
         registry = Registry(models_dir)
         files = registry.files("lora")  # one scan; resolve() only for names not found by name
         problems: dict[str, str | None] = {}  # name -> why it does not resolve (None: it does)
+        found: dict[str, Path] = {}
 
         def check(text: str, node: Node, where: str = "") -> None:
             try:
@@ -122,11 +124,13 @@ class ModelChecks(NodeReader):
             for ref in refs:
                 if ref.name not in problems:
                     problems[ref.name] = None
-                    if ref.name not in files:
-                        try:
-                            registry.resolve("lora", ref.name, label="LoRA")
-                        except ModelFileError as e:
-                            problems[ref.name] = str(e)
+                    if f"lora:{ref.name}" in self.links:
+                        continue  # given by URL: pinned by its sha256 (farm/spec/jobspec.py lora_hash)
+                    try:
+                        found[ref.name] = files[ref.name].path if ref.name in files else \
+                            registry.resolve("lora", ref.name, label="LoRA").path
+                    except ModelFileError as e:
+                        problems[ref.name] = str(e)
                 if problems[ref.name]:
                     raise self.error(node, problems[ref.name] + where, _tag_offset(self.plain(node), ref.name))
 
@@ -142,6 +146,13 @@ class ModelChecks(NodeReader):
                     replaced = text.replace(search, value)
                     if replaced != text:
                         check(replaced, node, f" (in the prompt prompt_sr makes with '{value}')")
+        return found
+
+    def embeddings(self, models_dir: Path) -> dict[str, Path]:
+        """name -> file of the models folder's embeddings whose name is a word of the spec's text:
+        every one a prompt may use (a few more at most: a word of a comment), to pin by sha256."""
+        files = Registry(models_dir).files("embedding")
+        return {name: files[name].path for name in words_in(files, [self.source])}
 
     def upscaler_names(self, node: Node, models_dir: Path | None, axis: str = "hr_upscaler"
                        ) -> tuple[list[str], dict[str, Path]]:

@@ -122,13 +122,16 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader, InpaintRea
             values["prompt_sr"] = self.prompt_sr(f["prompt_sr"][1], values["prompt"], negatives)
         values["checkpoint"], checkpoint_files = (self.checkpoints(f["checkpoint"][1], models_dir) if not upscale
                                                   else ([""], {}))
-        if models_dir is not None and not upscale:
-            self.lora_tags(f, models_dir)
         vae_files: dict[str, Path] = {}
         if "vae" in f:
             values["vae"], vae_files = self.model_names(f["vae"][1], "vae", models_dir)
+        lora_files: dict[str, Path] = {}
         if "lora" in f:
-            values["lora"], _ = self.model_names(f["lora"][1], "lora", models_dir)
+            values["lora"], lora_files = self.model_names(f["lora"][1], "lora", models_dir)
+        embedding_files: dict[str, Path] = {}
+        if models_dir is not None and not upscale:  # after the lora axis: a tag may name a LoRA given by URL
+            lora_files = {**self.lora_tags(f, models_dir), **lora_files}
+            embedding_files = self.embeddings(models_dir)
         upscaler_files: dict[str, Path] = {}
         if "hr_upscaler" in f:
             values["hr_upscaler"], upscaler_files = self.upscaler_names(f["hr_upscaler"][1], models_dir)
@@ -196,7 +199,7 @@ class SpecParser(AxisReader, ModelChecks, CombineReader, InputReader, InpaintRea
             upscaler_files=upscaler_files,
             priority=priority, requires=requires, family_defaults=family_defaulted, parts=parts, inputs=inputs,
             links=self.links,
-            refiner_files=refiner_files,
+            refiner_files=refiner_files, lora_files=lora_files, embedding_files=embedding_files,
         )
 
     def flow_samplers(self, f: dict, values: dict, flow: list) -> None:
