@@ -179,3 +179,20 @@ def test_a_million_tasks_stream_without_a_list():
     assert (last.cfg, last.prompt, last.seed, last.index) == (7.0, "b", 249_999, 999_999)
     # a materialised million would take tens of MB; streaming stays well under one
     assert peak < 1_000_000, peak
+
+
+def test_a_checkpoints_family_is_read_once_per_job_not_once_per_task(tmp_path, monkeypatch):
+    """Expansion asks every task's family (defaults, routing); reading the file's header each time
+    made a 50,000-task job with a models folder take minutes."""
+    import farm.spec.jobspec as jobspec
+
+    monkeypatch.setenv("FARM_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    (folder / "seedfarm-tiny.safetensors").write_bytes(b"abc")
+    job = spec("prompt: a\ncheckpoint: seedfarm-tiny\nseed: 1-200\n", models_dir=tmp_path / "models")
+    reads = []
+    real = jobspec.checkpoint_family
+    monkeypatch.setattr(jobspec, "checkpoint_family", lambda *a: reads.append(a[0]) or real(*a))
+    assert len(list(expand(job))) == 200
+    assert reads == ["seedfarm-tiny"]

@@ -58,11 +58,15 @@ class JobSpec(BaseModel):
     # "kind:name" -> (sha256, URL) of each model the spec gives by URL (farm/spec/models.py)
     links: dict[str, tuple[str, str]] = {}
     _hashes: dict[str, str] = PrivateAttr(default_factory=dict)
+    # checkpoint -> family, read once: expansion asks for every task, and a header read is ~50 ms
+    _families: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def family_of(self, checkpoint: str) -> str:
         """The checkpoint's family name (UNKNOWN without a models folder or a job record)."""
-        known = self._hashes.get(f"family:{checkpoint}")
-        return known or checkpoint_family(checkpoint, self.checkpoint_files, {})
+        known = self._hashes.get(f"family:{checkpoint}") or self._families.get(checkpoint)
+        if known is None:
+            known = self._families[checkpoint] = checkpoint_family(checkpoint, self.checkpoint_files, {})
+        return known
 
     def facts_of(self, checkpoint: str):
         """The checkpoint's farm.families.Family row, or None when unknown."""
