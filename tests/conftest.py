@@ -257,3 +257,21 @@ def browser(tmp_path_factory):
         )
         yield context
         context.close()
+
+
+@pytest.fixture
+def web(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/web (HEAD and GET): the internet of these tests."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    root = tmp_path / "web"
+    root.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

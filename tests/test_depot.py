@@ -478,24 +478,6 @@ def test_a_hostile_record_is_ignored(tmp_path):
 
 # --- models kept at a URL, pinned by hash: a local HTTP server stands in for the internet -----------
 
-@pytest.fixture
-def web(tmp_path):
-    """An HTTP server on 127.0.0.1 serving tmp_path/web (HEAD and GET): the internet of these tests."""
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    root = tmp_path / "web"
-    root.mkdir()
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
 def test_hf_urls_map_to_the_hub_resolve_url(monkeypatch):
     from farm.depot import resolve_url
 

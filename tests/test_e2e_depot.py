@@ -15,7 +15,6 @@ from farm.ledger import Ledger
 from farm.models import lora_hash
 from farm.store import open_store
 from model_tree import a1111_tree
-from test_depot import web  # noqa: F401 (the local HTTP server: the internet of these tests)
 from test_e2e_farm import wait_for
 
 SPEC = """\

@@ -17,7 +17,6 @@ from farm.infotext import parse_infotext, read_parameters
 from farm.models import lora_hash
 from farm.spec import load_spec
 from farm.task import RenderTask
-from test_depot import web  # noqa: F401 (the local HTTP server: the internet of these tests)
 
 EXAMPLES = sorted((REPO / "jobs").glob("*.yaml"))
 
