@@ -2,7 +2,7 @@
 image, no diffusion) making N gray-noise images of 512x512 (PNG encoding costs more than for a
 real render), stored in a folder and in S3 (moto's server on 127.0.0.1). Reports images/s against
 the ideal 1/RENDER_S, the store's own cost per image (the writer thread's time: PNG + infotext +
-image and record writes), and what a render-then-store loop would reach with that cost.
+image and record writes, and the exists() check before them, also timed alone), and what a render-then-store loop would reach with that cost.
 Usage: python benchmarks/overlap.py [N] [RENDER_S]"""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -29,18 +30,28 @@ seed: 1-{n}
 
 def run(store_url: str, models: Path, spec_path: Path, render_s: float) -> dict:
     from farm.spec import load_spec
-    from farm.store import open_store
+    from farm.store import open_store, record_keys
     from worker.context import context
     from worker.local import run_local
 
-    summary = run_local(load_spec(spec_path, models), open_store(store_url), models, max_batch=1)
+    spec = load_spec(spec_path, models)
+    summary = run_local(spec, open_store(store_url), models, max_batch=1)
     ctx = context()
     rate = summary.images / (summary.seconds - ctx.load_seconds)
     store_s = ctx.writer.write_seconds / summary.images
+    # The writer's exists() check before each image (first stored wins, issue 17), timed alone:
+    # a stat on a folder, a HEAD on S3. Part of store_seconds_per_image.
+    store = open_store(store_url)
+    keys = record_keys(store, spec.job_id)
+    started = time.perf_counter()
+    for key in keys:
+        store.exists(key)
+    exists_s = (time.perf_counter() - started) / len(keys)
     return {
         "images_per_s": round(rate, 3),
         "efficiency": round(rate * render_s, 3),
         "store_seconds_per_image": round(store_s, 4),
+        "exists_check_seconds_per_image": round(exists_s, 5),
         "render_then_store_efficiency": round(render_s / (render_s + store_s), 3),
     }
 

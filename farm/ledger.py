@@ -37,7 +37,16 @@ PREFIX = "farm:"
 
 # Marks a task finished (done or failed) and says whether this call saw the job's last task land;
 # the SET NX makes sure exactly one caller builds the contact sheets, without Celery chords.
+# The worker's images/s totals ride along (one round trip per task, not two).
 _FINISH_LUA = """
+if tonumber(ARGV[6]) > 0 then
+  redis.call('HINCRBY', KEYS[7], ARGV[5] .. ':images', ARGV[6])
+  redis.call('HINCRBYFLOAT', KEYS[7], ARGV[5] .. ':seconds', ARGV[7])
+end
+if tonumber(ARGV[8]) > 0 then
+  redis.call('HINCRBY', KEYS[7], ARGV[5] .. ':loads', 1)
+  redis.call('HINCRBYFLOAT', KEYS[7], ARGV[5] .. ':load_seconds', ARGV[8])
+end
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[6], ARGV[1])
 if ARGV[2] == 'done' then
@@ -193,6 +202,21 @@ class Ledger:
         """Why the job's store refuses writes, or None."""
         return self.r.hget(job_key(job), "store_refused")
 
+    def job_state(self, job: str) -> tuple[bool, str | None]:
+        """(cancelled, why the store refuses writes or None) in one round trip: a worker asks
+        between diffusion batches (worker/tasks.py)."""
+        status, refused = self.r.hmget(job_key(job), ["status", "store_refused"])
+        return status == "cancelled", refused
+
+    def between_batches(self, job: str, queue: str) -> tuple[bool, str | None, int]:
+        """job_state and the tasks waiting on `queue` (worker/sharing.py hand_back_now), in one round
+        trip: asked before every diffusion batch but a message's first, on the render's path."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(job_key(job), ["status", "store_refused"])
+        pipe.llen(queue)
+        (status, refused), waiting = pipe.execute()
+        return status == "cancelled", refused, waiting
+
     def failed_count(self, job: str) -> int:
         return self.r.hlen(job_key(job, "failed"))
 
@@ -225,8 +249,8 @@ class Ledger:
         pipe.hset(job_key(job, "running"), mapping={t.id: worker for t in tasks})
         pipe.hset(job_key(job, "held"), mapping=held)
         pipe.hsetnx(job_key(job), "started_at", str(time.time()))
-        pipe.execute()
-        if self.r.hget(job_key(job), "status") == "queued":
+        pipe.hget(job_key(job), "status")
+        if pipe.execute()[-1] == "queued":  # the job's first message only: a second round trip
             self.r.hset(job_key(job), "status", "running")
 
     def orphans(self) -> list[tuple[str, str, dict]]:
@@ -301,18 +325,11 @@ class Ledger:
                       failed: str | None = None, load_seconds: float = 0.0) -> bool:
         """Record a finished task; True for exactly one caller, when the job's last task lands.
         `load_seconds` > 0 when the task had to load its checkpoint first."""
-        pipe = self.r.pipeline()
-        if images:
-            pipe.hincrby(job_key(job, "workers"), f"{worker}:images", images)
-            pipe.hincrbyfloat(job_key(job, "workers"), f"{worker}:seconds", seconds)
-        if load_seconds:
-            pipe.hincrby(job_key(job, "workers"), f"{worker}:loads", 1)
-            pipe.hincrbyfloat(job_key(job, "workers"), f"{worker}:load_seconds", load_seconds)
-        pipe.execute()
         keys = [job_key(job, "done"), job_key(job, "failed"), job_key(job, "running"), job_key(job),
-                job_key(job, "sheets-claim"), job_key(job, "held")]
+                job_key(job, "sheets-claim"), job_key(job, "held"), job_key(job, "workers")]
         outcome = "failed" if failed is not None else "done"
-        return bool(self._finish(keys=keys, args=[task_id, outcome, failed or "", SHEETS_CLAIM_TTL]))
+        return bool(self._finish(keys=keys, args=[task_id, outcome, failed or "", SHEETS_CLAIM_TTL, worker,
+                                                  images, repr(float(seconds)), repr(float(load_seconds))]))
 
     # --- routes ---------------------------------------------------------------------------------
     def register_routes(self, routes: list[Route]) -> None:
@@ -383,9 +400,11 @@ class Ledger:
         self.r.delete(f"{PREFIX}worker:{name}")
 
     def workers(self) -> list[dict]:
-        found = []
-        for key in sorted(self.r.scan_iter(f"{PREFIX}worker:*")):
-            info = self.r.hgetall(key)
-            if info:
-                found.append(info)
-        return found
+        """Every live worker's hash. Asked per message (worker/sharing.py), so two round trips at
+        most, not one per worker: SCAN in large steps (the default 10 keys a step takes dozens on a
+        farm's keyspace), then all the hashes in one pipeline."""
+        keys = sorted(self.r.scan_iter(f"{PREFIX}worker:*", count=1000))
+        pipe = self.r.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return [info for info in pipe.execute() if info]  # one that expired since the SCAN: gone

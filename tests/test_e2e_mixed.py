@@ -158,7 +158,7 @@ def test_the_backup_rule(checkpoint, loads, load_seconds, copied, redis_server, 
     ctx = WorkerContext(models_dir=tmp_path, name="fast", loaded_checkpoint="a", loads=loads,
                         load_seconds=load_seconds)
     ctx.speeds.add(key, 0.5)
-    steering = SimpleNamespace(order=["q.a"], serves={"q.a", "q.b"}, pause=None)
+    steering = SimpleNamespace(order=["q.a"], serves={"q.a", "q.b"}, pause=None, work_waiting=None)
     try:
         Backups(make_app(redis_server.url), ledger, ctx, steering, "home").after_task()
     finally:

@@ -43,7 +43,8 @@ class Backups:
         ctx, steering = self.ctx, self.steering
         if ctx.stopping or not steering.order or (steering.pause is not None and steering.pause.reason):
             return
-        if any(self.ledger.queue_lengths(steering.order).values()):
+        waiting = steering.work_waiting  # the steering looked just before (install below), or None
+        if waiting or (waiting is None and any(self.ledger.queue_lengths(steering.order).values())):
             return  # work is waiting for this worker: it takes that next
         workers = {w.get("name"): w for w in self.ledger.workers()}
         now = time.time()

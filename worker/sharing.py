@@ -60,10 +60,10 @@ def kept(tasks: int, key: str, ctx, ledger, queue: str) -> int:
     return keep_count(tasks, mine, min(filter(None, theirs), default=None))
 
 
-def hand_back_now(ledger, ctx, queue: str, key: str, unstarted: int) -> bool:
+def hand_back_now(ledger, ctx, queue: str, key: str, unstarted: int, waiting: int) -> bool:
     """True when this worker's `unstarted` images would be done sooner by an idle worker that reads
-    the same queue (see the module docstring)."""
-    if unstarted <= 0 or not queue or ledger.queue_lengths([queue])[queue] > 0:
+    the same queue (see the module docstring). `waiting`: the tasks on the queue now."""
+    if unstarted <= 0 or not queue or waiting > 0:
         return False  # nothing to give, or idle workers have queued work to take first
     mine = ctx.speeds.get(key)
     for w in readers(ledger.workers(), ctx.name, queue):

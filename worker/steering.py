@@ -48,6 +48,9 @@ class Steering:
         self.order: list[str] = []
         self.routes_seen: dict[str, str] = {}  # queue -> its checkpoint, from the last look
         self.serves: set[str] = set()  # queues this worker could render, from the last full look
+        # Whether the queues in the order held work at the last refresh (None: it did not look), so
+        # that the backup check right after it (worker/backups.py) needs no round trip of its own.
+        self.work_waiting: bool | None = None
 
     def capabilities(self, routes: dict[str, Route]) -> Capabilities:
         files = find_checkpoints(self.models_dir)
@@ -152,6 +155,7 @@ class Steering:
         is the loaded checkpoint's and still holds work: the next task comes from it whatever the
         rest of the order is, and one Redis call is cheaper than the dozen a full look takes (a
         tiny render lasts tens of milliseconds)."""
+        self.work_waiting = None
         if self.consumer is None:
             return
         if self.pause is not None and self.pause.reason:  # stepping aside: take no new task
@@ -162,6 +166,7 @@ class Steering:
             return
         if not force and self.order and self.routes_seen.get(self.order[0]) == self.ctx.loaded_checkpoint:
             if self.ledger.queue_lengths(self.order[:1])[self.order[0]] >= 2:
+                self.work_waiting = True
                 return
         routes = self.ledger.routes()
         self.routes_seen = {q: r.checkpoint for q, r in routes.items()}
@@ -191,6 +196,7 @@ class Steering:
         # Tell the others now, not at the next heartbeat: they are choosing at the same moment.
         if order != self.order:
             self.apply(order)
+        self.work_waiting = any(pending.get(q, 0) for q in self.order)
         self.ledger.announce(ctx.name, ctx.loaded_checkpoint, ctx.next_checkpoint, self.order)
 
     def apply(self, order: list[str]) -> None:

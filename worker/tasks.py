@@ -49,7 +49,8 @@ def register(app: Celery, ledger: "Ledger | None" = None, store_override: str | 
         if ledger is None:
             return render_tasks(group, store, ctx, ctx.on_finished)[0]
         job = group[0].job
-        if ledger.is_cancelled(job):
+        cancelled, refusal = ledger.job_state(job)  # one round trip for both
+        if cancelled:
             return {"tasks": len(group), "images": 0, "cancelled": True}
         queue = (self.request.delivery_info or {}).get("routing_key") or ""
         backup = queue == worker_queue(ctx.name)  # its hold was taken over already (worker/backups.py)
@@ -67,7 +68,6 @@ def register(app: Celery, ledger: "Ledger | None" = None, store_override: str | 
                 ledger.store_refused(job, failure)
             report_finished(ledger, store, task, ctx, summary, failure)
 
-        refusal = ledger.store_refusal(job)
         if refusal:  # the store refuses writes (disk full ...): fail at once, render nothing
             for task in group:
                 finished(task, {"task_id": task.id, "images": 0}, refusal)
@@ -75,9 +75,11 @@ def register(app: Celery, ledger: "Ledger | None" = None, store_override: str | 
         images, images_before = sum(t.batch_size for t in group), ctx.images_done
 
         def stop() -> bool:  # Ctrl+C, a cancelled job, a store refusing writes, or faster idle workers
-            if ctx.stopping or ledger.is_cancelled(job) or ledger.store_refusal(job):
+            if ctx.stopping:
                 return True
-            return not backup and hand_back_now(ledger, ctx, queue, key, images - (ctx.images_done - images_before))
+            cancelled, refusal, waiting = ledger.between_batches(job, queue)
+            return cancelled or bool(refusal) or not backup and hand_back_now(
+                ledger, ctx, queue, key, images - (ctx.images_done - images_before), waiting)
 
         ledger.set_busy(ctx.name, True)
         ctx.current_task = group[0]
@@ -85,9 +87,9 @@ def register(app: Celery, ledger: "Ledger | None" = None, store_override: str | 
             summary, left = render_tasks(group, store, ctx, finished, stop=stop)
             if backup:
                 ledger.count_backups(job, summary["tasks"] - summary["skipped"])
-            if ledger.is_cancelled(job):
+            cancelled, refusal = ledger.job_state(job)
+            if cancelled:
                 return {**summary, "cancelled": True}
-            refusal = ledger.store_refusal(job)
             if left and refusal:  # stopped because the store refuses writes: the rest fail too
                 ctx.writer.flush()
                 for task in left:
