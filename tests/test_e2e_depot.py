@@ -40,6 +40,16 @@ def tiny_configs(tree: Path, target: Path) -> Path:
     return target
 
 
+def serve_tiny15_and_style15(tree: Path, root: Path) -> tuple[Path, Path]:
+    """tiny15 and style15 of the A1111 tree put on the local HTTP server's folder (`web`), at the
+    URLs the specs of these tests give (tiny15 at the top, style15 as a hub file); their paths."""
+    ckpt, lora = tree / "models/Stable-diffusion/tiny15.safetensors", tree / "models/Lora/style15.safetensors"
+    shutil.copy(ckpt, root / "tiny15.safetensors")
+    (root / "org/loras/resolve/main").mkdir(parents=True)
+    shutil.copy(lora, root / "org/loras/resolve/main/style15.safetensors")
+    return ckpt, lora
+
+
 def test_worker_with_empty_models_folder_renders_a_job_whose_models_are_only_in_the_depot(
         redis_server, start_worker, tmp_path_factory, tmp_path):
     tree = a1111_tree(tmp_path_factory)
@@ -155,10 +165,7 @@ def test_a_spec_giving_the_checkpoint_and_lora_by_url_and_sha256_renders_on_a_wo
     them the same way and renders the same images."""
     root, base = web
     tree = a1111_tree(tmp_path_factory)
-    ckpt, lora = tree / "models/Stable-diffusion/tiny15.safetensors", tree / "models/Lora/style15.safetensors"
-    shutil.copy(ckpt, root / "tiny15.safetensors")
-    (root / "org/loras/resolve/main").mkdir(parents=True)
-    shutil.copy(lora, root / "org/loras/resolve/main/style15.safetensors")
+    ckpt, lora = serve_tiny15_and_style15(tree, root)
     store = str(tmp_path / "store")
     empty = tmp_path / "empty-models"
     empty.mkdir()

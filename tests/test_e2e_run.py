@@ -206,14 +206,11 @@ def served(web, tmp_path_factory, tmp_path, monkeypatch):
     """tiny15 and style15 on the local HTTP server (the internet of these tests); the tiny
     checkpoint's config as SD1.5's, since its `.config` folder does not travel with it."""
     from model_tree import a1111_tree
-    from test_e2e_depot import tiny_configs
+    from test_e2e_depot import serve_tiny15_and_style15, tiny_configs
 
     root, base = web
     tree = a1111_tree(tmp_path_factory)
-    ckpt, lora = tree / "models/Stable-diffusion/tiny15.safetensors", tree / "models/Lora/style15.safetensors"
-    shutil.copy(ckpt, root / "tiny15.safetensors")
-    (root / "org/loras/resolve/main").mkdir(parents=True)
-    shutil.copy(lora, root / "org/loras/resolve/main/style15.safetensors")
+    ckpt, lora = serve_tiny15_and_style15(tree, root)
     monkeypatch.setenv("HF_ENDPOINT", base)
     monkeypatch.setenv("FARM_CONFIGS_DIR", str(tiny_configs(tree, tmp_path / "configs")))
     return base, tree, ckpt, lora

@@ -135,50 +135,31 @@ class JobSpec(BaseModel):
             self._hashes[name] = sha256_file(self.checkpoint_files[name])
         return self._hashes.get(name)
 
-    def vae_hash(self, name: str) -> str | None:
-        """sha256 of a VAE file, kept with the checkpoints' under the key 'vae:NAME'."""
-        key = f"vae:{name}"
-        if key not in self._hashes and name in self.vae_files:
-            self._hashes[key] = sha256_file(self.vae_files[name])
+    def _file_hash(self, kind: str, files: dict[str, Path], name: str) -> str | None:
+        """sha256 of a model file of `kind`, kept beside the checkpoints' under 'KIND:NAME': given to
+        parse_spec (a job record, a URL pin), or hashed once from the models folder."""
+        key = f"{kind}:{name}"
+        if key not in self._hashes and name in files:
+            self._hashes[key] = sha256_file(files[name])
         return self._hashes.get(key)
+
+    def vae_hash(self, name: str) -> str | None:
+        return self._file_hash("vae", self.vae_files, name)
 
     def upscaler_hash(self, name: str) -> str | None:
-        """sha256 of an upscaler model file, kept under the key 'upscaler:NAME'."""
-        key = f"upscaler:{name}"
-        if key not in self._hashes and name in self.upscaler_files:
-            self._hashes[key] = sha256_file(self.upscaler_files[name])
-        return self._hashes.get(key)
+        return self._file_hash("upscaler", self.upscaler_files, name)
 
     def refiner_hash(self, name: str) -> str | None:
-        """sha256 of a refiner checkpoint, kept under the key 'refiner:NAME'."""
-        key = f"refiner:{name}"
-        if key not in self._hashes and name in self.refiner_files:
-            self._hashes[key] = sha256_file(self.refiner_files[name])
-        return self._hashes.get(key)
-
-    def lora_hash(self, name: str) -> str | None:
-        """sha256 of a LoRA file, kept under the key 'lora:NAME' (a LoRA given by URL: its pin)."""
-        key = f"lora:{name}"
-        if key not in self._hashes and name in self.lora_files:
-            self._hashes[key] = sha256_file(self.lora_files[name])
-        return self._hashes.get(key)
-
-    def embedding_hash(self, name: str) -> str | None:
-        """sha256 of an embedding file, kept under the key 'embedding:NAME'."""
-        key = f"embedding:{name}"
-        if key not in self._hashes and name in self.embedding_files:
-            self._hashes[key] = sha256_file(self.embedding_files[name])
-        return self._hashes.get(key)
+        return self._file_hash("refiner", self.refiner_files, name)
 
     def model_pins(self, kind: str) -> dict[str, str]:
         """name -> sha256 of the job's LoRAs or embeddings (kind 'lora', 'embedding') whose hash is
         known: from the models folder, a job record or a URL pin. Every task carries them all (a few
         per job; a worker checks those its prompt uses), so a same-named file with other weights on
         a worker is never used unnoticed."""
-        files, hash_of = (self.lora_files, self.lora_hash) if kind == "lora" else \
-            (self.embedding_files, self.embedding_hash)
+        files = self.lora_files if kind == "lora" else self.embedding_files
         names = [*files, *(k.split(":", 1)[1] for k in list(self._hashes) if k.startswith(f"{kind}:"))]
-        return {name: h for name in dict.fromkeys(names) if (h := hash_of(name))}
+        return {name: h for name in dict.fromkeys(names) if (h := self._file_hash(kind, files, name))}
 
     def checkpoint_hashes(self) -> dict[str, str]:
         """name -> sha256 for every checkpoint (and 'vae:NAME' for every VAE) whose hash is known,
