@@ -189,9 +189,6 @@ class Ledger:
     def set_status(self, job: str, status: str, **extra: str) -> None:
         self.r.hset(job_key(job), mapping={"status": status, **extra})
 
-    def is_cancelled(self, job: str) -> bool:
-        return self.r.hget(job_key(job), "status") == "cancelled"
-
     def store_refused(self, job: str, reason: str) -> None:
         """A write to the job's store failed for good (farm/store/failures.py): the job's other
         tasks fail at once instead of rendering images that cannot be stored. Cleared by a resume."""
